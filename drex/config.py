@@ -1,0 +1,73 @@
+"""Frozen, validated settings: early exit, scheduler, and one run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONFIDENCE_METRICS = ("margin", "maxprob", "entropy")
+
+
+@dataclass(frozen=True)
+class EEConfig:
+    """Where requests may exit and when they want to.
+
+    ``exits`` are layer indices *after which* an exit head runs: exit e means
+    layers [0, e) were computed. A request wants to exit at the first exit
+    point whose confidence clears ``threshold``.
+    """
+
+    exits: tuple[int, ...] = ()
+    threshold: float = 0.8
+    metric: str = "margin"
+
+    def __post_init__(self) -> None:
+        if list(self.exits) != sorted(set(self.exits)):
+            raise ValueError(f"exit layers must be distinct and increasing, got {self.exits}")
+        if any(e <= 0 for e in self.exits):
+            raise ValueError(f"exit layers must be >= 1, got {self.exits}")
+        if self.metric not in CONFIDENCE_METRICS:
+            raise ValueError(f"confidence metric must be one of {CONFIDENCE_METRICS}, got {self.metric!r}")
+        if self.metric != "entropy" and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1] for {self.metric}, got {self.threshold}")
+
+    def check_model(self, num_layers: int) -> None:
+        bad = [e for e in self.exits if e >= num_layers]
+        if bad:
+            raise ValueError(f"exit layers {bad} must be below the model's {num_layers} layers")
+
+    def clears(self, confidence: float) -> bool:
+        """Entropy is lower-is-better; the others higher-is-better."""
+        if self.metric == "entropy":
+            return confidence < self.threshold
+        return confidence > self.threshold
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    policy: str = "drex"
+    max_batch_size: int = 256
+    chunk_size: int = 512  # Sarathi token budget per step (prefill chunks + decodes)
+    block_size: int = 16  # tokens per KV block
+    max_model_len: int = 16384
+    profitability: str = "costmodel"  # or "art"
+    # Rebatching buffer flush rules (the authors' set; the cost model may flush earlier).
+    flush_min_rows: int = 0  # 0: max_batch_size
+    flush_age_alpha: float = 0.1  # |buffer| * (1 + age_steps * alpha) >= max_batch_size
+    flush_max_wait_steps: int = 16
+    inline_drain: bool = True
+    # Decode steps the scheduler may plan ahead at once when nothing can change (simulator speed).
+    max_lookahead_steps: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "chunk_size", "block_size", "max_model_len", "flush_max_wait_steps",
+                     "max_lookahead_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.profitability not in ("costmodel", "art"):
+            raise ValueError(f"profitability must be 'costmodel' or 'art', got {self.profitability!r}")
+        if self.flush_min_rows < 0 or self.flush_age_alpha < 0:
+            raise ValueError("flush_min_rows and flush_age_alpha must be >= 0")
+
+    @property
+    def flush_rows(self) -> int:
+        return self.flush_min_rows or self.max_batch_size

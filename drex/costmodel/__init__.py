@@ -1,0 +1,7 @@
+"""Cost models: predict the time of a step from its shape.
+
+``CostModel`` is the interface the scheduler and simulator price steps with;
+``roofline.RooflineCostModel`` is the analytic first version and
+``fitted.FittedCostModel`` the one fitted from a measured profile. ``load``
+picks the profile when ``profiles/<device>/<model>/`` has one.
+"""

@@ -1,0 +1,49 @@
+"""The cost-model interface: per-layer costs that compose into any step.
+
+All methods are pure and cheap (the simulator calls them at every step) and
+accept numpy arrays for their count arguments, so a run of identical steps is
+priced in one call. Work is described by token counts, never by tensors:
+
+- ``num_tokens``: rows through a layer (decode rows + prefill tokens);
+- ``decode_context``: sum over decode rows of tokens already cached (attention reads);
+- ``prefill_attn``: sum over prefill chunks of chunk_len * (prior_context + chunk_len / 2)
+  (query-key pairs of causal attention).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class CostModel(ABC):
+    name: str = "abstract"  # "roofline" or "profile:<path>"
+
+    @abstractmethod
+    def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):
+        """Seconds for ONE decoder layer over the given work."""
+
+    @abstractmethod
+    def head_s(self, num_rows):
+        """Seconds for an exit head (final norm + LM head + confidence) over num_rows."""
+
+    @abstractmethod
+    def step_overhead_s(self, num_rows):
+        """Seconds per step outside the layers: embedding, sampling, launches, bookkeeping."""
+
+    @abstractmethod
+    def kv_copy_s(self, num_rows, num_layers):
+        """Seconds to copy the K/V of num_rows exited tokens into num_layers skipped layers."""
+
+    @abstractmethod
+    def buffer_s(self, num_rows):
+        """Seconds to park or fetch num_rows hidden states in the rebatching pool."""
+
+    # -- compositions shared by every model -------------------------------------------------
+
+    def layers_s(self, first: int, last: int, num_tokens, decode_context=0, prefill_attn=0):
+        """Layers [first, last) over the same rows."""
+        if last <= first:
+            return np.zeros_like(np.asarray(num_tokens, dtype=float)) if np.ndim(num_tokens) else 0.0
+        return (last - first) * self.layer_s(num_tokens, decode_context, prefill_attn)
