@@ -92,7 +92,7 @@ MODELS: dict[str, ModelShape] = {
         _llama("qwen-14b", 40, 5120, 13696, 40, 40, vocab=152064, max_pos=32768, theta=1000000.0,
                rms_norm_eps=1e-6, qkv_bias=True),
         # A few layers of small width: CPU tests and the laptop quick start.
-        _llama("tiny", 4, 128, 344, 4, 2, vocab=512, max_pos=2048),
+        _llama("tiny", 4, 128, 344, 4, 2, vocab=512, max_pos=16384),
     )
 }
 

@@ -41,29 +41,80 @@ class StepPlan:
     num_steps: int = 1
     # Context length (tokens already cached) of each decode row, for executors and cost models.
     decode_context: list[int] = field(default_factory=list)
+    # Index of the output token each decode row produces in the first planned step.
+    decode_token_index: list[int] = field(default_factory=list)
     flush_context: list[int] = field(default_factory=list)
+    drain_context: list[int] = field(default_factory=list)
 
     @property
     def num_rows(self) -> int:
         return len(self.decode_ids) + len(self.prefill) + len(self.flush_ids)
 
 
-@dataclass
-class ExitDecision:
-    """What each row does at one exit point: EXIT, CONTINUE or BUFFER (aligned with the rows asked about)."""
+class StepOutcome:
+    """Where each decode row of a run of k planned steps ended, built exit point by exit point.
 
-    actions: np.ndarray  # int8
-    drain: bool = False  # the plan's drain rows join the continuing rows here
-    forced: np.ndarray | None = None  # bool: exits below the threshold (involuntary)
+    ``reach[j, r]`` is the layer after which row r's token of step j was
+    produced (num_layers: full depth) or, if ``buffered[j, r]``, the layer it
+    waits at. A step that parks rows or drains the buffer changes the batch,
+    so the run is cut right after it (``num_steps`` shrinks).
+    """
+
+    def __init__(self, num_steps: int, num_rows: int, num_layers: int) -> None:
+        self.num_steps = num_steps
+        self.num_layers = num_layers
+        self.reach = np.full((num_steps, num_rows), num_layers, dtype=np.int32)
+        self.exited = np.zeros((num_steps, num_rows), dtype=bool)  # token taken from an exit head
+        self.buffered = np.zeros((num_steps, num_rows), dtype=bool)
+        self.forced = np.zeros((num_steps, num_rows), dtype=bool)
+        self.stayed = np.zeros((num_steps, num_rows), dtype=bool)
+        self.active = np.ones((num_steps, num_rows), dtype=bool)
+        self.computing = np.ones((num_steps, num_rows), dtype=bool)  # still running layers
+        self.drain_layer = -1  # layer the drain rows joined at, in the last step
+
+    def record(self, exit_layer: int, actions: np.ndarray, forced: np.ndarray, stayed: np.ndarray,
+               drain: np.ndarray, keeps_batch: bool) -> None:
+        k = self.num_steps
+        cut = np.flatnonzero((actions == BUFFER).any(axis=1) | drain)
+        if len(cut):
+            k = int(cut[0]) + 1
+            self.truncate(k)
+            actions, forced, stayed, drain = actions[:k], forced[:k], stayed[:k], drain[:k]
+        exiting = actions == EXIT
+        self.exited[exiting] = True
+        self.forced |= forced
+        self.stayed |= stayed
+        stopped = actions == BUFFER
+        if not keeps_batch:
+            stopped = stopped | exiting
+            self.computing &= ~stopped
+        self.reach[exiting | (actions == BUFFER)] = exit_layer
+        self.buffered |= actions == BUFFER
+        self.active &= actions == CONTINUE
+        if drain[k - 1]:
+            self.drain_layer = exit_layer
+
+    def truncate(self, k: int) -> None:
+        if k < self.num_steps:
+            self.drain_layer = -1  # a drain only ever happens in the last step
+        self.num_steps = k
+        for name in ("reach", "exited", "buffered", "forced", "stayed", "active", "computing"):
+            setattr(self, name, getattr(self, name)[:k])
 
 
 @dataclass
 class StepResult:
-    """What the executor did. Per-row outcomes were reported through decide_at_exit."""
+    """What the executor did for a plan: per-step durations and, for decode rows, the outcome."""
 
-    duration_s: float
-    num_steps: int = 1
-    # Real backend only: request id -> sampled token ids for this step.
-    tokens: dict[int, int] | None = None
-    # Bytes copied by rebatching / KV state copy in this step (measured or priced).
+    durations_s: np.ndarray  # [num_steps]
+    outcome: StepOutcome | None = None  # None when the plan had no decode rows
+    # Offset from step start at which each decode row's token became available [k, n]; None: step end.
+    token_offset_s: np.ndarray | None = None
+    # Real backend only: request id -> token ids sampled in this run of steps.
+    tokens: dict[int, list[int]] | None = None
+    # Bytes copied by rebatching / KV state copy (measured or priced).
     copied_bytes: int = 0
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.durations_s)

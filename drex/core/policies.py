@@ -1,0 +1,146 @@
+"""Exit policies, registered by name: what a decode batch does at an exit point.
+
+A policy sees one exit point for a run of planned steps at once (k steps x n
+rows; k = 1 in the real backend) and returns an action per row: EXIT (emit the
+exit head's token now), CONTINUE (go deeper) or BUFFER (park in the
+rebatching buffer; only ``drex`` does this). Adding a policy touches only
+this file.
+
+Involuntary exit: a row made to EXIT although its confidence did not clear the
+threshold. Involuntary stay: a row that cleared it but was made to CONTINUE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from drex.core.step import BUFFER, CONTINUE, EXIT
+
+
+@dataclass
+class ExitContext:
+    exit_layer: int
+    num_layers: int
+    wants: np.ndarray  # bool [k, n]: confidence clears the threshold
+    confidence: np.ndarray  # float [k, n]
+    active: np.ndarray  # bool [k, n]: rows still going at this exit
+    threshold: float
+    higher_is_better: bool
+    # Whether splitting pays at the given steps, whose staying rows are stay [len(steps), n] -> bool.
+    split_pays: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    # Whether buffered rows waiting at this exit should join the continuing rows at the given steps -> bool.
+    drain_pays: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class PolicyDecision:
+    actions: np.ndarray  # int8 [k, n]
+    forced: np.ndarray  # bool [k, n]
+    stayed: np.ndarray  # bool [k, n]
+    drain: np.ndarray  # bool [k]
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    decide: Callable[[ExitContext], PolicyDecision]
+    uses_exits: bool = True  # False: exit heads never run
+    keeps_batch: bool = False  # True: exiting rows still run full depth (latency-only)
+    rebatches: bool = False  # has a rebatching buffer
+
+
+POLICIES: dict[str, Policy] = {}
+
+
+def register(name: str, **flags) -> Callable:
+    def wrap(fn: Callable[[ExitContext], PolicyDecision]) -> Callable:
+        POLICIES[name] = Policy(name, fn, **flags)
+        return fn
+
+    return wrap
+
+
+def get_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
+
+
+def _lockstep(ctx: ExitContext, batch_exits: np.ndarray) -> PolicyDecision:
+    """The whole batch exits (where batch_exits) or continues together."""
+    act = ctx.active
+    exit_rows = batch_exits[:, None] & act
+    actions = np.where(exit_rows, EXIT, CONTINUE).astype(np.int8)
+    forced = exit_rows & ~ctx.wants
+    stayed = ~batch_exits[:, None] & act & ctx.wants
+    return PolicyDecision(actions, forced, stayed, np.zeros(len(batch_exits), dtype=bool))
+
+
+@register("off", uses_exits=False)
+def off(ctx: ExitContext) -> PolicyDecision:
+    return _lockstep(ctx, np.zeros(ctx.active.shape[0], dtype=bool))
+
+
+@register("eager")
+def eager(ctx: ExitContext) -> PolicyDecision:
+    """Exit if anyone wants to: the others are forced out."""
+    return _lockstep(ctx, (ctx.wants & ctx.active).any(axis=1))
+
+
+@register("lazy")
+def lazy(ctx: ExitContext) -> PolicyDecision:
+    """Exit only by consensus."""
+    any_active = ctx.active.any(axis=1)
+    return _lockstep(ctx, any_active & (ctx.wants | ~ctx.active).all(axis=1))
+
+
+@register("average")
+def average(ctx: ExitContext) -> PolicyDecision:
+    """Exit if the batch's mean confidence clears the threshold."""
+    n = ctx.active.sum(axis=1)
+    mean = np.where(ctx.active, ctx.confidence, 0.0).sum(axis=1) / np.maximum(n, 1)
+    clears = mean > ctx.threshold if ctx.higher_is_better else mean < ctx.threshold
+    return _lockstep(ctx, clears & (n > 0))
+
+
+@register("latency-only", keeps_batch=True)
+def latency_only(ctx: ExitContext) -> PolicyDecision:
+    """Confident rows emit their token now; the batch still runs full depth (no compute saved)."""
+    exit_rows = ctx.wants & ctx.active
+    actions = np.where(exit_rows, EXIT, CONTINUE).astype(np.int8)
+    none = np.zeros_like(exit_rows)
+    return PolicyDecision(actions, none, none.copy(), np.zeros(exit_rows.shape[0], dtype=bool))
+
+
+@register("drex", rebatches=True)
+def drex(ctx: ExitContext) -> PolicyDecision:
+    """Dynamic rebatching: split when it pays; the rows that must go deeper wait in the buffer.
+
+    Nobody is ever forced to exit. If nobody (or a split that does not pay)
+    exits, the whole batch continues and may pick up buffered rows (inline drain).
+    """
+    act = ctx.active
+    want = ctx.wants & act
+    n_act = act.sum(axis=1)
+    n_want = want.sum(axis=1)
+    all_exit = (n_want == n_act) & (n_act > 0)
+    partial = (n_want > 0) & ~all_exit
+    stay = act & ~want
+    split = partial.copy()
+    if partial.any():
+        split[partial] = ctx.split_pays(np.flatnonzero(partial), stay[partial])
+    exits = (all_exit | split)[:, None] & want
+    buffered = split[:, None] & stay
+    actions = np.full(act.shape, CONTINUE, dtype=np.int8)
+    actions[exits] = EXIT
+    actions[buffered] = BUFFER
+    stayed = (partial & ~split)[:, None] & want
+    no_exit = ~(all_exit | split)
+    drain = np.zeros(len(no_exit), dtype=bool)
+    if no_exit.any():
+        drain[no_exit] = ctx.drain_pays(np.flatnonzero(no_exit))
+    return PolicyDecision(actions, np.zeros_like(act), stayed, drain)

@@ -1,0 +1,110 @@
+"""Flat per-request and per-step records, and the run summary (vLLM ``bench serve`` names where they exist).
+
+Simulator and real backend write the same files: requests.csv, steps.csv,
+summary.json. All plotting lives in analysis/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from drex.core.request import FINISHED, Request
+
+REQUEST_COLUMNS = ("request_id", "replica", "arrival_s", "prompt_tokens", "output_tokens", "status", "reason",
+                   "ttft_ms", "e2el_ms", "tpot_ms", "generated_tokens", "early_exits", "involuntary_exits",
+                   "involuntary_stays", "mean_exit_layer", "preemptions", "slo_ttft_ms", "slo_tpot_ms", "slo_met")
+
+
+def request_records(requests: list[Request]) -> pd.DataFrame:
+    rows = []
+    for r in sorted(requests, key=lambda r: r.request_id):
+        done = r.status == FINISHED
+        ttft = (r.first_token_s - r.arrival_s) * 1e3 if done else math.nan
+        tpot = ((r.finish_s - r.first_token_s) / (r.num_generated - 1) * 1e3
+                if done and r.num_generated > 1 else math.nan)
+        slo_met = done and (r.slo_ttft_ms is None or ttft <= r.slo_ttft_ms) and \
+            (r.slo_tpot_ms is None or not tpot > r.slo_tpot_ms)
+        rows.append((r.request_id, r.replica, r.arrival_s, r.prompt_tokens, r.output_tokens, r.status,
+                     r.reject_reason, ttft, (r.finish_s - r.arrival_s) * 1e3 if done else math.nan, tpot,
+                     r.num_generated, r.num_early_exits, r.num_involuntary_exits, r.num_involuntary_stays,
+                     r.sum_exit_layer / r.num_generated if r.num_generated else math.nan, r.num_preemptions,
+                     r.slo_ttft_ms, r.slo_tpot_ms, slo_met))
+    return pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
+
+
+def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return {f"mean_{prefix}_ms": math.nan, f"median_{prefix}_ms": math.nan, f"p99_{prefix}_ms": math.nan}
+    return {f"mean_{prefix}_ms": float(v.mean()), f"median_{prefix}_ms": float(np.median(v)),
+            f"p99_{prefix}_ms": float(np.percentile(v, 99))}
+
+
+def summarize(req: pd.DataFrame, steps: pd.DataFrame, itl_s: np.ndarray, extra: dict) -> dict:
+    done = req[req.status == FINISHED]
+    start = float(req.arrival_s.min()) if len(req) else 0.0
+    end = float((done.arrival_s + done.e2el_ms / 1e3).max()) if len(done) else start
+    duration = max(end - start, 1e-12)
+    out_tokens = int(done.generated_tokens.sum())
+    s = {"completed": int(len(done)), "failed": int(len(req) - len(done)), "duration": duration,
+         "total_input_tokens": int(done.prompt_tokens.sum()), "total_output_tokens": out_tokens,
+         "request_throughput": len(done) / duration, "output_throughput": out_tokens / duration,
+         "total_token_throughput": (out_tokens + int(done.prompt_tokens.sum())) / duration}
+    s |= _stats("ttft", done.ttft_ms.to_numpy())
+    s |= _stats("tpot", done.tpot_ms.to_numpy())
+    s |= _stats("itl", np.asarray(itl_s) * 1e3)
+    s |= _stats("e2el", done.e2el_ms.to_numpy())
+    if req.slo_ttft_ms.notna().any() or req.slo_tpot_ms.notna().any():
+        s["request_goodput"] = int(req.slo_met.sum()) / duration
+    total = max(out_tokens, 1)
+    s |= {"early_exit_fraction": int(done.early_exits.sum()) / total,
+          "involuntary_exits": int(req.involuntary_exits.sum()),
+          "involuntary_stays": int(req.involuntary_stays.sum()),
+          "mean_exit_layer": float((done.mean_exit_layer * done.generated_tokens).sum() / total),
+          "num_steps": int(len(steps))}
+    s |= extra
+    return s
+
+
+def write_run(out_dir: str | Path, req: pd.DataFrame, steps: pd.DataFrame, summary: dict) -> None:
+    """Deterministic files: fixed float formatting, sorted keys."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    req.to_csv(out / "requests.csv", index=False, float_format="%.6f")
+    steps.to_csv(out / "steps.csv", index=False, float_format="%.6f")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+SUMMARY_TABLE = (("completed", "{:d}"), ("failed", "{:d}"), ("output_throughput", "{:.1f}"),
+                 ("mean_ttft_ms", "{:.1f}"), ("p99_ttft_ms", "{:.1f}"), ("mean_tpot_ms", "{:.2f}"),
+                 ("p99_itl_ms", "{:.2f}"), ("early_exit_fraction", "{:.3f}"), ("involuntary_exits", "{:d}"),
+                 ("involuntary_stays", "{:d}"), ("mean_exit_layer", "{:.2f}"), ("num_rebatches", "{:d}"),
+                 ("num_flushes", "{:d}"))
+
+
+def format_table(summaries: dict[str, dict]) -> str:
+    """Side-by-side table: one column per run (policy), one row per metric."""
+    names = list(summaries)
+    width = max(12, *(len(n) + 2 for n in names))
+    lines = ["metric".ljust(22) + "".join(n.rjust(width) for n in names)]
+    for key, fmt in SUMMARY_TABLE:
+        cells = []
+        for n in names:
+            v = summaries[n].get(key)
+            cells.append(("-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)).rjust(width))
+        lines.append(key.ljust(22) + "".join(cells))
+    return "\n".join(lines)

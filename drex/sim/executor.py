@@ -1,0 +1,98 @@
+"""The simulated executor: carries out a StepPlan with durations from the cost model.
+
+Exit decisions come from the scheduler (``decide_at_exit``) on confidences
+drawn from a confidence source, exactly where the real executor would compute
+them with an exit head. A plan of k identical decode steps is priced in one
+vectorised pass and cut short at the first step that ends at or after
+``until`` (the next arrival), so the result equals k single steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drex.core.scheduler import Scheduler
+from drex.core.step import StepOutcome, StepPlan, StepResult
+from drex.costmodel.base import CostModel
+
+
+class SimExecutor:
+    def __init__(self, scheduler: Scheduler, cost: CostModel, source) -> None:
+        self.sched = scheduler
+        self.cost = cost
+        self.source = source
+        self.num_layers = scheduler.num_layers
+
+    def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
+        if plan.kind == "flush":
+            return self._flush(plan)
+        cost, L = self.cost, self.num_layers
+        k, n = plan.num_steps, len(plan.decode_ids)
+        pre_tokens = sum(c.num_tokens for c in plan.prefill)
+        pre_attn = sum(c.num_tokens * (c.start + c.num_tokens / 2) for c in plan.prefill)
+        pre_last = sum(c.last for c in plan.prefill)
+        out = StepOutcome(k, n, L)
+        ids = np.asarray(plan.decode_ids, dtype=np.int64)
+        tok = np.asarray(plan.decode_token_index, dtype=np.int64)[None, :] + np.arange(k)[:, None]
+        heads = np.zeros(k)
+        for i, _e in enumerate(self.sched.exits if n else ()):
+            active = out.active
+            if not active.any():
+                break
+            heads[: out.num_steps] += cost.head_s(active.sum(axis=1))
+            conf = self.source.confidence(ids, tok[: out.num_steps], i)
+            d = self.sched.decide_at_exit(plan, i, conf, active, now)
+            out.record(self.sched.exits[i], d.actions, d.forced, d.stayed, d.drain, self.sched.policy.keeps_batch)
+        k = out.num_steps
+        ctx = np.asarray(plan.decode_context, dtype=float)[None, :] + np.arange(k)[:, None]
+        depth = np.where(out.computing, L, out.reach)
+        drain_rows = len(plan.drain_ids) if out.drain_layer >= 0 else 0
+        drain_ctx = float(sum(plan.drain_context)) if drain_rows else 0.0
+        bounds = sorted({0, L, *(e for e in self.sched.exits), *([out.drain_layer] if drain_rows else [])})
+        dur = heads[:k] + cost.step_overhead_s(n + len(plan.prefill) + drain_rows)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            going = depth >= b
+            rows = going.sum(axis=1) + pre_tokens
+            c = (ctx * going).sum(axis=1)
+            if drain_rows and a >= out.drain_layer:
+                last = np.zeros(k)
+                last[-1] = 1.0
+                rows = rows + drain_rows * last
+                c = c + drain_ctx * last
+            dur = dur + cost.layers_s(a, b, rows, c, pre_attn)
+        finals = (depth >= L).sum(axis=1) + pre_last
+        dur = dur + cost.head_s(finals)
+        if n and self.sched.exits:
+            parked = out.buffered.sum(axis=1)
+            dur = dur + cost.buffer_s(parked) + self._kv_fill_s(out)
+        if drain_rows:
+            dur[-1] += cost.buffer_s(drain_rows)
+        # Cut at the step in which the next arrival lands: the scheduler sees it right after.
+        if k > 1 and np.isfinite(until):
+            ends = now + np.cumsum(dur)
+            cut = int(np.searchsorted(ends, until)) + 1
+            if cut < k:
+                out.truncate(cut)
+                dur = dur[:cut]
+        result = StepResult(np.asarray(dur, dtype=float), out if n else None)
+        if self.sched.policy.keeps_batch and n:
+            frac = np.where(out.exited, out.reach / L, 1.0)
+            result.token_offset_s = dur[:, None] * frac
+        return result
+
+    def _kv_fill_s(self, out: StepOutcome) -> np.ndarray:
+        """State copy for tokens that exited: their K/V into every skipped layer, one scatter per step."""
+        if self.sched.policy.keeps_batch:
+            return np.zeros(out.num_steps)
+        exited = out.exited & ~out.computing
+        skipped = np.where(exited, self.num_layers - out.reach, 0)
+        rows = exited.sum(axis=1)
+        mean_layers = skipped.sum(axis=1) / np.maximum(rows, 1)
+        return self.cost.kv_copy_s(rows, mean_layers)
+
+    def _flush(self, plan: StepPlan) -> StepResult:
+        cost, n = self.cost, len(plan.flush_ids)
+        ctx = float(sum(plan.flush_context))
+        dur = (cost.layers_s(plan.flush_layer, self.num_layers, n, ctx) + cost.head_s(n)
+               + cost.step_overhead_s(n) + cost.buffer_s(n))
+        return StepResult(np.array([float(dur)]))
