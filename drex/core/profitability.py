@@ -5,8 +5,9 @@ Two rules decide whether splitting a decode batch at exit layer e pays:
 - ``costmodel`` (drex): compare the device time of holding (all b rows run
   [e, L) now) with splitting (the b' exiting rows fill their skipped KV by state
   copy; the s = b - b' staying rows are parked and later run [e, L) inside a
-  flush of F rows, so they cost s/F of that flush plus parking). F is the flush
-  size the buffer is predicted to reach before its rules force a flush.
+  flush of F rows, so they cost s/F of that flush plus parking, and they miss
+  decode steps while parked). F is the flush size the buffer is predicted to
+  reach before its rules force a flush; see ``split_saving_s``.
 - ``art`` (the authors'): running averages t_f (full step), t_s (split step)
   and t_d (flush step); overhead c = t_s + t_d - t_f; split when b' > ART =
   b*c/t_d (b/2 before the first measurement).
@@ -58,12 +59,21 @@ def marginal_deep_s(cost: CostModel, exit_layer: int, num_layers: int, rows, con
 
 
 def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exiting, context, stay_context,
-                   flush_rows, base_tokens=0, base_attn=0.0):
+                   flush_rows, base_tokens=0, base_attn=0.0, parked_steps=1):
     """Predicted device seconds saved by splitting instead of holding (positive: split pays).
 
-    rows/exiting/context/stay_context may be arrays (one entry per planned step);
-    flush_rows is the predicted size of the flush the stayers will ride in; base_tokens
-    are prefill tokens of the same step, which run the deep layers whatever the decode rows do.
+    Holding runs all rows through [e, L) now. Splitting skips that for the
+    exiting rows, but (a) the staying rows still need [e, L) later, as their
+    share of a flush of ``flush_rows`` rows, plus parking; (b) the exiting rows
+    need their skipped KV filled by state copy; and (c) each parked row misses
+    ``parked_steps`` decode steps: it is absent from the next shallow pass, a
+    lost row-step worth the part of a step's cost that does not shrink with
+    its rows, T(b)/b - dT/db. (c) is what running averages miss: when decode
+    is memory-bound, T barely depends on b, and (c) turns the rule into
+    "split when more than half want to exit"; when compute-bound it vanishes.
+
+    Counts may be arrays (one entry per planned step). base_tokens are prefill
+    tokens of the same step, which run the deep layers whatever the decode rows do.
     """
     rows = np.asarray(rows, dtype=float)
     staying = rows - exiting
@@ -75,7 +85,13 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     share = staying / flush_rows * flush
     park = 2 * cost.buffer_s(staying)  # park now, fetch at flush
     kv_fill = cost.kv_copy_s(exiting, num_layers - exit_layer)
-    return hold - (share + park + kv_fill)
+    per_row_ctx_all = context / np.maximum(rows, 1)
+    full = cost.layers_s(0, num_layers, rows, context) + cost.head_s(rows) + cost.step_overhead_s(rows)
+    full_plus = (cost.layers_s(0, num_layers, rows + 1, context + per_row_ctx_all) + cost.head_s(rows + 1)
+                 + cost.step_overhead_s(rows + 1))
+    fixed_per_row = np.maximum(full / np.maximum(rows, 1) - (full_plus - full), 0.0)
+    lost = staying * parked_steps * fixed_per_row
+    return hold - (share + park + kv_fill + lost)
 
 
 def drain_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, context, drain_rows, drain_context,

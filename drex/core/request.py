@@ -24,6 +24,7 @@ class Request:
     reject_reason: str = ""
     num_prefilled: int = 0  # tokens of the prefill target already in the KV cache
     prefill_target: int = 0  # set at admission: the prompt, plus outputs lost to a preemption
+    kv_tokens: int = 0  # KV slots its blocks hold (kept by the scheduler to skip needless allocations)
     num_generated: int = 0
     first_token_s: float = math.nan
     last_token_s: float = math.nan
@@ -63,4 +64,5 @@ class Request:
     def preempt(self) -> None:
         self.status = WAITING
         self.num_prefilled = 0
+        self.kv_tokens = 0
         self.num_preemptions += 1

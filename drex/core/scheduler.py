@@ -105,9 +105,10 @@ class Scheduler:
 
     def _pack(self) -> StepPlan | None:
         """Decode rows first, then prefill chunks in the leftover token budget; None after a preemption."""
-        decode = [r for r in self.running if not r.in_prefill]
+        decode = [r for r in self.running if r.num_prefilled >= r.prefill_target]
         for r in decode:
-            if not self.blocks.allocate(r.request_id, r.context_len + 1):
+            # The next decode writes slot context_len = prompt + generated - 1: it needs prompt + generated slots.
+            if r.prompt_tokens + r.num_generated > r.kv_tokens and not self._grow(r, r.prompt_tokens + r.num_generated):
                 self._preempt(protect=r)
                 return None
         budget = self.cfg.chunk_size - len(decode)
@@ -118,7 +119,7 @@ class Scheduler:
             if not r.in_prefill:
                 continue
             n = min(budget, r.prefill_target - r.num_prefilled)
-            if not self.blocks.allocate(r.request_id, r.num_prefilled + n):
+            if not self._grow(r, r.num_prefilled + n):
                 if chunks or decode:
                     break  # run what fits; this one waits for blocks
                 self._preempt(protect=r)
@@ -136,12 +137,19 @@ class Scheduler:
         self._attach_drain(plan)
         return plan
 
+    def _grow(self, r: Request, num_tokens: int) -> bool:
+        if not self.blocks.allocate(r.request_id, num_tokens):
+            return False
+        r.kv_tokens = self.blocks.capacity_tokens(r.request_id)
+        return True
+
     def _preempt(self, protect: Request) -> None:
         """Free the newest running request's blocks (recompute later); the protected one goes last."""
         victims = [r for r in self.running if r is not protect] or [protect]
         victim = victims[-1]
         self.running.remove(victim)
         self.blocks.free(victim.request_id)
+        victim.kv_tokens = 0
         victim.preempt()
         self.waiting.appendleft(victim)
         self.num_preemptions += 1
@@ -152,15 +160,18 @@ class Scheduler:
             return 1  # an admission may happen at the next step
         if self.cfg.profitability == "art" and self.policy.rebatches:
             return 1  # the running averages move every step
-        k = min(self.cfg.max_lookahead_steps, min(r.remaining_tokens for r in decode))
-        k = min(k, self._steps_until_flush())
+        k = min(self.cfg.max_lookahead_steps, min(r.output_tokens - r.num_generated for r in decode))
+        if self.buffer:
+            k = min(k, self._steps_until_flush())
         if k <= 1:
             return 1
-        need = sum(self.blocks.needed(r.request_id, r.context_len + k) for r in decode)
+        short = [r for r in decode if r.prompt_tokens + r.num_generated + k - 1 > r.kv_tokens]
+        need = sum(self.blocks.needed(r.request_id, r.prompt_tokens + r.num_generated + k - 1) for r in short)
         if need > self.blocks.num_free - len(decode):
-            return 1  # do not take blocks ahead under memory pressure
-        for r in decode:
-            self.blocks.allocate(r.request_id, r.context_len + k)
+            # Do not take blocks ahead under memory pressure: run only as far as the blocks held go.
+            return max(1, min(k, *(r.kv_tokens - r.prompt_tokens - r.num_generated + 1 for r in decode)))
+        for r in short:
+            self._grow(r, r.prompt_tokens + r.num_generated + k - 1)
         return k
 
     # -- the rebatching buffer ----------------------------------------------------------------
@@ -288,12 +299,15 @@ class Scheduler:
             if ch.last:
                 self._emit(r, 1, float(ends[-1]), L, 0, 0, 0)
         out = result.outcome
-        if plan.decode_ids and out is not None:
+        if plan.decode_ids and out is not None and out.is_plain:
+            self._apply_full_depth([self.live[i] for i in plan.decode_ids], ends)
+        elif plan.decode_ids and out is not None:
             n_exited, n_buffered = out.exited.sum(axis=1), out.buffered.sum(axis=1)
             layer_end = np.where(out.computing.any(axis=1) | bool(plan.prefill), L, out.reach.max(axis=1))
             self._apply_decode(plan, out, ends, ends - dur, result.token_offset_s)
         if self.cfg.profitability == "art" and self.policy.rebatches:
-            kind = "flush" if plan.kind == "flush" else ("split" if out is not None and out.buffered.any() else "full")
+            split = out is not None and not out.is_plain and out.buffered.any()
+            kind = "flush" if plan.kind == "flush" else ("split" if split else "full")
             self.art.update(kind, float(dur[-1]))
         self.running = [r for r in self.running if r.status == RUNNING]
         self.log.append(self.step_id, self.replica, start_s, dur, plan.kind, plan.num_rows, len(plan.decode_ids),
@@ -306,6 +320,9 @@ class Scheduler:
         emitted = ~out.buffered
         times = np.broadcast_to(ends[:k, None], emitted.shape) if offset_s is None else starts[:k, None] + offset_s
         rows = [self.live[i] for i in plan.decode_ids]
+        if offset_s is None and not out.exited.any() and not out.buffered.any() and not out.stayed.any():
+            self._apply_full_depth(rows, ends[:k])
+            return
         prev = np.array([r.last_token_s for r in rows])
         itl = np.diff(np.vstack([prev, np.where(emitted, times, np.nan)]), axis=0)
         self.itl_s.append(itl[~np.isnan(itl)])
@@ -331,6 +348,20 @@ class Scheduler:
             self._rejoin(self.buffer.pop(out.drain_layer), float(ends[k - 1]))
             self.num_drains += 1
 
+    def _apply_full_depth(self, rows: list[Request], ends: np.ndarray) -> None:
+        """Fast path: every row emitted a token from the last layer at every step."""
+        k, L = len(ends), self.num_layers
+        last = float(ends[-1])
+        if k > 1:
+            self.itl_s.append(np.repeat(np.diff(ends), len(rows)))
+        self.itl_s.append(float(ends[0]) - np.array([r.last_token_s for r in rows]))
+        for r in rows:
+            r.num_generated += k
+            r.last_token_s = last
+            r.sum_exit_layer += k * L
+            if r.num_generated >= r.output_tokens:
+                self._finish(r)
+
     def _rejoin(self, rows: list[Request], time_s: float) -> None:
         """Buffered rows ran [e, L): each emits its token and rejoins the running set."""
         self.itl_s.append(np.array([time_s - r.last_token_s for r in rows]))
@@ -351,8 +382,11 @@ class Scheduler:
         r.num_involuntary_exits += forced
         r.num_involuntary_stays += stayed
         if r.num_generated >= r.output_tokens:
-            r.status = FINISHED
-            r.finish_s = last_time_s
-            self.blocks.free(r.request_id)
-            del self.live[r.request_id]
-            self.finished.append(r)
+            self._finish(r)
+
+    def _finish(self, r: Request) -> None:
+        r.status = FINISHED
+        r.finish_s = r.last_token_s
+        self.blocks.free(r.request_id)
+        del self.live[r.request_id]
+        self.finished.append(r)

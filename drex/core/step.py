@@ -60,8 +60,18 @@ class StepOutcome:
     so the run is cut right after it (``num_steps`` shrinks).
     """
 
+    is_plain = False  # True: every row ran every layer and emitted (no exit points were evaluated)
+
+    @classmethod
+    def plain(cls, num_steps: int, num_rows: int, num_layers: int) -> "StepOutcome":
+        out = cls.__new__(cls)
+        out.num_steps, out.num_layers, out.num_rows, out.is_plain, out.drain_layer = \
+            num_steps, num_layers, num_rows, True, -1
+        return out
+
     def __init__(self, num_steps: int, num_rows: int, num_layers: int) -> None:
         self.num_steps = num_steps
+        self.num_rows = num_rows
         self.num_layers = num_layers
         self.reach = np.full((num_steps, num_rows), num_layers, dtype=np.int32)
         self.exited = np.zeros((num_steps, num_rows), dtype=bool)  # token taken from an exit head

@@ -22,23 +22,27 @@ class StepLog:
         return sum(len(c[3]) for c in self._chunks)
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Expand every run of k steps into k rows."""
-        cols: dict[str, list] = {c: [] for c in COLUMNS}
-        for (step, replica, start, dur, kind, rows, dec, pre, flush, exited, buffered, layer_end,
-             buf) in self._chunks:
-            k = len(dur)
-            ends = start + np.cumsum(dur)
-            cols["step"].append(np.arange(step, step + k))
-            cols["replica"].append(np.full(k, replica))
-            cols["time_s"].append(ends - dur)
-            cols["kind"].append(np.full(k, kind, dtype=object))
-            cols["num_rows"].append(np.broadcast_to(rows, k))
-            cols["num_decode"].append(np.full(k, dec))
-            cols["num_prefill_tokens"].append(np.full(k, pre))
-            cols["num_flush"].append(np.full(k, flush))
-            cols["num_exited"].append(np.broadcast_to(exited, k))
-            cols["num_buffered"].append(np.broadcast_to(buffered, k))
-            cols["layer_end"].append(np.broadcast_to(layer_end, k))
-            cols["duration_ms"].append(dur * 1e3)
-            cols["buffer_size"].append(np.full(k, buf))
-        return {c: (np.concatenate(v) if v else np.array([])) for c, v in cols.items()}
+        """Expand every run of k steps into k rows (scalars repeated, per-step arrays concatenated)."""
+        if not self._chunks:
+            return {c: np.array([]) for c in COLUMNS}
+        fields = list(zip(*self._chunks))
+        dur = [np.asarray(d, dtype=float) for d in fields[3]]
+        lengths = np.array([len(d) for d in dur])
+        durations = np.concatenate(dur)
+        starts = np.array(fields[2], dtype=float)
+        # Step start times: each run starts at its own start; within a run, after the previous steps.
+        run_offset = np.repeat(starts, lengths)
+        within = np.cumsum(durations) - np.repeat(np.cumsum([d.sum() for d in dur]) - [d.sum() for d in dur],
+                                                  lengths) - durations
+        cols = {"step": np.concatenate([np.arange(s, s + k) for s, k in zip(fields[0], lengths)]),
+                "replica": np.repeat(fields[1], lengths), "time_s": run_offset + within,
+                "kind": np.repeat(np.array(fields[4], dtype=object), lengths)}
+        for name, i in (("num_rows", 5), ("num_decode", 6), ("num_prefill_tokens", 7), ("num_flush", 8),
+                        ("num_exited", 9), ("num_buffered", 10), ("layer_end", 11), ("buffer_size", 12)):
+            vals = fields[i]
+            if all(np.ndim(v) == 0 for v in vals):
+                cols[name] = np.repeat(np.array(vals), lengths)
+            else:
+                cols[name] = np.concatenate([np.broadcast_to(v, k) for v, k in zip(vals, lengths)])
+        cols["duration_ms"] = durations * 1e3
+        return {c: cols[c] for c in COLUMNS}

@@ -29,29 +29,37 @@ class RooflineCostModel(CostModel):
         self._head_bytes = shape.head_params * dtype_bytes
         self._attn_flops = 4 * shape.num_heads * shape.head_dim  # QK^T and PV, per query-key pair
         self._launch_s = d.step_overhead_s / 50  # one kernel launch, roughly
+        launches = 8 * self._launch_s  # per layer: norms, projections, attention, MLP
+        self._c_tok = 2.0 * shape.layer_params / self._flops_s
+        self._c_pair = self._attn_flops / self._flops_s
+        # Weights once, the KV read by every decode row, the KV written for every new token.
+        self._m_fixed = self._layer_weight_bytes / self._bw + launches
+        self._m_kv = self._kv_token_bytes / self._bw
+        self._h_row = 2.0 * shape.head_params / self._flops_s
+        self._h_fixed = self._head_bytes / self._bw + 3 * self._launch_s
+        self._kv_move = 2.0 * self._kv_token_bytes / self._bw
+        self._buf_move = 2.0 * shape.hidden_size * dtype_bytes / self._bw
+
+    # Each method is max(compute, memory) with coefficients folded at construction: a handful of numpy
+    # operations per call, because the scheduler prices every decision with them.
 
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):
         tokens = np.asarray(num_tokens, dtype=float)
-        pairs = np.asarray(decode_context, dtype=float) + np.asarray(prefill_attn, dtype=float)
-        flops = 2.0 * self.shape.layer_params * tokens + self._attn_flops * pairs
-        # Weights once, the KV read by every decode row, the KV written for every new token.
-        bytes_ = self._layer_weight_bytes + self._kv_token_bytes * (np.asarray(decode_context, dtype=float) + tokens)
-        t = np.maximum(flops / self._flops_s, bytes_ / self._bw) + 8 * self._launch_s
-        return np.where(tokens > 0, t, 0.0) if np.ndim(t) else (float(t) if tokens > 0 else 0.0)
+        compute = (self._c_tok * tokens + self._c_pair * decode_context) + self._c_pair * prefill_attn
+        memory = self._m_fixed + self._m_kv * (tokens + decode_context)
+        return np.maximum(compute, memory) * (tokens > 0)
 
     def head_s(self, num_rows):
         rows = np.asarray(num_rows, dtype=float)
-        flops = 2.0 * self.shape.head_params * rows
-        t = np.maximum(flops / self._flops_s, self._head_bytes / self._bw) + 3 * self._launch_s
-        return np.where(rows > 0, t, 0.0) if np.ndim(t) else (float(t) if rows > 0 else 0.0)
+        return np.maximum(self._h_row * rows, self._h_fixed) * (rows > 0)
 
     def step_overhead_s(self, num_rows):
         return self.device.step_overhead_s + 1e-7 * np.asarray(num_rows, dtype=float)
 
     def kv_copy_s(self, num_rows, num_layers):
-        moved = 2.0 * np.asarray(num_rows, dtype=float) * np.asarray(num_layers, dtype=float) * self._kv_token_bytes
-        return np.where(moved > 0, moved / self._bw + self._launch_s, 0.0)
+        moved = self._kv_move * np.asarray(num_rows, dtype=float) * num_layers
+        return (moved + self._launch_s) * (moved > 0)
 
     def buffer_s(self, num_rows):
-        moved = 2.0 * np.asarray(num_rows, dtype=float) * self.shape.hidden_size * self.dtype_bytes
-        return np.where(moved > 0, moved / self._bw + self._launch_s, 0.0)
+        moved = self._buf_move * np.asarray(num_rows, dtype=float)
+        return (moved + self._launch_s) * (moved > 0)

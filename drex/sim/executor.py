@@ -31,6 +31,8 @@ class SimExecutor:
         pre_tokens = sum(c.num_tokens for c in plan.prefill)
         pre_attn = sum(c.num_tokens * (c.start + c.num_tokens / 2) for c in plan.prefill)
         pre_last = sum(c.last for c in plan.prefill)
+        if not (n and self.sched.exits):
+            return self._plain(plan, now, until, pre_tokens, pre_attn, pre_last)
         out = StepOutcome(k, n, L)
         ids = np.asarray(plan.decode_ids, dtype=np.int64)
         tok = np.asarray(plan.decode_token_index, dtype=np.int64)[None, :] + np.arange(k)[:, None]
@@ -79,6 +81,22 @@ class SimExecutor:
             frac = np.where(out.exited, out.reach / L, 1.0)
             result.token_offset_s = dur[:, None] * frac
         return result
+
+    def _plain(self, plan: StepPlan, now: float, until: float, pre_tokens: int, pre_attn: float,
+               pre_last: int) -> StepResult:
+        """No exit points evaluated: every row runs all layers."""
+        cost, L = self.cost, self.num_layers
+        k, n = plan.num_steps, len(plan.decode_ids)
+        ctx0 = float(sum(plan.decode_context))
+        ctx = ctx0 + n * np.arange(k) if k > 1 else ctx0
+        rows = n + pre_tokens
+        dur = (cost.layers_s(0, L, rows, ctx, pre_attn) + cost.head_s(n + pre_last)
+               + cost.step_overhead_s(n + len(plan.prefill)))
+        dur = np.atleast_1d(np.asarray(dur, dtype=float))
+        if k > 1 and np.isfinite(until):
+            cut = int(np.searchsorted(now + np.cumsum(dur), until)) + 1
+            dur = dur[:cut]
+        return StepResult(dur, StepOutcome.plain(len(dur), n, L) if n else None)
 
     def _kv_fill_s(self, out: StepOutcome) -> np.ndarray:
         """State copy for tokens that exited: their K/V into every skipped layer, one scatter per step."""
