@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from drex.sim import cli as sim_cli
 
     sim_cli.add_parsers(sub)
+    from drex.real import cli as real_cli; real_cli.add_parsers(sub)
     return parser
 
 

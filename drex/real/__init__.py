@@ -5,3 +5,7 @@ KV cache, state-copy and recompute KV fill), buffer (rebatching pool, copy
 meter), kernels (Triton on CUDA, torch on CPU), executor (carries out the
 scheduler's steps and measures them).
 """
+
+# Names the CLI offers without importing torch.
+KV_FILLS = ("copy", "recompute")
+DTYPE_NAMES = ("fp32", "bf16", "fp16")

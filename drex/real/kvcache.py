@@ -143,6 +143,23 @@ class PagedKVCache:
         self._free.extend(reversed(self._blocks[row]))
         self._blocks[row] = []
 
+    def set_blocks(self, row: int, blocks: list[int]) -> None:
+        """Take a row's block ids from an outside allocator (the scheduler's BlockManager).
+
+        A cache is driven either this way or by reserve/release, never both.
+        """
+        if self._blocks[row] == blocks:
+            return
+        if len(blocks) > self.max_blocks_per_row:
+            raise ValueError(f"cache row {row}: {len(blocks)} blocks exceed max_blocks_per_row {self.max_blocks_per_row}")
+        self._blocks[row] = list(blocks)
+        self.block_tables_cpu[row, :len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+        self._dirty.add(row)
+
+    def clear_row(self, row: int) -> None:
+        """Forget a row's blocks (their owner freed them)."""
+        self._blocks[row] = []
+
     def meta(self, rows, starts, lens) -> AttnMeta:
         if self._dirty:  # push new block-table entries to the device once per forward
             idx = sorted(self._dirty)

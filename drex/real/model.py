@@ -21,6 +21,7 @@ can time attention and MLP apart. The numerics follow transformers' Llama
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -150,6 +151,21 @@ class ExitHead(nn.Module):
         self.lm_head = nn.Linear(shape.hidden_size, shape.vocab_size, bias=False) if lm_head else None
 
 
+@contextmanager
+def uninitialised(dtype: torch.dtype, device):
+    """Build modules straight on ``device`` in ``dtype`` and skip their default init (every weight is
+    overwritten next): no fp32 copy of a 7B model, no seconds of kaiming init, no meta-device detour."""
+    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters, torch.get_default_dtype()
+    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved[:2]
+        torch.set_default_dtype(saved[2])
+
+
 class EEModel(nn.Module):
     def __init__(self, shape: ModelShape, exit_layers: tuple[int, ...] | None = None):
         super().__init__()
@@ -186,11 +202,8 @@ class EEModel(nn.Module):
                 exit_layers = tuple(e for e in shape.trained_exits if e < num_layers)
         # A generator on the target device: a 7B model's weights drawn on one CPU core take minutes.
         gen = torch.Generator(device=device).manual_seed(seed)
-        with torch.device("meta"):
+        with uninitialised(dtype, device):
             model = cls(shape, exit_layers)
-        model = model.to_empty(device=device)
-        if shape.tie_embeddings:  # to_empty() may replace the shared parameter by two
-            model.lm_head.weight = model.embed_tokens.weight
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("norm.weight"):
@@ -203,8 +216,7 @@ class EEModel(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=gen, device=p.device) * (4.0 / math.sqrt(p.shape[1])))
                 else:  # Linear [out, in]
                     p.copy_(torch.randn(p.shape, generator=gen, device=p.device) / math.sqrt(p.shape[1]))
-        model._refresh_buffers()
-        return model.to(dtype=dtype).eval()
+        return model.eval()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype=torch.float32, device="cpu",
@@ -219,12 +231,6 @@ class EEModel(nn.Module):
         from drex.real.weights import save_pretrained
 
         save_pretrained(self, path)
-
-    def _refresh_buffers(self) -> None:
-        # to_empty() leaves buffers uninitialised; rebuild the rotary frequencies.
-        for layer in self.layers:
-            attn = layer.self_attn
-            attn.inv_freq = rope_inv_freq(attn.head_dim, self.shape.rope_theta).to(attn.inv_freq.device)
 
     def add_exit_head(self, exit_layer: int, norm: bool = True, lm_head: bool = True) -> ExitHead:
         """A separate head for one exit, initialised from the shared norm / LM head."""

@@ -64,11 +64,12 @@ def load_pretrained(cls, path, dtype=torch.float32, device="cpu", exit_layers=No
     if exit_layers is None:
         exit_layers = tuple(sorted(set(shape.trained_exits) | set(head_parts)))
 
-    with torch.device("meta"):
+    from drex.real.model import uninitialised
+
+    with uninitialised(dtype, device):
         model = cls(shape, exit_layers)
         for layer, parts in sorted(head_parts.items()):
             model.add_exit_head(layer, norm="norm" in parts, lm_head="lm_head" in parts)
-    model = model.to_empty(device=device).to(dtype)
     tie = shape.tie_embeddings or ("lm_head.weight" not in names and "embed_tokens.weight" in names)
     if tie:
         model.lm_head.weight = model.embed_tokens.weight
@@ -93,7 +94,6 @@ def load_pretrained(cls, path, dtype=torch.float32, device="cpu", exit_layers=No
     if missing:
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
         raise ValueError(f"{directory}: weights missing from the safetensors files: {', '.join(missing[:5])}{more}")
-    model._refresh_buffers()
     model.shape = shape
     return model.eval()
 

@@ -1,0 +1,334 @@
+"""The real executor: carries out the scheduler's StepPlans on an EE model and measures them.
+
+Same interface as the simulator's executor (``execute(plan, now, until)`` ->
+``StepResult``), driven by the same ``Scheduler`` object. Inside a step, at
+each exit point it runs the exit head over the rows still deciding, asks
+``scheduler.decide_at_exit`` what each row does, and carries it out:
+
+- EXIT: the row's token is the exit head's argmax; its skipped layers' K/V are
+  filled (state copy for all of the step's exits in one scatter at step end,
+  or recompute: its hidden state waits for its request's next step);
+- BUFFER: the row's hidden state is parked in the rebatching pool;
+- CONTINUE: the row goes deeper; buffered rows may join it (inline drain).
+
+A flush fetches parked rows and runs [e, L). Regrouping rows rebuilds only an
+``AttnMeta`` (index tensors into the pool and block tables); the hidden-state
+rows that move are counted by the ``CopyMeter``. Block ids come from the
+scheduler's BlockManager, so the cache holds what the scheduler planned.
+Runs of k planned decode steps are executed one by one, stopping where the
+batch changes or the next arrival is due (the simulator's ``until``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+
+import numpy as np
+import torch
+
+from drex.core.request import WAITING
+from drex.core.step import BUFFER, EXIT, StepOutcome, StepPlan, StepResult
+from drex.real import KV_FILLS
+from drex.real.buffer import CopyMeter, HiddenPool, nbytes
+from drex.real.kvcache import PagedKVCache, RecomputeFill
+from drex.real.model import EEModel, confidence
+
+
+def synthetic_prompt(seed: int, request_id: int, num_tokens: int, vocab_size: int) -> list[int]:
+    """Trace requests carry lengths only: token ids drawn per (seed, request), independent of order."""
+    return np.random.default_rng([seed, request_id]).integers(0, vocab_size, num_tokens).tolist()
+
+
+class RealExecutor:
+    def __init__(self, scheduler, model: EEModel, num_blocks: int, block_size: int, max_rows: int,
+                 max_model_len: int, kv_fill: str = "copy", seed: int = 0, clock=time.monotonic,
+                 prompts: dict[int, list[int]] | None = None):
+        if kv_fill not in KV_FILLS:
+            raise ValueError(f"kv fill must be one of {KV_FILLS}, got {kv_fill!r}")
+        self.sched, self.model, self.kv_fill, self.seed, self.clock = scheduler, model, kv_fill, seed, clock
+        self.num_layers = model.num_layers
+        self.metric = scheduler.ee.metric
+        shape, dtype, device = model.shape, model.dtype, model.device
+        self.cuda = device.type == "cuda"
+        self.cache = PagedKVCache(shape, num_blocks, block_size, max_rows, -(-max_model_len // block_size),
+                                  dtype=dtype, device=device)
+        self.meter = CopyMeter()
+        self.pool = HiddenPool(max_rows, shape.hidden_size, dtype, device, self.meter, kind="buffer")
+        self.recompute = (RecomputeFill(max_rows, shape.hidden_size, dtype, device, self.meter)
+                          if kv_fill == "recompute" else None)
+        self.rows: dict[int, int] = {}  # request id -> cache row
+        self._free_rows = list(range(max_rows - 1, -1, -1))
+        self.prompts = dict(prompts or {})
+        # Records: what the model said at every exit point, what was decided, per-token exit layers.
+        self.confidences: list[tuple[int, int, int, float]] = []
+        self.decisions: list[tuple[int, int, int, int]] = []
+        self.exit_layers: dict[int, list[int]] = {}
+        self.outputs: dict[int, list[int]] = {}  # request id -> its Request.tokens (outlives the scheduler's live map)
+        # Each executed step as planned, with the decisions taken: drex validate re-prices them with the cost model.
+        self.plans: list[dict] = []
+        self.step_records: list[dict] = []
+        self.kv_fill_s = 0.0
+        self.kv_fill_bytes = 0
+        self.recompute_token_layers = 0
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def _seq(self, rid: int) -> list[int]:
+        req = self.sched.live[rid]
+        if rid not in self.prompts:
+            self.prompts[rid] = synthetic_prompt(self.seed, rid, req.prompt_tokens, self.model.shape.vocab_size)
+        return self.prompts[rid] + req.tokens
+
+    def _reconcile(self) -> None:
+        """Free cache rows of requests that finished or were preempted since the last step."""
+        for rid in list(self.rows):
+            req = self.sched.live.get(rid)
+            if req is None or req.status == WAITING:
+                row = self.rows.pop(rid)
+                self.cache.clear_row(row)
+                self.pool.drop(row)
+                if self.recompute is not None:
+                    self.recompute.drop(row)
+                self._free_rows.append(row)
+
+    def _row(self, rid: int) -> int:
+        if rid not in self.rows:
+            if not self._free_rows:
+                raise RuntimeError("more live requests than cache rows (max_rows)")
+            self.rows[rid] = self._free_rows.pop()
+        row = self.rows[rid]
+        self.cache.set_blocks(row, self.sched.blocks.tables.get(rid, []))
+        return row
+
+    def _emit(self, rid: int, token: int, layer: int) -> None:
+        tokens = self.outputs.setdefault(rid, self.sched.live[rid].tokens)
+        tokens.append(int(token))
+        self.exit_layers.setdefault(rid, []).append(layer)
+
+    # -- the interface --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
+        self._reconcile()
+        if plan.kind == "flush":
+            return self._flush(plan)
+        outcomes, durations, offsets = [], [], []
+        for s in range(plan.num_steps):
+            t0 = self.clock()
+            out, offset = self._step(plan, s, t0)
+            self._sync()
+            durations.append(self.clock() - t0)
+            self._record_step(plan.kind)
+            self.plans[-1]["duration_s"] = durations[-1]
+            if out is None:
+                break
+            outcomes.append(out)
+            offsets.append(np.where(np.isnan(offset), durations[-1], offset))
+            if out.buffered.any() or out.drain_layer >= 0 or self.clock() >= until:
+                break
+        result = StepResult(np.asarray(durations, dtype=float), _concat(outcomes) if outcomes else None)
+        if outcomes and self.sched.policy.keeps_batch:
+            result.token_offset_s = np.vstack(offsets)
+        elif outcomes and outcomes[-1].drain_layer >= 0:
+            # Tokens at step end, said explicitly: the scheduler's full-depth fast path (taken when no
+            # offsets are given and nobody exited) skips the drain's rejoin.
+            result.token_offset_s = np.repeat(np.asarray(durations)[:, None], len(plan.decode_ids), axis=1)
+        result.copied_bytes = sum(r["copied_bytes"] for r in self.step_records[-len(durations):])
+        return result
+
+    # -- one decode / prefill / mixed step -----------------------------------------------------------
+
+    def _step(self, plan: StepPlan, s: int, t0: float):
+        model, sched, L = self.model, self.sched, self.num_layers
+        dec = plan.decode_ids
+        n = len(dec)
+        dec_rows = [self._row(rid) for rid in dec]
+        if self.recompute is not None and dec:
+            t = self.clock()
+            self.recompute_token_layers += self.recompute.run(model, self.cache, dec_rows)
+            self._sync()
+            self.kv_fill_s += self.clock() - t
+        positions = [c + s for c in plan.decode_context]
+        ids = [self.sched.live[rid].tokens[-1] for rid in dec]  # decode rows have >= 1 output token
+        # Running sequences: ("d", j) decode row j of the plan, ("c", chunk), ("r", rid) a drained row.
+        tags = [("d", j) for j in range(n)]
+        rows, starts, lens = list(dec_rows), list(positions), [1] * n
+        for ch in plan.prefill:
+            tags.append(("c", ch))
+            rows.append(self._row(ch.request_id))
+            starts.append(ch.start)
+            lens.append(ch.num_tokens)
+            ids.extend(self._seq(ch.request_id)[ch.start:ch.start + ch.num_tokens])
+        meta = self.cache.meta(rows, starts, lens)
+        h = model.embed(torch.tensor(ids, device=model.device))  # [N, H]
+
+        out = StepOutcome(1, n, L) if n else None
+        active = np.ones(n, dtype=bool)
+        computing = np.ones(n, dtype=bool)
+        tokens: list[int | None] = [None] * n
+        offset = np.full((1, n), np.nan)
+        fills: list[tuple[int, int, int]] = []  # (cache row, position, exit layer) for state copy
+        step_plan = dataclasses.replace(plan, decode_context=positions, num_steps=1,
+                                        decode_token_index=[t + s for t in plan.decode_token_index])
+        record = _plan_record(step_plan)
+        self.plans.append(record)
+        layer = 0
+        for i, e in enumerate(sched.exits if n else ()):
+            h = model.run_layers(h, meta, self.cache, layer, e)
+            layer = e
+            where = {tag: k for k, tag in enumerate(tags)}
+            asking = [j for j in range(n) if active[j]]
+            if not asking:
+                continue
+            idx = [meta.token_start[where[("d", j)]] for j in asking]
+            logits = model.exit_logits(h[idx], e)
+            conf = confidence(logits, self.metric).cpu().numpy()
+            argmax = logits.argmax(-1).tolist()
+            conf_all = np.full((1, n), np.nan)
+            conf_all[0, asking] = conf
+            d = sched.decide_at_exit(step_plan, i, conf_all, active[None, :].copy(), self.clock())
+            out.record(e, d.actions, d.forced, d.stayed, d.drain, sched.policy.keeps_batch)
+            record["decisions"].append([i, d.actions[0].tolist(), d.forced[0].tolist(), d.stayed[0].tolist(),
+                                        bool(d.drain[0])])
+            acts = d.actions[0]
+            for k, j in enumerate(asking):
+                tok_index = step_plan.decode_token_index[j]
+                self.confidences.append((dec[j], tok_index, e, float(conf[k])))
+                self.decisions.append((dec[j], tok_index, e, int(acts[j])))
+            exiting = [k for k, j in enumerate(asking) if acts[j] == EXIT]
+            parking = [k for k, j in enumerate(asking) if acts[j] == BUFFER]
+            for k in exiting:
+                j = asking[k]
+                tokens[j] = argmax[k]
+                self._emit(dec[j], argmax[k], e)
+                offset[0, j] = self.clock() - t0
+                if not sched.policy.keeps_batch:
+                    computing[j] = False
+                    if self._needs_fill(dec[j], s):
+                        fills.append((dec_rows[j], positions[j], e))
+                        if self.recompute is not None:
+                            self.recompute.add([dec_rows[j]], h[[idx[k]]], e, [positions[j]])
+            if parking:
+                self.pool.park([dec_rows[asking[k]] for k in parking], h[[idx[k] for k in parking]], e)
+                computing[[asking[k] for k in parking]] = False
+            active[[j for j in asking if acts[j] != 1]] = False  # 1 == CONTINUE
+            drained = []
+            if d.drain[0]:
+                drained = list(plan.drain_ids)
+            if exiting and not sched.policy.keeps_batch or parking or drained:
+                keep = [k for k, tag in enumerate(tags) if tag[0] != "d" or computing[tag[1]]]
+                tok_idx = [t for k in keep for t in range(meta.token_start[k], meta.token_start[k] + meta.lens[k])]
+                parts = [h[tok_idx]] if tok_idx else []
+                self.meter.add("gather", nbytes(parts[0]) if parts else 0)
+                tags = [tags[k] for k in keep]
+                rows = [meta.rows_list[k] for k in keep]
+                starts = [meta.starts[k] for k in keep]
+                lens = [meta.lens[k] for k in keep]
+                if drained:
+                    drain_rows = [self._row(rid) for rid in drained]
+                    parts.append(self.pool.take(drain_rows))
+                    tags += [("r", rid) for rid in drained]
+                    rows += drain_rows
+                    starts += list(plan.drain_context)
+                    lens += [1] * len(drained)
+                if not tags:
+                    break
+                h = torch.cat(parts) if len(parts) > 1 else parts[0]
+                meta = self.cache.meta(rows, starts, lens)
+        if tags and (layer < L):
+            h = model.run_layers(h, meta, self.cache, layer, L)
+        self._finish_top(h, meta, tags, tokens, dec)
+        if fills and self.recompute is None:
+            t = self.clock()
+            nb = self.cache.copy_fill(*zip(*fills))
+            self._sync()
+            self.kv_fill_s += self.clock() - t
+            self.kv_fill_bytes += nb
+            self.meter.add("kv_copy", nb)
+        return out, offset
+
+    def _needs_fill(self, rid: int, s: int) -> bool:
+        """A request's last token needs no KV in the skipped layers: nobody will attend to it."""
+        req = self.sched.live[rid]
+        return req.num_generated + s + 1 < req.output_tokens
+
+    def _finish_top(self, h, meta, tags, tokens, dec) -> None:
+        """Top-of-model tokens: decode rows that ran full depth, drained rows, prompts' last chunks."""
+        want, who = [], []
+        for k, tag in enumerate(tags):
+            kind, ref = tag
+            if kind == "d" and tokens[ref] is None:
+                want.append(meta.token_start[k])
+                who.append(dec[ref])
+            elif kind == "r":
+                want.append(meta.token_start[k])
+                who.append(ref)
+            elif kind == "c" and ref.last:
+                want.append(meta.token_start[k] + meta.lens[k] - 1)
+                who.append(ref.request_id)
+        if not want:
+            return
+        top = self.model.exit_logits(h[want], self.num_layers).argmax(-1).tolist()
+        for rid, tok in zip(who, top):
+            self._emit(rid, tok, self.num_layers)
+
+    # -- a flush: parked rows through [e, L) -------------------------------------------------------------
+
+    def _flush(self, plan: StepPlan) -> StepResult:
+        t0 = self.clock()
+        self.plans.append(_plan_record(plan))
+        rows = [self._row(rid) for rid in plan.flush_ids]
+        h = self.pool.take(rows)
+        meta = self.cache.meta(rows, plan.flush_context, [1] * len(rows))
+        h = self.model.run_layers(h, meta, self.cache, plan.flush_layer, self.num_layers)
+        top = self.model.exit_logits(h, self.num_layers).argmax(-1).tolist()
+        for rid, tok in zip(plan.flush_ids, top):
+            self._emit(rid, tok, self.num_layers)
+        self._sync()
+        dur = self.clock() - t0
+        self._record_step("flush")
+        self.plans[-1]["duration_s"] = dur
+        return StepResult(np.array([dur]), copied_bytes=self.step_records[-1]["copied_bytes"])
+
+    def _record_step(self, kind: str) -> None:
+        by_kind = self.meter.take_step()
+        self.step_records.append({"copied_bytes": sum(by_kind.values()), "kv_copy_bytes": by_kind.get("kv_copy", 0),
+                                  "buffer_bytes": by_kind.get("buffer_park", 0) + by_kind.get("buffer_fetch", 0),
+                                  "gather_bytes": by_kind.get("gather", 0)})
+
+    def stats(self) -> dict:
+        """Totals for summary.json: what moved, and what KV fill cost."""
+        total: Counter = self.meter.total
+        pending_pool = self.recompute.pool.h if self.recompute is not None else None
+        return {"kv_fill": self.kv_fill, "kv_fill_s": self.kv_fill_s,
+                "kv_copy_bytes": int(total.get("kv_copy", 0)),
+                "recompute_token_layers": self.recompute_token_layers,
+                "recompute_pool_bytes": nbytes(pending_pool) if pending_pool is not None else 0,
+                "buffer_pool_bytes": nbytes(self.pool.h),
+                "copied_bytes_by_kind": {k: int(v) for k, v in sorted(total.items())},
+                "kv_cache_bytes": nbytes(self.cache.k) + nbytes(self.cache.v)}
+
+
+def _plan_record(plan: StepPlan) -> dict:
+    rec = dataclasses.asdict(dataclasses.replace(plan, num_steps=1))
+    rec["prefill"] = [[c.request_id, c.start, c.num_tokens, c.last] for c in plan.prefill]
+    rec["decisions"] = []  # [exit index, actions, forced, stayed, drain] per exit point asked
+    return rec
+
+
+def _concat(outs: list[StepOutcome]) -> StepOutcome:
+    """One outcome for a run of single steps, as if decided as one k-step plan."""
+    if len(outs) == 1:
+        return outs[0]
+    first = outs[0]
+    merged = StepOutcome(len(outs), first.reach.shape[1], first.num_layers)
+    for name in ("reach", "exited", "buffered", "forced", "stayed", "active", "computing"):
+        setattr(merged, name, np.concatenate([getattr(o, name) for o in outs]))
+    merged.drain_layer = outs[-1].drain_layer
+    return merged
