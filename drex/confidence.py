@@ -40,7 +40,7 @@ def uniform_hash(seed: int, request_ids: np.ndarray, token_index: np.ndarray, ex
         key = (np.asarray(request_ids, dtype=np.uint64) * np.uint64(0x100000001B3)
                ^ np.asarray(token_index, dtype=np.uint64) * np.uint64(0x9E3779B1)
                ^ np.uint64((seed * 1_000_003 + exit_index * 7919) & 0xFFFFFFFFFFFF))
-        h = _splitmix64(_splitmix64(key))
+        h = _splitmix64(key)
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 

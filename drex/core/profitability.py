@@ -77,18 +77,25 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     """
     rows = np.asarray(rows, dtype=float)
     staying = rows - exiting
-    hold = marginal_deep_s(cost, exit_layer, num_layers, rows, context, base_tokens, base_attn)
     flush_rows = np.maximum(flush_rows, staying)
-    # The stayers' share of a flush of flush_rows rows, with contexts like theirs.
-    per_row_ctx = np.where(staying > 0, stay_context / np.maximum(staying, 1), 0.0)
-    flush = deep_s(cost, exit_layer, num_layers, flush_rows, per_row_ctx * flush_rows) + cost.step_overhead_s(flush_rows)
+    # Stayers' per-row context stands for the whole flush; every row's for the "one more row" probe.
+    stay_ctx_row = np.where(staying > 0, stay_context / np.maximum(staying, 1), 0.0)
+    ctx_row = context / np.maximum(rows, 1)
+    zero = np.zeros_like(rows)
+    # One cost-model call per kind of work, on stacked inputs (this runs at every partial exit).
+    layer = cost.layer_s(np.stack([base_tokens + rows, base_tokens + zero, flush_rows, rows, rows + 1]),
+                         np.stack([context, zero, stay_ctx_row * flush_rows, context, context + ctx_row]),
+                         np.stack([base_attn + zero, base_attn + zero, zero, zero, zero]))
+    head = cost.head_s(np.stack([rows, flush_rows, rows + 1]))
+    over = cost.step_overhead_s(np.stack([flush_rows, rows, rows + 1]))
+    deep, all_layers = num_layers - exit_layer, num_layers
+    hold = deep * (layer[0] - (layer[1] if base_tokens else 0.0)) + head[0]
+    flush = deep * layer[2] + head[1] + over[0]
     share = staying / flush_rows * flush
     park = 2 * cost.buffer_s(staying)  # park now, fetch at flush
-    kv_fill = cost.kv_copy_s(exiting, num_layers - exit_layer)
-    per_row_ctx_all = context / np.maximum(rows, 1)
-    full = cost.layers_s(0, num_layers, rows, context) + cost.head_s(rows) + cost.step_overhead_s(rows)
-    full_plus = (cost.layers_s(0, num_layers, rows + 1, context + per_row_ctx_all) + cost.head_s(rows + 1)
-                 + cost.step_overhead_s(rows + 1))
+    kv_fill = cost.kv_copy_s(exiting, deep)
+    full = all_layers * layer[3] + head[0] + over[1]
+    full_plus = all_layers * layer[4] + head[2] + over[2]
     fixed_per_row = np.maximum(full / np.maximum(rows, 1) - (full_plus - full), 0.0)
     lost = staying * parked_steps * fixed_per_row
     return hold - (share + park + kv_fill + lost)

@@ -36,37 +36,34 @@ class SimExecutor:
         out = StepOutcome(k, n, L)
         ids = np.asarray(plan.decode_ids, dtype=np.int64)
         tok = np.asarray(plan.decode_token_index, dtype=np.int64)[None, :] + np.arange(k)[:, None]
-        heads = np.zeros(k)
-        for i, _e in enumerate(self.sched.exits if n else ()):
+        head_rows = []  # rows evaluated by each exit head, per step
+        for i, e in enumerate(self.sched.exits):
             active = out.active
             if not active.any():
                 break
-            heads[: out.num_steps] += cost.head_s(active.sum(axis=1))
+            head_rows.append(active.sum(axis=1))
             conf = self.source.confidence(ids, tok[: out.num_steps], i)
             d = self.sched.decide_at_exit(plan, i, conf, active, now)
-            out.record(self.sched.exits[i], d.actions, d.forced, d.stayed, d.drain, self.sched.policy.keeps_batch)
+            out.record(e, d.actions, d.forced, d.stayed, d.drain, self.sched.policy.keeps_batch)
         k = out.num_steps
         ctx = np.asarray(plan.decode_context, dtype=float)[None, :] + np.arange(k)[:, None]
         depth = np.where(out.computing, L, out.reach)
         drain_rows = len(plan.drain_ids) if out.drain_layer >= 0 else 0
-        drain_ctx = float(sum(plan.drain_context)) if drain_rows else 0.0
-        bounds = sorted({0, L, *(e for e in self.sched.exits), *([out.drain_layer] if drain_rows else [])})
-        dur = heads[:k] + cost.step_overhead_s(n + len(plan.prefill) + drain_rows)
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            going = depth >= b
-            rows = going.sum(axis=1) + pre_tokens
-            c = (ctx * going).sum(axis=1)
-            if drain_rows and a >= out.drain_layer:
-                last = np.zeros(k)
-                last[-1] = 1.0
-                rows = rows + drain_rows * last
-                c = c + drain_ctx * last
-            dur = dur + cost.layers_s(a, b, rows, c, pre_attn)
-        finals = (depth >= L).sum(axis=1) + pre_last
-        dur = dur + cost.head_s(finals)
-        if n and self.sched.exits:
-            parked = out.buffered.sum(axis=1)
-            dur = dur + cost.buffer_s(parked) + self._kv_fill_s(out)
+        bounds = np.array(sorted({0, L, *self.sched.exits, *([out.drain_layer] if drain_rows else [])}))
+        lo, hi = bounds[:-1], bounds[1:]
+        # Rows still going through each segment [lo, hi) of layers, per step: one cost-model call for all.
+        going = depth[None, :, :] >= hi[:, None, None]
+        rows = going.sum(axis=2) + float(pre_tokens)
+        c = (going * ctx[None]).sum(axis=2)
+        if drain_rows:
+            joined = lo >= out.drain_layer
+            rows[joined, -1] += drain_rows
+            c[joined, -1] += float(sum(plan.drain_context))
+        dur = ((hi - lo)[:, None] * cost.layer_s(rows, c, pre_attn)).sum(axis=0)
+        head_rows = [h[:k] for h in head_rows] + [(depth >= L).sum(axis=1) + pre_last]
+        dur += cost.head_s(np.array(head_rows, dtype=float)).sum(axis=0)
+        dur += cost.step_overhead_s(n + len(plan.prefill) + drain_rows)
+        dur += cost.buffer_s(out.buffered.sum(axis=1)) + self._kv_fill_s(out)
         if drain_rows:
             dur[-1] += cost.buffer_s(drain_rows)
         # Cut at the step in which the next arrival lands: the scheduler sees it right after.
