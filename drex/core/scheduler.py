@@ -320,7 +320,8 @@ class Scheduler:
         emitted = ~out.buffered
         times = np.broadcast_to(ends[:k, None], emitted.shape) if offset_s is None else starts[:k, None] + offset_s
         rows = [self.live[i] for i in plan.decode_ids]
-        if offset_s is None and not out.exited.any() and not out.buffered.any() and not out.stayed.any():
+        if (offset_s is None and out.drain_layer < 0 and not out.exited.any() and not out.buffered.any()
+                and not out.stayed.any()):
             self._apply_full_depth(rows, ends[:k])
             return
         prev = np.array([r.last_token_s for r in rows])
