@@ -139,7 +139,7 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     actions[exits] = EXIT
     actions[buffered] = BUFFER
     stayed = (partial & ~split)[:, None] & want
-    no_exit = ~(all_exit | split)
+    no_exit = ~(all_exit | split) & (n_act > 0)  # drained rows need live rows to ride with
     drain = np.zeros(len(no_exit), dtype=bool)
     if no_exit.any():
         drain[no_exit] = ctx.drain_pays(np.flatnonzero(no_exit))

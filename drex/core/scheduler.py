@@ -244,7 +244,7 @@ class Scheduler:
                 return exiting > self.art.art(rows)
             c = ctx[steps]
             saving = prof.split_saving_s(cost, e, L, rows, exiting, (c * act).sum(axis=1), (c * stay).sum(axis=1),
-                                         self._predicted_flush_rows(e, staying), base, base_attn)
+                                         self._predicted_flush_rows(e, staying, steps), base, base_attn)
             pays = saving > 0
             if self._slo_rows(plan):  # a parked row must still make its next-token deadline
                 pays &= self._can_park(plan, stay, now, e)
@@ -261,12 +261,16 @@ class Scheduler:
         return self.policy.decide(ExitContext(e, L, wants, confidence, active, self.ee.threshold, higher,
                                               split_pays, drain_pays))
 
-    def _predicted_flush_rows(self, layer: int, staying: np.ndarray) -> np.ndarray:
-        """Rows the flush carrying these stayers is expected to hold, under the buffer's flush rules."""
+    def _predicted_flush_rows(self, layer: int, staying: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Rows the flush carrying these stayers is expected to hold, under the buffer's flush rules.
+
+        steps are offsets into the planned run: the buffer ages by one per step.
+        """
         cfg = self.cfg
         parked = self.buffer.get(layer, ())
-        wait = cfg.flush_max_wait_steps - (self.step_id - parked[0].buffered_step if parked else 0)
-        grown = len(parked) + staying * max(wait, 1)
+        age = self.step_id + steps - parked[0].buffered_step if parked else 0
+        wait = np.maximum(cfg.flush_max_wait_steps - age, 1)
+        grown = len(parked) + staying * wait
         return np.minimum(grown, min(cfg.flush_rows, cfg.max_batch_size))
 
     def _slo_rows(self, plan: StepPlan) -> bool:
@@ -288,6 +292,7 @@ class Scheduler:
         k = len(dur)
         ends = start_s + np.cumsum(dur)
         L = self.num_layers
+        buffered_before = self.num_buffered
         n_exited = n_buffered = 0
         layer_end = L
         if plan.kind == "flush":
@@ -312,8 +317,17 @@ class Scheduler:
         self.running = [r for r in self.running if r.status == RUNNING]
         self.log.append(self.step_id, self.replica, start_s, dur, plan.kind, plan.num_rows, len(plan.decode_ids),
                         sum(c.num_tokens for c in plan.prefill), len(plan.flush_ids), n_exited, n_buffered,
-                        layer_end, self.num_buffered)
+                        layer_end, self._buffer_sizes(k, buffered_before))
         self.step_id += k
+
+    def _buffer_sizes(self, k: int, before: int):
+        """Buffer size after each step of a run: it can only change in the run's last step."""
+        after = self.num_buffered
+        if k == 1 or after == before:
+            return after
+        sizes = np.full(k, before)
+        sizes[-1] = after
+        return sizes
 
     def _apply_decode(self, plan: StepPlan, out, ends: np.ndarray, starts: np.ndarray, offset_s) -> None:
         k = out.num_steps
@@ -336,8 +350,10 @@ class Scheduler:
         last_time = times[np.maximum(last_emit, 0), np.arange(len(rows))].tolist()
         parked = out.buffered[-1].tolist()
         for j, r in enumerate(rows):
+            # A parked token's involuntary stays count now, though it emits only at its flush.
+            r.num_involuntary_stays += stayed[j]
             if counts[j]:
-                self._emit(r, counts[j], last_time[j], layers[j], early[j], forced[j], stayed[j])
+                self._emit(r, counts[j], last_time[j], layers[j], early[j], forced[j], 0)
             if parked[j] and r.status == RUNNING:
                 r.status = BUFFERED
                 r.buffer_layer = int(out.reach[-1, j])

@@ -62,10 +62,11 @@ class SimExecutor:
         dur = ((hi - lo)[:, None] * cost.layer_s(rows, c, pre_attn)).sum(axis=0)
         head_rows = [h[:k] for h in head_rows] + [(depth >= L).sum(axis=1) + pre_last]
         dur += cost.head_s(np.array(head_rows, dtype=float)).sum(axis=0)
-        dur += cost.step_overhead_s(n + len(plan.prefill) + drain_rows)
+        dur += cost.step_overhead_s(n + len(plan.prefill))
         dur += cost.buffer_s(out.buffered.sum(axis=1)) + self._kv_fill_s(out)
-        if drain_rows:
-            dur[-1] += cost.buffer_s(drain_rows)
+        if drain_rows:  # the drained rows joined the last step only
+            dur[-1] += (cost.step_overhead_s(n + len(plan.prefill) + drain_rows)
+                        - cost.step_overhead_s(n + len(plan.prefill)) + cost.buffer_s(drain_rows))
         # Cut at the step in which the next arrival lands: the scheduler sees it right after.
         if k > 1 and np.isfinite(until):
             ends = now + np.cumsum(dur)
