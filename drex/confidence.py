@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy.special import betaincinv
 
 from drex import REPO_ROOT
 
@@ -58,7 +58,7 @@ class BetaConfidence:
         self.params = params
         self.seed = seed
         # Inverse CDF tables: a draw is one hash and one interpolation.
-        self._ppf = [stats.beta.ppf(self._GRID, a, b) for a, b in params]
+        self._ppf = [betaincinv(a, b, self._GRID) for a, b in params]
         self.name = "beta:" + "/".join(f"{a:g},{b:g}" for a, b in params)
 
     def confidence(self, request_ids, token_index, exit_index: int) -> np.ndarray:
