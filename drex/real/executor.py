@@ -135,10 +135,6 @@ class RealExecutor:
         result = StepResult(np.asarray(durations, dtype=float), _concat(outcomes) if outcomes else None)
         if outcomes and self.sched.policy.keeps_batch:
             result.token_offset_s = np.vstack(offsets)
-        elif outcomes and outcomes[-1].drain_layer >= 0:
-            # Tokens at step end, said explicitly: the scheduler's full-depth fast path (taken when no
-            # offsets are given and nobody exited) skips the drain's rejoin.
-            result.token_offset_s = np.repeat(np.asarray(durations)[:, None], len(plan.decode_ids), axis=1)
         result.copied_bytes = sum(r["copied_bytes"] for r in self.step_records[-len(durations):])
         return result
 
