@@ -52,9 +52,9 @@ class BlockManager:
         if n > len(self._free):
             return False
         if n:
-            table = self.tables.setdefault(request_id, [])
-            for _ in range(n):
-                table.append(self._free.pop())
+            taken = self._free[-n:]
+            del self._free[-n:]
+            self.tables.setdefault(request_id, []).extend(reversed(taken))  # as n pop()s would
             used = self.num_blocks - len(self._free)
             if used > self.peak_used:
                 self.peak_used = used

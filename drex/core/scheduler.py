@@ -105,7 +105,9 @@ class Scheduler:
 
     def _pack(self) -> StepPlan | None:
         """Decode rows first, then prefill chunks in the leftover token budget; None after a preemption."""
-        decode = [r for r in self.running if r.num_prefilled >= r.prefill_target]
+        decode, prefilling = [], []
+        for r in self.running:
+            (decode if r.num_prefilled >= r.prefill_target else prefilling).append(r)
         for r in decode:
             # The next decode writes slot context_len = prompt + generated - 1: it needs prompt + generated slots.
             if r.prompt_tokens + r.num_generated > r.kv_tokens and not self._grow(r, r.prompt_tokens + r.num_generated):
@@ -113,13 +115,11 @@ class Scheduler:
                 return None
         budget = self.cfg.chunk_size - len(decode)
         chunks = []
-        for r in self.running:
+        for r in prefilling:
             if budget <= 0:
                 break
-            if not r.in_prefill:
-                continue
             n = min(budget, r.prefill_target - r.num_prefilled)
-            if not self._grow(r, r.num_prefilled + n):
+            if r.num_prefilled + n > r.kv_tokens and not self._grow(r, r.num_prefilled + n):
                 if chunks or decode:
                     break  # run what fits; this one waits for blocks
                 self._preempt(protect=r)

@@ -40,7 +40,7 @@ class StepLog:
         for name, i in (("num_rows", 5), ("num_decode", 6), ("num_prefill_tokens", 7), ("num_flush", 8),
                         ("num_exited", 9), ("num_buffered", 10), ("layer_end", 11), ("buffer_size", 12)):
             vals = fields[i]
-            if all(np.ndim(v) == 0 for v in vals):
+            if not any(isinstance(v, np.ndarray) for v in vals):
                 cols[name] = np.repeat(np.array(vals), lengths)
             else:
                 cols[name] = np.concatenate([np.broadcast_to(v, k) for v, k in zip(vals, lengths)])
