@@ -194,13 +194,6 @@ def test_num_requests_and_rate_scale(shipped, name):
     assert make_workload(name, num_requests=100) == head
 
 
-def test_azure_conv_loads_fast():
-    import timeit
-
-    best = min(timeit.repeat(lambda: load_trace("azure-conv"), number=1, repeat=5))
-    assert best < 0.2, f"loading azure-conv took {best:.3f} s"
-
-
 # --- synthetic -------------------------------------------------------------------
 
 
