@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_cli.add_parsers(sub)
     from drex.real import cli as real_cli; real_cli.add_parsers(sub)
+    from drex.costmodel import cli as cm_cli; cm_cli.add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,230 @@
+"""What ``drex profile`` times: the real backend's own modules, one grid point at a time.
+
+One decoder layer of the model's real shape (``EEModel.random(..., num_layers=1)``:
+random weights, so a 70B layer fits on one GPU), its paged KV cache, the
+exit head, the rebatching pool and the KV state copy of ``drex.real`` — the
+code the real executor runs, not a second implementation. ``Bench.fn(point)``
+sets the point up (cache rows reserved, metadata built) and returns the
+callable to time; setup is never inside the timing.
+
+What each op covers (so the simulator's sum matches a real step):
+
+- ``layer_*``: ``layer(h, meta, cache)`` (attention incl. its KV write, MLP, norms); the
+  per-step metadata (``AttnMeta``, rotary tables) is built once per step, so it is in ``step``;
+- ``attn_*``: ``layer.attn_block``; ``mlp``: ``layer.mlp_block``;
+- ``head``: final norm + LM head + confidence (margin) over the rows;
+- ``buffer``: one park and one fetch through ``HiddenPool``, halved (the cost model prices each);
+- ``kv_copy``: ``PagedKVCache.copy_fill`` of rows that skipped the last ``num_layers`` layers
+  of a cache as deep as the model;
+- ``step``: what a real decode step (``RealExecutor.execute``) does besides layers and heads: the
+  executor's bookkeeping, token ids to the device, embedding, ``AttnMeta``, sampling (argmax back to
+  Python), records, and the rotary tables (built once per ``AttnMeta``, so ``layer_*`` leaves them out).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from drex.costmodel.profile import Point
+from drex.models import ModelShape
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BLOCK_SIZE = 16
+STEP_CONTEXT = 128  # the step's bookkeeping does not depend on context length; any will do
+
+
+class Bench:
+    layers_built = 1
+
+    def __init__(self, shape: ModelShape, dtype: str, device: str, points: list[Point], seed: int = 0):
+        from drex.real.buffer import HiddenPool
+        from drex.real.model import EEModel
+
+        self.shape, self.device = shape, torch.device(device)
+        self.dtype = TORCH_DTYPES[dtype]
+        self.cuda = self.device.type == "cuda"
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.model = EEModel.random(shape, dtype=self.dtype, device=device, seed=seed, num_layers=1)
+        self.layer = self.model.layers[0]
+        # One-layer cache sized for the largest decode or prefill point, allocated once.
+        att = [p for p in points if p.op.endswith(("_decode", "_prefill")) or p.op == "step"]
+        need_blocks = max((self._blocks_for(p) for p in att), default=1)
+        max_rows = max((p.num_rows for p in points), default=1)
+        max_tokens = max((self._context(p) + max(p.chunk, 1) for p in att), default=1)
+        self.max_blocks_per_row = -(-max_tokens // BLOCK_SIZE) + 1
+        self.cache = self._cache(need_blocks, max(max_rows, 1), 1)
+        self.pool = HiddenPool(max(max_rows, 1), shape.hidden_size, self.dtype, self.device)
+
+    # -- set-up helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _context(p: Point) -> int:
+        return STEP_CONTEXT if p.op == "step" else p.context
+
+    @classmethod
+    def _blocks_for(cls, p: Point) -> int:
+        if p.op.endswith("_prefill"):
+            return -(-(p.context + p.chunk) // BLOCK_SIZE)
+        return p.num_rows * -(-(cls._context(p) + 1) // BLOCK_SIZE)
+
+    def _cache(self, num_blocks: int, max_rows: int, num_layers: int):
+        from drex.real.kvcache import PagedKVCache
+
+        return PagedKVCache(self.shape, num_blocks, BLOCK_SIZE, max_rows=max_rows,
+                            max_blocks_per_row=self.max_blocks_per_row, dtype=self.dtype, device=self.device,
+                            num_layers=num_layers)
+
+    def _hidden(self, n: int) -> torch.Tensor:
+        h = torch.randn(n, self.shape.hidden_size, generator=self.gen)
+        return h.to(device=self.device, dtype=self.dtype)
+
+    def _reset_cache(self, rows: int, tokens_per_row: int):
+        cache = self.cache
+        for r in range(cache.max_rows):
+            cache.release(r)
+        for r in range(rows):
+            cache.reserve(r, tokens_per_row)
+        return cache
+
+    # -- the timed callables -------------------------------------------------------------------------
+
+    def fn(self, p: Point) -> Callable[[], object]:
+        """The callable to time for a grid point (set up now, outside the timing)."""
+        return getattr(self, "_" + p.op)(p)
+
+    def _decode_meta(self, p: Point):
+        cache = self._reset_cache(p.num_rows, p.context + 1)
+        meta = cache.meta(range(p.num_rows), [p.context] * p.num_rows, [1] * p.num_rows)
+        meta.rope(self.layer.self_attn.inv_freq, self.dtype)  # once per step: priced in ``step``
+        return cache, meta
+
+    def _prefill_meta(self, p: Point):
+        cache = self._reset_cache(1, p.context + p.chunk)
+        meta = cache.meta([0], [p.context], [p.chunk])
+        meta.rope(self.layer.self_attn.inv_freq, self.dtype)
+        return cache, meta
+
+    def _layer_decode(self, p: Point):
+        cache, meta = self._decode_meta(p)
+        h, layer = self._hidden(p.num_rows), self.layer
+        return lambda: layer(h, meta, cache)
+
+    def _attn_decode(self, p: Point):
+        cache, meta = self._decode_meta(p)
+        h, layer = self._hidden(p.num_rows), self.layer
+        return lambda: layer.attn_block(h, meta, cache)
+
+    def _layer_prefill(self, p: Point):
+        cache, meta = self._prefill_meta(p)
+        h, layer = self._hidden(p.chunk), self.layer
+        return lambda: layer(h, meta, cache)
+
+    def _attn_prefill(self, p: Point):
+        cache, meta = self._prefill_meta(p)
+        h, layer = self._hidden(p.chunk), self.layer
+        return lambda: layer.attn_block(h, meta, cache)
+
+    def _mlp(self, p: Point):
+        h, layer = self._hidden(p.num_rows), self.layer
+        return lambda: layer.mlp_block(h)
+
+    def _head(self, p: Point):
+        from drex.real.model import confidence
+
+        h, model = self._hidden(p.num_rows), self.model
+        return lambda: confidence(model.exit_logits(h, model.num_layers), "margin")
+
+    def _buffer(self, p: Point):
+        rows = list(range(p.num_rows))
+        h, pool = self._hidden(p.num_rows), self.pool
+
+        def park_and_fetch():
+            pool.park(rows, h, 1)
+            return pool.take(rows)
+
+        return _halved(park_and_fetch)
+
+    def _kv_copy(self, p: Point):
+        # A cache as deep as the model (the copy kernel's grid spans every layer), one slot per row.
+        depth = max(self.shape.num_layers, p.num_layers + 1)
+        cache = self._cache(p.num_rows, p.num_rows, depth)  # reserve() gives every row a block of its own
+        for r in range(p.num_rows):
+            cache.reserve(r, 1)
+        rows, positions, exits = list(range(p.num_rows)), [0] * p.num_rows, [depth - p.num_layers] * p.num_rows
+        return lambda: cache.copy_fill(rows, positions, exits)
+
+    def _step(self, p: Point):
+        """Real decode steps of num_rows requests through ``RealExecutor`` under the shared scheduler, with the
+        layers taken out (identity) and the head's matmul too (precomputed logits; ``head`` prices it):
+        what is left is the step's own work, timed by the executor's clock as a real run times it."""
+        import time
+
+        from drex.config import EEConfig, SchedulerConfig
+        from drex.core.request import Request
+        from drex.core.scheduler import Scheduler
+        from drex.costmodel.roofline import RooflineCostModel
+        from drex.models import with_layers
+        from drex.real.executor import RealExecutor
+
+        n, prompt, max_len = p.num_rows, 8, 160
+        shape = with_layers(self.shape, 1)  # layers are identity here: one keeps the KV cache small
+        cfg = SchedulerConfig(policy="off", max_batch_size=n, chunk_size=max(512, n * prompt), block_size=BLOCK_SIZE,
+                              max_model_len=max_len, max_lookahead_steps=1)
+        num_blocks = n * -(-max_len // BLOCK_SIZE) + 1
+        sched = Scheduler(shape, EEConfig(), cfg, RooflineCostModel(shape, "cpu", 4), num_blocks)
+        logits = torch.randn(n, self.shape.vocab_size, generator=self.gen).to(self.device)
+        clock = time.perf_counter if self.cuda else time.thread_time  # the executor syncs CUDA at step end
+        ex = RealExecutor(sched, _NoLayers(self.model, shape, logits), num_blocks, BLOCK_SIZE, n, max_len,
+                          clock=clock)
+        for i in range(n):
+            sched.add_request(Request(i, 0.0, prompt, max_len - prompt - 1), 0.0)
+        now = [0.0]
+
+        def step() -> float:
+            now[0] += 1e-3
+            plan = sched.schedule(now[0])
+            res = ex.execute(plan, now[0])
+            return float(np.mean(res.durations_s))
+
+        for _ in range(64):  # admit and prefill everyone: from here on every step decodes n rows
+            plan = sched.schedule(now[0])
+            if plan.kind == "decode" and len(plan.decode_ids) == n:
+                break
+            ex.execute(plan, now[0])
+        step.self_timed = True  # type: ignore[attr-defined]
+        return step
+
+
+class _NoLayers:
+    """The model as the executor sees it, minus its layers and its LM-head matmul."""
+
+    def __init__(self, model, shape: ModelShape, logits: torch.Tensor):
+        self._model, self.shape, self._logits = model, shape, logits
+        self.num_layers, self.dtype, self.device = shape.num_layers, model.dtype, model.device
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._model.embed(ids)
+
+    def run_layers(self, h, meta, cache, start: int, end: int) -> torch.Tensor:
+        meta.rope(self._model.layers[0].self_attn.inv_freq, h.dtype)  # once per AttnMeta, shared by all layers
+        return h
+
+    def exit_logits(self, h: torch.Tensor, exit_layer: int) -> torch.Tensor:
+        return self._logits[: h.shape[0]]
+
+
+def _halved(fn: Callable[[], object]) -> Callable[[], object]:
+    """Mark a callable whose time counts twice the operation the cost model prices."""
+    fn.time_scale = 0.5  # type: ignore[attr-defined]
+    return fn
+
+
+def inner_repeats(p: Point, cuda: bool) -> int:
+    """Back-to-back calls per timed sample on GPU: a layer's steady-state time overlaps its launches
+    with the previous layer's kernels, as in a real forward; one synchronised call would add launch latency."""
+    if cuda and p.op.endswith(("_decode", "_prefill")) or (cuda and p.op == "mlp"):
+        return 4
+    return 1

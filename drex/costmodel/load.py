@@ -1,0 +1,90 @@
+"""Pick the cost model for a device and model: the fitted profile when one is shipped, else the roofline.
+
+``load_cost_model("h200", shape)`` returns the model fitted from
+``profiles/h200/<shape.name>/`` when that directory holds a fitted profile
+(its ``name`` is ``profile:<path>``), and ``RooflineCostModel`` otherwise.
+A profile that exists but is broken (corrupt, truncated, another schema
+version, another model shape, re-measured since its fit) is an error, never a
+silent fallback: a user who shipped a profile wants to know why it is not used.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from drex import REPO_ROOT
+from drex.costmodel import profile as pf
+from drex.costmodel.fitted import FAMILIES, FittedCostModel, Law
+from drex.devices import get_device
+from drex.models import ModelShape
+
+PROFILES_DIR = REPO_ROOT / "profiles"
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def profile_dir(device: str, model_name: str, root: str | Path | None = None) -> Path:
+    return Path(root if root is not None else PROFILES_DIR) / device.lower() / model_name
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def load_fitted(path: str | Path, shape: ModelShape | None = None) -> FittedCostModel:
+    """The fitted model of one profile directory; ValueError naming the file and field when it is unusable."""
+    path = Path(path)
+    meta = pf.read_meta(path)
+    if shape is not None:
+        pf.check_shape(meta, shape, path / pf.META)
+    fit_path = path / pf.FIT
+    try:
+        fit = json.loads(fit_path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{fit_path}: missing (run drex costmodel fit {path})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{fit_path}: corrupt JSON (line {e.lineno}): {e.msg}") from None
+    if not isinstance(fit, dict):
+        raise ValueError(f"{fit_path}: expected a JSON object")
+    if fit.get("schema_version") != pf.SCHEMA_VERSION:
+        raise ValueError(f"{fit_path}: field schema_version is {fit.get('schema_version')!r}; this drex reads "
+                         f"schema {pf.SCHEMA_VERSION} (re-run drex costmodel fit)")
+    csv_path = path / pf.MEASUREMENTS
+    if csv_path.exists():
+        if fit.get("measurements_sha256") != pf.file_sha256(csv_path):
+            raise ValueError(f"{fit_path}: field measurements_sha256 does not match {csv_path.name} "
+                             f"(re-measured or edited since the fit: re-run drex costmodel fit {path})")
+    laws_json = fit.get("laws")
+    if not isinstance(laws_json, dict):
+        raise ValueError(f"{fit_path}: missing field 'laws'")
+    missing = [f for f in FAMILIES if f not in laws_json]
+    if missing:
+        raise ValueError(f"{fit_path}: field laws lacks {missing}")
+    laws = {fam: Law.from_json(laws_json[fam], f"{fit_path} laws.{fam}") for fam in FAMILIES}
+    return FittedCostModel(laws, name=f"profile:{_display(path)}")
+
+
+def load_cost_model(device: str, shape: ModelShape, dtype_bytes: int = 2, root: str | Path | None = None):
+    """The profile of ``<root>/<device>/<model>/`` when it is fitted, else the analytic roofline."""
+    get_device(device)  # an unknown device is an error before anything else
+    path = profile_dir(device, shape.name, root)
+    if (path / pf.META).exists() and (path / pf.FIT).exists():
+        model = load_fitted(path, shape)
+        meta = pf.read_meta(path)
+        have = DTYPE_BYTES.get(meta["dtype"])
+        # CPUs run fp32 (devices.py prices them so) whatever width a caller defaults to: no warning there.
+        if have != dtype_bytes and device.lower() != "cpu":
+            warnings.warn(f"{path / pf.META}: profile measured in {meta['dtype']} ({have} bytes), "
+                          f"but {dtype_bytes}-byte weights were asked for; using the profile as measured",
+                          stacklevel=2)
+        return model
+    if (path / pf.META).exists():
+        warnings.warn(f"{path} has a profile but no fit.json (run drex costmodel fit {path}); using the roofline",
+                      stacklevel=2)
+    from drex.costmodel.roofline import RooflineCostModel
+
+    return RooflineCostModel(shape, device, dtype_bytes)

@@ -1,0 +1,50 @@
+"""The profiler end to end on the real backend's modules (tiny model, a handful of points, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from drex.costmodel import profile as pf  # noqa: E402
+from drex.costmodel import profiler  # noqa: E402
+from drex.costmodel.bench import Bench  # noqa: E402
+from drex.models import MODELS  # noqa: E402
+
+SHAPE = MODELS["tiny"]
+POINTS = [
+    pf.Point("layer_decode", "fit", 4, 128), pf.Point("layer_decode", "held", 2, 64),
+    pf.Point("attn_decode", "fit", 4, 128), pf.Point("attn_decode", "held", 2, 64),
+    pf.Point("layer_prefill", "fit", 1, 32, 16), pf.Point("layer_prefill", "held", 1, 0, 8),
+    pf.Point("attn_prefill", "fit", 1, 32, 16), pf.Point("attn_prefill", "held", 1, 0, 8),
+    pf.Point("mlp", "fit", 4), pf.Point("mlp", "held", 2),
+    pf.Point("head", "fit", 4), pf.Point("head", "held", 2),
+    pf.Point("buffer", "fit", 4), pf.Point("buffer", "held", 2),
+    pf.Point("step", "fit", 4), pf.Point("step", "held", 2),
+    pf.Point("kv_copy", "fit", 4, num_layers=3), pf.Point("kv_copy", "held", 2, num_layers=1),
+]
+
+
+def test_every_op_runs_on_the_real_modules():
+    with torch.inference_mode():
+        bench = Bench(SHAPE, "fp32", "cpu", POINTS)
+        for p in POINTS:
+            bench.fn(p)()
+        h = bench.fn(pf.Point("layer_decode", "fit", 4, 128))()
+        assert h.shape == (4, SHAPE.hidden_size) and torch.isfinite(h).all()
+
+
+def test_profile_command_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(pf, "build_grid", lambda shape, quick=False: POINTS)
+    monkeypatch.setattr(profiler.Budget, "for_run", classmethod(lambda cls, quick, cuda: cls(2, 1, 1, 2, 0.0)))
+    out = profiler.profile("cpu", "tiny", quick=True, out=tmp_path, progress=False)
+    prof = pf.read_profile(out)
+    assert [r["op"] for r in prof.rows] == [p.op for p in POINTS]
+    assert all(r["reps"] == 2 and r["median_s"] > 0 for r in prof.rows)
+    meta = prof.meta
+    assert meta["device"]["requested"] == "cpu" and meta["dtype"] == "fp32" and meta["clock"] == "thread_cpu_time"
+    assert meta["model"]["hidden_size"] == SHAPE.hidden_size and meta["versions"]["torch"] == torch.__version__
+    from drex.costmodel.fit import fit_profile
+
+    fit, _ = fit_profile(out)
+    assert set(fit["errors"]) == set(pf.OPS)

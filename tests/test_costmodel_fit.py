@@ -1,0 +1,95 @@
+"""The fit recovers a known cost law from synthetic measurements, and its report holds out points."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from drex.costmodel import profile as pf
+from drex.costmodel.fit import fit_law, fit_profile
+from drex.costmodel.fitted import FittedCostModel, Law, smooth_max
+from drex.costmodel.load import load_fitted
+from drex.costmodel.profiler import run_grid
+from drex.models import MODELS
+
+# A GPU-like law: flat (weights read once) until ~200 tokens, then compute-bound; attention apart.
+TRUE = {
+    "layer": Law(("tokens",), ("decode_context", "prefill_attn"), 20e-6, 150e-6, 6.0, (0.75e-6,), (2e-10, 4e-12)),
+    # Past ~60k cached tokens every further one costs three times as much (a CPU's last-level cache).
+    "attn": Law(("tokens",), ("decode_context", "prefill_attn"), 10e-6, 30e-6, 3.0, (0.1e-6,), (2e-10, 4e-12),
+                (("decode_context", 4e-10, 6e4, 4.0),)),
+    "mlp": Law(("tokens",), (), 8e-6, 100e-6, 8.0, (0.6e-6,), ()),
+    "head": Law(("rows",), (), 12e-6, 60e-6, 4.0, (0.4e-6,), ()),
+    "buffer": Law(("rows",), (), 5e-6, 0.0, 1.0, (0.02e-6,), ()),
+    "step": Law(("rows",), (), 300e-6, 0.0, 1.0, (0.5e-6,), ()),
+    "kv_copy": Law(("rows_x_layers",), ("layers",), 6e-6, 0.0, 1.0, (0.01e-6,), (0.3e-6,)),
+}
+
+
+def synthetic_profile(path, noise: float = 0.0, seed: int = 0, quick: bool = True):
+    truth = FittedCostModel(TRUE, "truth")
+    rng = np.random.default_rng(seed)
+    shape = MODELS["tiny"]
+    points = pf.build_grid(shape, quick=quick)
+
+    def measure(p: pf.Point):
+        t = float(truth.predict_op(p.op, p.num_rows, p.context, p.chunk, p.num_layers))
+        t *= float(np.exp(noise * rng.standard_normal()))
+        return [0.97 * t, t, 1.03 * t], [t, t, t]
+
+    meta = {"schema_version": pf.SCHEMA_VERSION, "device": {"requested": "cpu", "name": "synthetic"},
+            "dtype": "fp32", "model": pf.shape_dict(shape), "grid": pf.grid_summary(points)}
+    run_grid(path, meta, points, measure, progress=False)
+    return truth
+
+
+def test_smooth_max_limits():
+    assert smooth_max(0.0, 3.0, 4.0) == pytest.approx(3.0)
+    assert smooth_max(2.0, 3.0, 64.0) == pytest.approx(3.0, rel=1e-3)
+    assert smooth_max(2.0, 3.0, 1.0) == pytest.approx(5.0)
+
+
+def test_fit_law_recovers_roofline_parameters():
+    law = TRUE["mlp"]
+    tokens = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096], dtype=float)
+    y = law({"tokens": tokens})
+    got = fit_law(("tokens",), (), {"tokens": tokens}, y)
+    assert got.k[0] == pytest.approx(law.k[0], rel=0.02)
+    assert got.c0 + got.m == pytest.approx(law.c0 + law.m, rel=0.02)
+    test = np.array([3, 100, 300, 3000], dtype=float)
+    np.testing.assert_allclose(got({"tokens": test}), law({"tokens": test}), rtol=0.01)
+
+
+def test_fit_recovers_known_law_from_profile(tmp_path):
+    truth = synthetic_profile(tmp_path, quick=False)  # the quick grid has too few head rows to place a knee
+    t0 = time.perf_counter()
+    fit, report = fit_profile(tmp_path)
+    assert time.perf_counter() - t0 < 10
+    for op, d in fit["errors"].items():
+        assert d["held"]["mape"] < 0.01, (op, d)
+    model = load_fitted(tmp_path)
+    # Off the grid: a mixed step, a deep layer range, KV copy into many layers.
+    T, Cd, Pa = np.array([40.0, 300.0]), np.array([40 * 700.0, 200 * 1500.0]), np.array([0.0, 100 * 600.0])
+    np.testing.assert_allclose(model.layer_s(T, Cd, Pa), truth.layer_s(T, Cd, Pa), rtol=0.02)
+    np.testing.assert_allclose(model.layers_s(0, 3, T, Cd, Pa), 3 * truth.layer_s(T, Cd, Pa), rtol=0.02)
+    assert model.kv_copy_s(100, 3) == pytest.approx(truth.kv_copy_s(100, 3), rel=0.02)
+    assert model.head_s(0) == 0.0 and model.layer_s(0) == 0.0
+    assert "held MAPE" in report and (tmp_path / pf.FIT_REPORT).exists()
+
+
+def test_fit_tolerates_noise_and_reports_it(tmp_path):
+    synthetic_profile(tmp_path, noise=0.03, seed=1)
+    fit, _ = fit_profile(tmp_path)
+    for op, d in fit["errors"].items():
+        assert d["held"]["mape"] < 0.08, (op, d)
+
+
+def test_fit_json_round_trips(tmp_path):
+    synthetic_profile(tmp_path)
+    fit, _ = fit_profile(tmp_path)
+    loaded = json.loads((tmp_path / pf.FIT).read_text())
+    assert loaded["laws"] == json.loads(json.dumps(fit["laws"]))
+    assert loaded["measurements_sha256"] == pf.file_sha256(tmp_path / pf.MEASUREMENTS)
