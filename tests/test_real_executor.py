@@ -71,7 +71,8 @@ def test_policy_off_emits_exactly_hf_generate(model, tmp_path):
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     for r in workload:
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([prompts[r.request_id]]), max_new_tokens=r.output_tokens,
+            ids = torch.tensor([prompts[r.request_id]])
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=r.output_tokens,
                               do_sample=False, eos_token_id=None, pad_token_id=0)
         assert res.executor.outputs[r.request_id] == ref[0, r.prompt_tokens:].tolist(), r
 

@@ -21,7 +21,8 @@ def _hf_generate(path, arch, prompts, max_new):
     for p, n in zip(prompts, max_new):
         ids = torch.tensor([p])
         with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)
         outs.append(gen[0, len(p):].tolist())
     return outs
 

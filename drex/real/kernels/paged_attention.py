@@ -22,15 +22,30 @@ except ImportError:  # CPU installs need no triton
     triton = None
 
 
+_SCRATCH: dict[tuple, torch.Tensor] = {}
+
+
+def _scratch(name: str, like: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A [rows, cols] view of a buffer kept between calls (grown when too small)."""
+    key = (name, like.dtype, like.device)
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < rows * cols:
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
+            buf = _SCRATCH[key] = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
+    return buf[: rows * cols].view(rows, cols)
+
+
 def paged_decode_attention_torch(q, k_cache, v_cache, block_tables, rows, context_lens, block_size: int,
                                  scale: float) -> torch.Tensor:
     num_seqs, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     num_blocks = -(-int(context_lens.max()) // block_size)
-    tables = block_tables[rows, :num_blocks].long()  # [S, nb]
-    # Gather whole blocks (contiguous runs), not slots: the CPU path's price, ~3x cheaper than per slot.
-    k = k_cache.view(-1, block_size, num_kv_heads, head_dim)[tables]  # [S, nb, bs, Hkv, D]
-    v = v_cache.view(-1, block_size, num_kv_heads, head_dim)[tables]
+    tables = block_tables[rows, :num_blocks].reshape(-1)  # [S * nb]
+    # Gather whole blocks (contiguous runs), not slots, into reused scratch memory: on CPU a fresh
+    # multi-MB tensor costs more in page faults than the copy itself.
+    per_block = block_size * num_kv_heads * head_dim
+    k = torch.index_select(k_cache.view(-1, per_block), 0, tables, out=_scratch("k", k_cache, tables.numel(), per_block))
+    v = torch.index_select(v_cache.view(-1, per_block), 0, tables, out=_scratch("v", v_cache, tables.numel(), per_block))
     k = k.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)  # [S, Hkv, T, D]
     v = v.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
     qg = q.view(num_seqs, num_kv_heads, num_q_heads // num_kv_heads, head_dim)  # [S, Hkv, G, D]
