@@ -22,15 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from drex.sim import cli as sim_cli
 
-    sim_cli.add_parsers(sub)
-    from drex.real import cli as real_cli; real_cli.add_parsers(sub)
-    from drex.costmodel import cli as cm_cli; cm_cli.add_parsers(sub)
+    from drex.real import cli as real_cli
+    from drex.costmodel import cli as cm_cli
+
+    for face in (sim_cli, real_cli, cm_cli):
+        face.add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    _torch_one_thread()
     args = build_parser().parse_args(argv)
+    if getattr(args, "uses_torch", True):  # the simulator never imports torch: skip its ~2 s import
+        _torch_one_thread()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:

@@ -16,13 +16,16 @@ numbers), and a run of k planned steps draws exactly what k single steps would.
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy.special import betaincinv
 
 from drex import REPO_ROOT
+from drex.workload import TraceError
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -71,37 +74,22 @@ class TraceConfidence:
         path = Path(path)
         if not path.exists() and (REPO_ROOT / "traces" / path).exists():
             path = REPO_ROOT / "traces" / path
-        try:
-            df = pd.read_csv(path)
-        except FileNotFoundError:
-            raise ValueError(f"confidence trace not found: {path}") from None
-        except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-            raise ValueError(f"{path}: not a confidence trace CSV: {e}") from None
-        need = ["request_id", "token_index", "exit_layer", "confidence"]
-        missing = [c for c in need if c not in df.columns]
-        if missing:
-            raise ValueError(f"{path}: line 1: missing column(s) {', '.join(missing)}")
-        if df.empty:
-            raise ValueError(f"{path}: no rows")
-        for c in need:
-            if not pd.api.types.is_numeric_dtype(df[c]):
-                bad = pd.to_numeric(df[c], errors="coerce").isna().to_numpy().argmax()
-                raise ValueError(f"{path}: line {bad + 2}: field '{c}': not a number: {df[c].iloc[bad]!r}")
-        unknown = set(exits) - set(df["exit_layer"].unique().tolist())
+        rid, tok, layer, conf = _read_confidence_csv(path)
+        present = sorted(set(layer.tolist()))
+        unknown = sorted(set(exits) - set(present))
         if unknown:
-            raise ValueError(f"{path}: no confidences recorded at exit layer(s) {sorted(unknown)}; "
-                             f"the trace has {sorted(df['exit_layer'].unique().tolist())}")
-        df = df[df["exit_layer"].isin(exits)]
-        ids = np.sort(df["request_id"].unique())
-        lengths = df.groupby("request_id")["token_index"].max().reindex(ids).to_numpy() + 1
+            raise TraceError(path, 1, "exit_layer", f"no confidences recorded at exit layer(s) {unknown}; "
+                                                    f"the trace has {present}")
+        keep = np.isin(layer, exits)
+        rid, tok, layer, conf = rid[keep], tok[keep], layer[keep], conf[keep]
+        ids, inverse = np.unique(rid, return_inverse=True)
+        lengths = np.zeros(len(ids), dtype=np.int64)
+        np.maximum.at(lengths, inverse, tok + 1)
         self._ids = ids
         self._offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         self._lengths = lengths
         table = np.full((int(lengths.sum()), len(exits)), np.nan)
-        rid_pos = np.searchsorted(ids, df["request_id"].to_numpy())
-        row = self._offsets[rid_pos] + df["token_index"].to_numpy()
-        col = np.searchsorted(np.asarray(exits), df["exit_layer"].to_numpy())
-        table[row, col] = df["confidence"].to_numpy()
+        table[self._offsets[inverse] + tok, np.searchsorted(np.asarray(exits), layer)] = conf
         self._table = table
         self.name = f"trace:{path}"
 
@@ -116,6 +104,51 @@ class TraceConfidence:
         slot = self._slot(request_ids)
         t = np.asarray(token_index) % self._lengths[slot]
         return self._table[self._offsets[slot] + t, exit_index]
+
+
+CONFIDENCE_COLUMNS = ("request_id", "token_index", "exit_layer", "confidence")
+
+
+def _read_confidence_csv(path: Path):
+    """Read and validate a confidence trace; every defect names the file, line and field."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"confidence trace not found: {path}") from None
+    except UnicodeDecodeError:
+        raise TraceError(path, 1, "request_id", "not a UTF-8 text file") from None
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, None)
+    if header is None:
+        raise TraceError(path, 1, "request_id", "empty file: expected a header " + ",".join(CONFIDENCE_COLUMNS))
+    header = [h.strip() for h in header]
+    missing = [c for c in CONFIDENCE_COLUMNS if c not in header]
+    if missing:
+        raise TraceError(path, 1, missing[0], f"missing column; the header must hold {','.join(CONFIDENCE_COLUMNS)}")
+    pos = [header.index(c) for c in CONFIDENCE_COLUMNS]
+    out = ([], [], [], [])
+    for line, row in enumerate(rows, start=2):
+        if not row or all(not f.strip() for f in row):
+            continue
+        if len(row) != len(header):
+            raise TraceError(path, line, CONFIDENCE_COLUMNS[0], f"{len(row)} fields, the header has {len(header)}")
+        for i, (name, p) in enumerate(zip(CONFIDENCE_COLUMNS, pos)):
+            text_value = row[p].strip()
+            try:
+                value = float(text_value)
+            except ValueError:
+                raise TraceError(path, line, name, f"not a number: {text_value!r}") from None
+            if not math.isfinite(value):
+                raise TraceError(path, line, name, f"not a finite number: {text_value!r}")
+            if i < 3:
+                if value != int(value) or value < 0:
+                    raise TraceError(path, line, name, f"must be a whole number >= 0, got {text_value!r}")
+                value = int(value)
+            out[i].append(value)
+    if not out[0]:
+        raise TraceError(path, 2, "request_id", "no rows after the header")
+    return (np.array(out[0], dtype=np.int64), np.array(out[1], dtype=np.int64), np.array(out[2], dtype=np.int64),
+            np.array(out[3], dtype=float))
 
 
 def default_beta(exits: tuple[int, ...], num_layers: int) -> list[tuple[float, float]]:

@@ -102,10 +102,10 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("simulate", help="replay a trace through the scheduler in the discrete-event simulator")
     add_run_flags(p)
     p.add_argument("--out", required=True, help="directory for requests.csv, steps.csv, summary.json")
-    p.set_defaults(func=cmd_simulate)
+    p.set_defaults(func=cmd_simulate, uses_torch=False)
     c = sub.add_parser("compare", help="simulate every policy on the same workload and print them side by side")
     add_run_flags(c, policy=False)
     c.add_argument("--policies", default=",".join(POLICY_ORDER))
     c.add_argument("--out", default=None, help="optional directory: one sub-directory of records per policy")
-    c.set_defaults(func=cmd_compare, num_requests=1000)
+    c.set_defaults(func=cmd_compare, num_requests=1000, uses_torch=False)
     return None
