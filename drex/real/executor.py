@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from drex.core.request import WAITING
-from drex.core.step import BUFFER, EXIT, StepOutcome, StepPlan, StepResult
+from drex.core.step import BUFFER, CONTINUE, EXIT, StepOutcome, StepPlan, StepResult
 from drex.real import KV_FILLS
 from drex.real.buffer import CopyMeter, HiddenPool, nbytes
 from drex.real.kvcache import PagedKVCache, RecomputeFill
@@ -70,7 +70,6 @@ class RealExecutor:
         self.plans: list[dict] = []
         self.step_records: list[dict] = []
         self.kv_fill_s = 0.0
-        self.kv_fill_bytes = 0
         self.recompute_token_layers = 0
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -141,48 +140,44 @@ class RealExecutor:
     # -- one decode / prefill / mixed step -----------------------------------------------------------
 
     def _step(self, plan: StepPlan, s: int, t0: float):
+        """Step s of a planned run: layers in segments between exit points, decisions at each exit."""
         model, sched, L = self.model, self.sched, self.num_layers
         dec = plan.decode_ids
         n = len(dec)
         dec_rows = [self._row(rid) for rid in dec]
-        if self.recompute is not None and dec:
+        if self.recompute is not None and dec:  # skipped layers of these rows' last tokens, before anything reads them
             t = self.clock()
             self.recompute_token_layers += self.recompute.run(model, self.cache, dec_rows)
             self._sync()
             self.kv_fill_s += self.clock() - t
         positions = [c + s for c in plan.decode_context]
-        ids = [self.sched.live[rid].tokens[-1] for rid in dec]  # decode rows have >= 1 output token
-        # Running sequences: ("d", j) decode row j of the plan, ("c", chunk), ("r", rid) a drained row.
-        tags = [("d", j) for j in range(n)]
-        rows, starts, lens = list(dec_rows), list(positions), [1] * n
-        for ch in plan.prefill:
-            tags.append(("c", ch))
-            rows.append(self._row(ch.request_id))
-            starts.append(ch.start)
-            lens.append(ch.num_tokens)
-            ids.extend(self._seq(ch.request_id)[ch.start:ch.start + ch.num_tokens])
-        meta = self.cache.meta(rows, starts, lens)
-        h = model.embed(torch.tensor(ids, device=model.device))  # [N, H]
-
-        out = StepOutcome(1, n, L) if n else None
-        active = np.ones(n, dtype=bool)
-        computing = np.ones(n, dtype=bool)
-        tokens: list[int | None] = [None] * n
-        offset = np.full((1, n), np.nan)
-        fills: list[tuple[int, int, int]] = []  # (cache row, position, exit layer) for state copy
         step_plan = dataclasses.replace(plan, decode_context=positions, num_steps=1,
                                         decode_token_index=[t + s for t in plan.decode_token_index])
         record = _plan_record(step_plan)
         self.plans.append(record)
+
+        ids = [self.sched.live[rid].tokens[-1] for rid in dec]  # decode rows have >= 1 output token
+        batch = _Batch([("d", j) for j in range(n)], list(dec_rows), list(positions), [1] * n)
+        for ch in plan.prefill:
+            batch.add(("c", ch), self._row(ch.request_id), ch.start, ch.num_tokens)
+            ids.extend(self._seq(ch.request_id)[ch.start:ch.start + ch.num_tokens])
+        batch.meta = self.cache.meta(batch.rows, batch.starts, batch.lens)
+        h = model.embed(torch.tensor(ids, device=model.device))  # [N, H]
+
+        out = StepOutcome(1, n, L) if n else None
+        active = np.ones(n, dtype=bool)  # still deciding
+        computing = np.ones(n, dtype=bool)  # still running layers
+        tokens: list[int | None] = [None] * n
+        offset = np.full((1, n), np.nan)
+        copies: list[tuple[int, int, int]] = []  # (cache row, position, exit layer): one scatter at step end
         layer = 0
         for i, e in enumerate(sched.exits if n else ()):
-            h = model.run_layers(h, meta, self.cache, layer, e)
+            h = model.run_layers(h, batch.meta, self.cache, layer, e)
             layer = e
-            where = {tag: k for k, tag in enumerate(tags)}
             asking = [j for j in range(n) if active[j]]
             if not asking:
                 continue
-            idx = [meta.token_start[where[("d", j)]] for j in asking]
+            idx = batch.first_tokens([("d", j) for j in asking])  # their rows in h
             logits = model.exit_logits(h[idx], e)
             conf = confidence(logits, self.metric).cpu().numpy()
             argmax = logits.argmax(-1).tolist()
@@ -190,83 +185,85 @@ class RealExecutor:
             conf_all[0, asking] = conf
             d = sched.decide_at_exit(step_plan, i, conf_all, active[None, :].copy(), self.clock())
             out.record(e, d.actions, d.forced, d.stayed, d.drain, sched.policy.keeps_batch)
-            record["decisions"].append([i, d.actions[0].tolist(), d.forced[0].tolist(), d.stayed[0].tolist(),
-                                        bool(d.drain[0])])
             acts = d.actions[0]
+            record["decisions"].append([i, acts.tolist(), d.forced[0].tolist(), d.stayed[0].tolist(), bool(d.drain[0])])
             for k, j in enumerate(asking):
-                tok_index = step_plan.decode_token_index[j]
-                self.confidences.append((dec[j], tok_index, e, float(conf[k])))
-                self.decisions.append((dec[j], tok_index, e, int(acts[j])))
+                self.confidences.append((dec[j], step_plan.decode_token_index[j], e, float(conf[k])))
+                self.decisions.append((dec[j], step_plan.decode_token_index[j], e, int(acts[j])))
+
             exiting = [k for k, j in enumerate(asking) if acts[j] == EXIT]
-            parking = [k for k, j in enumerate(asking) if acts[j] == BUFFER]
             for k in exiting:
-                j = asking[k]
-                tokens[j] = argmax[k]
-                self._emit(dec[j], argmax[k], e)
-                offset[0, j] = self.clock() - t0
-                if not sched.policy.keeps_batch:
-                    computing[j] = False
-                    if self._needs_fill(dec[j], s):
-                        fills.append((dec_rows[j], positions[j], e))
-                        if self.recompute is not None:
-                            self.recompute.add([dec_rows[j]], h[[idx[k]]], e, [positions[j]])
+                tokens[asking[k]] = argmax[k]
+                self._emit(dec[asking[k]], argmax[k], e)
+                offset[0, asking[k]] = self.clock() - t0
+            if not sched.policy.keeps_batch and exiting:  # latency-only rows keep computing: nothing to fill
+                computing[[asking[k] for k in exiting]] = False
+                fill = [k for k in exiting if self._needs_fill(dec[asking[k]], s)]
+                if self.recompute is not None and fill:
+                    self.recompute.add([dec_rows[asking[k]] for k in fill], h[[idx[k] for k in fill]], e,
+                                       [positions[asking[k]] for k in fill])
+                copies += [(dec_rows[asking[k]], positions[asking[k]], e) for k in fill]
+            parking = [k for k, j in enumerate(asking) if acts[j] == BUFFER]
             if parking:
                 self.pool.park([dec_rows[asking[k]] for k in parking], h[[idx[k] for k in parking]], e)
                 computing[[asking[k] for k in parking]] = False
-            active[[j for j in asking if acts[j] != 1]] = False  # 1 == CONTINUE
-            drained = []
-            if d.drain[0]:
-                drained = list(plan.drain_ids)
-            if exiting and not sched.policy.keeps_batch or parking or drained:
-                keep = [k for k, tag in enumerate(tags) if tag[0] != "d" or computing[tag[1]]]
-                tok_idx = [t for k in keep for t in range(meta.token_start[k], meta.token_start[k] + meta.lens[k])]
-                parts = [h[tok_idx]] if tok_idx else []
-                self.meter.add("gather", nbytes(parts[0]) if parts else 0)
-                tags = [tags[k] for k in keep]
-                rows = [meta.rows_list[k] for k in keep]
-                starts = [meta.starts[k] for k in keep]
-                lens = [meta.lens[k] for k in keep]
-                if drained:
-                    drain_rows = [self._row(rid) for rid in drained]
-                    parts.append(self.pool.take(drain_rows))
-                    tags += [("r", rid) for rid in drained]
-                    rows += drain_rows
-                    starts += list(plan.drain_context)
-                    lens += [1] * len(drained)
-                if not tags:
+            active[[j for j in asking if acts[j] != CONTINUE]] = False
+            drained = list(plan.drain_ids) if d.drain[0] else []
+            if (exiting and not sched.policy.keeps_batch) or parking or drained:
+                h = self._regroup(batch, h, computing, drained, plan.drain_context)
+                if not batch.tags:
                     break
-                h = torch.cat(parts) if len(parts) > 1 else parts[0]
-                meta = self.cache.meta(rows, starts, lens)
-        if tags and (layer < L):
-            h = model.run_layers(h, meta, self.cache, layer, L)
-        self._finish_top(h, meta, tags, tokens, dec)
-        if fills and self.recompute is None:
+        if batch.tags and layer < L:
+            h = model.run_layers(h, batch.meta, self.cache, layer, L)
+        self._finish_top(h, batch, tokens, dec)
+        if copies and self.recompute is None:
             t = self.clock()
-            nb = self.cache.copy_fill(*zip(*fills))
+            nb = self.cache.copy_fill(*zip(*copies))
             self._sync()
             self.kv_fill_s += self.clock() - t
-            self.kv_fill_bytes += nb
             self.meter.add("kv_copy", nb)
         return out, offset
+
+    def _regroup(self, batch: "_Batch", h, computing, drained: list[int], drain_context) -> torch.Tensor:
+        """Keep the rows still computing (and all prefill chunks), append drained rows from the pool.
+
+        Only hidden-state rows move (counted); the new AttnMeta is index tensors into the same KV.
+        """
+        keep = [k for k, tag in enumerate(batch.tags) if tag[0] != "d" or computing[tag[1]]]
+        meta = batch.meta
+        tok_idx = [t for k in keep for t in range(meta.token_start[k], meta.token_start[k] + meta.lens[k])]
+        parts = [h[tok_idx]] if tok_idx else []
+        if parts:
+            self.meter.add("gather", nbytes(parts[0]))
+        batch.keep(keep)
+        if drained:
+            drain_rows = [self._row(rid) for rid in drained]
+            parts.append(self.pool.take(drain_rows))
+            for rid, row, ctx in zip(drained, drain_rows, drain_context):
+                batch.add(("r", rid), row, ctx, 1)
+        if not batch.tags:
+            return h
+        batch.meta = self.cache.meta(batch.rows, batch.starts, batch.lens)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _needs_fill(self, rid: int, s: int) -> bool:
         """A request's last token needs no KV in the skipped layers: nobody will attend to it."""
         req = self.sched.live[rid]
         return req.num_generated + s + 1 < req.output_tokens
 
-    def _finish_top(self, h, meta, tags, tokens, dec) -> None:
+    def _finish_top(self, h, batch: "_Batch", tokens, dec) -> None:
         """Top-of-model tokens: decode rows that ran full depth, drained rows, prompts' last chunks."""
         want, who = [], []
-        for k, tag in enumerate(tags):
-            kind, ref = tag
+        for k, (kind, ref) in enumerate(batch.tags):
+            first = batch.meta.token_start[k]
             if kind == "d" and tokens[ref] is None:
-                want.append(meta.token_start[k])
+                want.append(first)
                 who.append(dec[ref])
             elif kind == "r":
-                want.append(meta.token_start[k])
+                want.append(first)
                 who.append(ref)
             elif kind == "c" and ref.last:
-                want.append(meta.token_start[k] + meta.lens[k] - 1)
+                want.append(first + batch.meta.lens[k] - 1)
                 who.append(ref.request_id)
         if not want:
             return
@@ -309,6 +306,33 @@ class RealExecutor:
                 "buffer_pool_bytes": nbytes(self.pool.h),
                 "copied_bytes_by_kind": {k: int(v) for k, v in sorted(total.items())},
                 "kv_cache_bytes": nbytes(self.cache.k) + nbytes(self.cache.v)}
+
+
+class _Batch:
+    """The sequences running through the current layer segment, in the order of h's rows.
+
+    A tag names each: ("d", j) decode row j of the plan, ("c", chunk) a prefill chunk, ("r", rid) a drained row.
+    """
+
+    def __init__(self, tags, rows, starts, lens):
+        self.tags, self.rows, self.starts, self.lens = tags, rows, starts, lens
+        self.meta = None
+
+    def add(self, tag, row: int, start: int, num_tokens: int) -> None:
+        self.tags.append(tag)
+        self.rows.append(row)
+        self.starts.append(start)
+        self.lens.append(num_tokens)
+
+    def keep(self, idx: list[int]) -> None:
+        for name in ("tags", "rows", "starts", "lens"):
+            values = getattr(self, name)
+            setattr(self, name, [values[k] for k in idx])
+
+    def first_tokens(self, tags) -> list[int]:
+        """Index in h of each tagged sequence's first token."""
+        where = {tag: k for k, tag in enumerate(self.tags)}
+        return [self.meta.token_start[where[tag]] for tag in tags]
 
 
 def _plan_record(plan: StepPlan) -> dict:
