@@ -317,7 +317,8 @@ class Scheduler:
         self.running = [r for r in self.running if r.status == RUNNING]
         self.log.append(self.step_id, self.replica, start_s, dur, plan.kind, plan.num_rows, len(plan.decode_ids),
                         sum(c.num_tokens for c in plan.prefill), len(plan.flush_ids), n_exited, n_buffered,
-                        layer_end, self._buffer_sizes(k, buffered_before))
+                        layer_end, self._buffer_sizes(k, buffered_before),
+                        plan.flush_layer if plan.kind == "flush" else 0)
         self.step_id += k
 
     def _buffer_sizes(self, k: int, before: int):
