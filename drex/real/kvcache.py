@@ -71,9 +71,17 @@ class AttnMeta:
         self.decode_tokens = torch.tensor([self.token_start[i] for i in decode], dtype=torch.long, device=device)
         self.decode_rows = rows_t[decode].to(device=device, dtype=torch.int32)
         self.decode_context = torch.tensor([self.starts[i] + 1 for i in decode], dtype=torch.int32, device=device)
-        # (first token in h, token count, cache row, first position) of each multi-token chunk
-        self.chunks = [(self.token_start[i], self.lens[i], self.rows_list[i], self.starts[i])
-                       for i in range(num_seqs) if self.lens[i] > 1]
+        # Multi-token chunks: (first token in h, token count, context slots [C], causal mask [T, C]),
+        # built once here for every layer of the forward.
+        self.chunks = []
+        for i in range(num_seqs):
+            n, start = self.lens[i], self.starts[i]
+            if n > 1:
+                context = start + n
+                pages = cache.block_tables_cpu[self.rows_list[i], : -(-context // cache.block_size)].long()
+                slots = (pages[:, None] * cache.block_size + torch.arange(cache.block_size)).reshape(-1)[:context]
+                causal = torch.arange(context)[None, :] <= start + torch.arange(n)[:, None]
+                self.chunks.append((self.token_start[i], n, slots.to(device), causal.to(device)))
         self._rope: dict = {}
 
     @property
@@ -188,20 +196,15 @@ class PagedKVCache:
             out[meta.decode_tokens] = paged_decode_attention(
                 q[meta.decode_tokens], k_layer, v_layer, self.block_tables, meta.decode_rows, meta.decode_context,
                 self.block_size, scale)
-        for first, n, row, start in meta.chunks:
-            out[first:first + n] = self._chunk_attention(q[first:first + n], k_layer, v_layer, row, start, scale)
+        for first, n, slots, causal in meta.chunks:
+            out[first:first + n] = self._chunk_attention(q[first:first + n], k_layer, v_layer, slots, causal, scale)
         return out
 
-    def _chunk_attention(self, q, k_layer, v_layer, row: int, start: int, scale: float) -> torch.Tensor:
-        """Causal attention of a chunk q [T, Hq, D] at positions start.. over its row's cache."""
-        num_tokens, num_q_heads, _ = q.shape
-        context = start + num_tokens
-        slots = self.slots([row] * context, list(range(context)))
+    def _chunk_attention(self, q, k_layer, v_layer, slots, causal, scale: float) -> torch.Tensor:
+        """Causal attention of a chunk q [T, Hq, D] over its context slots [C] (mask [T, C])."""
         k, v = k_layer[slots], v_layer[slots]  # [C, Hkv, D]
-        groups = num_q_heads // k.shape[1]
+        groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        causal = (torch.arange(context, device=q.device)[None, :]
-                  <= start + torch.arange(num_tokens, device=q.device)[:, None])  # [T, C]
         # 4-D inputs: torch's CPU flash kernel takes them (3-D falls back to the ~5x slower math path).
         o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
                                            attn_mask=causal, scale=scale)
