@@ -6,11 +6,11 @@ builds its layers from the same object.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from drex import REPO_ROOT
+from drex.jsonfile import read_json_object
 
 
 @dataclass(frozen=True)
@@ -105,12 +105,7 @@ def from_hf_config(config_path: str | Path, name: str | None = None) -> ModelSha
     path = Path(config_path)
     if path.is_dir():
         path = path / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"model config not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+    cfg = read_json_object(path, "model config not found")
     missing = [k for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
                if k not in cfg]
     if missing:

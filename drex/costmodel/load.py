@@ -10,11 +10,11 @@ silent fallback: a user who shipped a profile wants to know why it is not used.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 from drex import REPO_ROOT
+from drex.jsonfile import read_json_object
 from drex.costmodel import profile as pf
 from drex.costmodel.fitted import FAMILIES, FittedCostModel, Law
 from drex.devices import get_device
@@ -42,14 +42,7 @@ def load_fitted(path: str | Path, shape: ModelShape | None = None) -> FittedCost
     if shape is not None:
         pf.check_shape(meta, shape, path / pf.META)
     fit_path = path / pf.FIT
-    try:
-        fit = json.loads(fit_path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{fit_path}: missing (run drex costmodel fit {path})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{fit_path}: corrupt JSON (line {e.lineno}): {e.msg}") from None
-    if not isinstance(fit, dict):
-        raise ValueError(f"{fit_path}: expected a JSON object")
+    fit = read_json_object(fit_path, f"missing (run drex costmodel fit {path})")
     if fit.get("schema_version") != pf.SCHEMA_VERSION:
         raise ValueError(f"{fit_path}: field schema_version is {fit.get('schema_version')!r}; this drex reads "
                          f"schema {pf.SCHEMA_VERSION} (re-run drex costmodel fit)")

@@ -24,6 +24,7 @@ import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from drex.jsonfile import read_json_object
 from drex.models import ModelShape
 
 SCHEMA_VERSION = 1
@@ -162,14 +163,7 @@ class Profile:
 
 def read_meta(path: Path) -> dict:
     meta_path = Path(path) / META
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{meta_path}: no meta.json (not a profile directory)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: corrupt JSON (line {e.lineno}): {e.msg}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_path}: expected a JSON object")
+    meta = read_json_object(meta_path, "no meta.json (not a profile directory)")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ValueError(f"{meta_path}: field schema_version is {version!r}; this drex reads schema {SCHEMA_VERSION} "
