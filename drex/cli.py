@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for face in (sim_cli, real_cli, cm_cli):
         face.add_parsers(sub)
+    from drex.real import train as train_cli; train_cli.add_parsers(sub)  # noqa: E702  drex train, drex quality
     return parser
 
 

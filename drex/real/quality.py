@@ -1,0 +1,327 @@
+"""What early exit costs in output quality, measured on a trained EE model (``drex quality``).
+
+For each confidence metric and a sweep of thresholds, the held-out prompts
+(HumanEval prompts of held-out tasks, and windows of held-out plays and
+stdlib modules; see ``drex.real.corpus``) are decoded greedily by the real
+backend's per-row exit rule (``drex.real.generate.greedy_decode``), and
+compared with the same prompts decoded at full depth. Each KV fill for the
+layers an exited token skipped is swept apart: ``recompute`` (its true K/V,
+computed before the request's next token) and ``copy`` (state copying: the
+exit layer's K/V stands in for the deeper ones), since the fill, not the exit
+decision, can be what changes the output.
+
+- ``early_exit_fraction``: output tokens that left before the last layer
+  (the prefill's first token always runs full depth and counts as not exited);
+- ``token_agreement``: output positions holding the full model's token;
+- ``rouge_l``: mean ROUGE-L F1 (``rouge-score``) of each output text against the
+  full model's output text;
+- ``output_throughput``: output tokens per second of the decode (CPU, one thread).
+
+It also records the confidence traces the simulator replays: per request, per
+output token, per exit point, the confidence of the exit head on the
+full-depth decoding path, so any threshold can be replayed.
+
+Records only: ``analysis/quality_plot.py`` draws the figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from drex.config import EEConfig
+
+THRESHOLDS = {
+    "margin": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
+    "maxprob": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98),
+    "entropy": (4.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.75, 0.5, 0.3, 0.1),  # nats; lower is surer
+}
+QUALITY_COLUMNS = ("metric", "threshold", "early_exit_fraction", "token_agreement", "rouge_l", "output_throughput")
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str  # "humaneval" | "text"
+    ids: list  # per prompt: token ids
+    labels: list  # per prompt: where it came from
+
+
+def _model_dir(name_or_path: str) -> Path:
+    from drex.models import get_model
+
+    shape = get_model(name_or_path)
+    if shape.path is None:
+        raise ValueError(f"model {name_or_path!r} is a shape without weights; quality needs a trained checkpoint "
+                         "(e.g. tiny-ee, or a directory with config.json + model.safetensors + tokenizer.json)")
+    return Path(shape.path)
+
+
+def load_model(name_or_path: str):
+    """(EEModel fp32 on CPU, tokenizer, checkpoint dir) for a shipped name or a checkpoint directory."""
+    from drex.real.corpus import load_tokenizer
+    from drex.real.model import EEModel
+
+    directory = _model_dir(name_or_path)
+    model = EEModel.from_pretrained(directory)
+    tokenizer = load_tokenizer(directory)
+    if tokenizer.get_vocab_size() > model.shape.vocab_size:
+        raise ValueError(f"{directory}: tokenizer has {tokenizer.get_vocab_size()} tokens, the model "
+                         f"{model.shape.vocab_size}")
+    return model, tokenizer, directory
+
+
+def heldout_prompts(tokenizer, num_code: int, num_text: int, text_prompt_tokens: int = 64) -> list[PromptSet]:
+    """HumanEval prompts of held-out tasks, and windows of held-out text starting at line starts.
+
+    Deterministic: evenly spaced picks, no sampling.
+    """
+    from drex.real.corpus import build_corpus
+
+    corpus = build_corpus()
+    tasks = corpus.heldout_prompts
+    picks = np.linspace(0, len(tasks) - 1, num=min(num_code, len(tasks))).round().astype(int)
+    code = PromptSet("humaneval", [tokenizer.encode(tasks[i].text).ids for i in picks],
+                     [tasks[i].name for i in picks])
+    ids, labels = [], []
+    per_source = {"plays": (num_text + 1) // 2, "python": num_text // 2}
+    for source, count in per_source.items():
+        docs = [d for d in corpus.heldout if d.source == source]
+        text = "".join(d.text for d in docs)
+        for off in np.linspace(0, len(text) - 4000, num=count).astype(int):
+            start = text.find("\n", int(off)) + 1
+            enc = tokenizer.encode(text[start:start + 8 * text_prompt_tokens]).ids[:text_prompt_tokens]
+            ids.append(enc)
+            labels.append(f"{source}@{start}")
+    return [code, PromptSet("text", ids, labels)]
+
+
+def _rouge_l(outputs: list[str], references: list[str]) -> list[float]:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    scores = []
+    for out, ref in zip(outputs, references):
+        if out == ref:  # also covers texts with no word tokens, which rouge-score scores 0
+            scores.append(1.0)
+        else:
+            scores.append(scorer.score(ref, out)["rougeL"].fmeasure)
+    return scores
+
+
+def decode(model, prompts: list[list[int]], max_new_tokens: int, ee: EEConfig | None, batch_size: int,
+           kv_fill: str = "copy"):
+    """Greedy decode in batches of batch_size; returns (tokens, exit layers, seconds)."""
+    from drex.real.generate import greedy_decode
+
+    tokens, exits = [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        out = greedy_decode(model, prompts[i:i + batch_size], max_new_tokens, ee, kv_fill=kv_fill)
+        tokens += out.tokens
+        exits += out.exit_layers
+    return tokens, exits, time.perf_counter() - t0
+
+
+def compare(tokens, exits, seconds, reference, tokenizer, exit_points, num_layers, reference_texts=None) -> dict:
+    """The quality row of one decode against the full-depth reference."""
+    flat_exit = np.concatenate([np.asarray(e) for e in exits])
+    agree = np.concatenate([np.asarray(t) == np.asarray(r) for t, r in zip(tokens, reference)])
+    refs = reference_texts or [tokenizer.decode(r) for r in reference]
+    rouge = _rouge_l([tokenizer.decode(t) for t in tokens], refs)
+    return {
+        "early_exit_fraction": float((flat_exit < num_layers).mean()),
+        "token_agreement": float(agree.mean()),
+        "rouge_l": float(np.mean(rouge)),
+        "output_throughput": float(flat_exit.size / seconds),
+        "per_exit": {int(e): float((flat_exit == e).mean()) for e in exit_points},
+    }
+
+
+def confidence_trace(model, prompts, outputs, metric: str = "margin") -> list[tuple[int, int, int, float]]:
+    """(request_id, token_index, exit_layer, confidence) on the full-depth path.
+
+    Output token i was sampled from the logits at position len(prompt) - 1 + i, so one dense
+    pass over prompt + output gives every exit point's confidence for every output token.
+    """
+    import torch
+
+    from drex.real.model import confidence
+
+    rows = []
+    with torch.inference_mode():
+        for rid, (prompt, out) in enumerate(zip(prompts, outputs)):
+            ids = torch.tensor([prompt + out[:-1]])
+            logits = model.forward_train(ids)
+            first = len(prompt) - 1
+            for e in model.exit_layers:
+                conf = confidence(logits[e][0, first:], metric).tolist()
+                rows += [(rid, i, e, round(c, 5)) for i, c in enumerate(conf)]
+    rows.sort()
+    return rows
+
+
+def write_trace(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("request_id", "token_index", "exit_layer", "confidence"))
+        w.writerows(rows)
+
+
+def sweep(model, tokenizer, sets: list[PromptSet], full: dict, max_new_tokens: int, batch_size: int, metrics,
+          thresholds: dict, kv_fill: str):
+    """Quality rows (aggregate, per prompt set, per exit point) of every (metric, threshold) at one KV fill."""
+    exit_points, L = model.exit_layers, model.num_layers
+    rows, by_set, per_exit = [], [], []
+    for metric in metrics:
+        for th in thresholds[metric]:
+            ee = EEConfig(exits=exit_points, threshold=th, metric=metric)
+            all_tok, all_exit, all_ref, all_ref_text, secs = [], [], [], [], 0.0
+            for ps in sets:
+                tokens, exits, seconds = decode(model, ps.ids, max_new_tokens, ee, batch_size, kv_fill)
+                ref, ref_text, _ = full[ps.name]
+                r = compare(tokens, exits, seconds, ref, tokenizer, exit_points, L, ref_text)
+                by_set.append({"kv_fill": kv_fill, "prompt_set": ps.name, "metric": metric, "threshold": th,
+                               **{k: r[k] for k in QUALITY_COLUMNS[2:]}})
+                all_tok += tokens
+                all_exit += exits
+                all_ref += ref
+                all_ref_text += ref_text
+                secs += seconds
+            r = compare(all_tok, all_exit, secs, all_ref, tokenizer, exit_points, L, all_ref_text)
+            rows.append({"metric": metric, "threshold": th, **{k: r[k] for k in QUALITY_COLUMNS[2:]}})
+            per_exit += [{"kv_fill": kv_fill, "metric": metric, "threshold": th, "exit_layer": e, "fraction": f}
+                         for e, f in r["per_exit"].items()]
+            print(f"{kv_fill:9s} {metric:8s} {th:<5g} exit {r['early_exit_fraction']:.3f} "
+                  f"agree {r['token_agreement']:.3f} rougeL {r['rouge_l']:.3f} {r['output_throughput']:.0f} tok/s",
+                  flush=True)
+    return rows, by_set, per_exit
+
+
+def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24, num_text: int = 24,
+        batch_size: int = 8, metrics=("margin", "maxprob", "entropy"), thresholds: dict | None = None,
+        kv_fills=("recompute", "copy"), trace_dir: Path | None = None, trace_tokens: int = 128,
+        trace_prompts: int = 40) -> list[dict]:
+    """The sweep at each KV fill: quality_<fill>.csv each, quality.csv = the first fill's table."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, directory = load_model(model_name)
+    if not model.exit_layers:
+        raise ValueError(f"{directory}: config.json lists no drex_exit_layers; nothing can exit early")
+    sets = heldout_prompts(tokenizer, num_code, num_text)
+    thresholds = thresholds or THRESHOLDS
+
+    full = {}
+    for ps in sets:
+        tokens, exits, seconds = decode(model, ps.ids, max_new_tokens, None, batch_size)
+        full[ps.name] = (tokens, [tokenizer.decode(t) for t in tokens], seconds)
+    first_rows, by_set, per_exit = None, [], []
+    for fill in kv_fills:
+        rows, fill_by_set, fill_exits = sweep(model, tokenizer, sets, full, max_new_tokens, batch_size, metrics,
+                                              thresholds, fill)
+        _write_csv(out / f"quality_{fill}.csv", QUALITY_COLUMNS, rows)
+        if first_rows is None:
+            first_rows = rows
+            _write_csv(out / "quality.csv", QUALITY_COLUMNS, rows)
+        by_set += fill_by_set
+        per_exit += fill_exits
+    _write_csv(out / "quality_by_set.csv", ("kv_fill", "prompt_set", *QUALITY_COLUMNS), by_set)
+    _write_csv(out / "quality_exits.csv", ("kv_fill", "metric", "threshold", "exit_layer", "fraction"), per_exit)
+    full_tokens = sum(len(t) for ps in sets for t in full[ps.name][0])
+    from drex import REPO_ROOT
+
+    where = directory.resolve()
+    checkpoint = str(where.relative_to(REPO_ROOT)) if where.is_relative_to(REPO_ROOT) else str(where)
+    meta = {"model": model_name, "checkpoint": checkpoint, "num_layers": model.num_layers,
+            "exit_layers": list(model.exit_layers), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+            "kv_fills": list(kv_fills), "quality.csv": f"kv_fill={kv_fills[0]}",
+            "prompts": {ps.name: ps.labels for ps in sets},
+            "full_depth_output_throughput": full_tokens / sum(full[ps.name][2] for ps in sets),
+            "device": "cpu", "torch_threads": torch.get_num_threads()}
+    (out / "quality_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+    if trace_dir is not None:
+        for ps in heldout_prompts(tokenizer, trace_prompts, trace_prompts):
+            tokens, _, _ = decode(model, ps.ids, trace_tokens, None, batch_size)
+            write_trace(Path(trace_dir) / f"{directory.name}-{ps.name}.csv",
+                        confidence_trace(model, ps.ids, tokens))
+    return first_rows
+
+
+def _write_csv(path: Path, columns, rows) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quality", help="early-exit quality sweep (exit fraction, agreement, ROUGE-L) of a trained "
+                                       "model, and policies under concurrent load")
+    p.add_argument("--model", default="tiny-ee", help="shipped model name or checkpoint directory")
+    p.add_argument("--out", required=True, help="directory for quality.csv and its companions")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--num-code", type=int, default=24, help="HumanEval prompts (held-out tasks)")
+    p.add_argument("--num-text", type=int, default=24, help="held-out text windows (plays + stdlib)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--metrics", default="margin,maxprob,entropy")
+    p.add_argument("--traces", default=None, help="also write confidence traces <model>-{humaneval,text}.csv here")
+    p.add_argument("--trace-tokens", type=int, default=128)
+    p.add_argument("--trace-prompts", type=int, default=40, help="prompts per trace (HumanEval, text)")
+    p.add_argument("--kv-fill", default="recompute,copy",
+                   help="KV fill(s) for skipped layers, comma-separated; quality.csv is the first one's table")
+    p.add_argument("--skip-sweep", action="store_true", help="only the policy comparison")
+    p.add_argument("--policies", default=None,
+                   help="also serve the prompts concurrently through the real executor under these policies "
+                        "(e.g. drex,eager,lazy,average,off) and compare with decoding each alone: policies.csv")
+    p.add_argument("--policy-metric", default="margin")
+    p.add_argument("--policy-threshold", type=float, default=0.4)
+    p.add_argument("--policy-cost", default="roofline,proportional",
+                   help="cost model(s) the scheduler decides with: roofline (this device's prediction) and/or "
+                        "proportional (every split pays, so drex honours every exit)")
+    p.add_argument("--policy-exits", action="append", default=None,
+                   help="exit layers for the policy comparison, e.g. 2,4 (default: trained); repeat for several")
+    p.add_argument("--max-batch-size", type=int, default=8, help="scheduler batch limit for the policy comparison")
+    p.set_defaults(func=_cmd_quality)
+
+
+def _cmd_quality(args) -> int:
+    metrics = tuple(m for m in args.metrics.split(",") if m)
+    unknown = [m for m in metrics if m not in THRESHOLDS]
+    if unknown:
+        raise ValueError(f"unknown confidence metric(s) {unknown}: margin, maxprob or entropy")
+    fills = tuple(f for f in args.kv_fill.split(",") if f)
+    if not fills or any(f not in ("copy", "recompute") for f in fills):
+        raise ValueError(f"--kv-fill takes copy and/or recompute, got {args.kv_fill!r}")
+    for name in ("max_new_tokens", "num_code", "num_text", "batch_size", "trace_tokens", "trace_prompts"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if not args.skip_sweep:
+        run(args.model, Path(args.out), args.max_new_tokens, args.num_code, args.num_text, args.batch_size, metrics,
+            kv_fills=fills, trace_dir=Path(args.traces) if args.traces else None, trace_tokens=args.trace_tokens,
+            trace_prompts=args.trace_prompts)
+    if args.policies:
+        from drex.real.policy_quality import POLICY_COLUMNS, compare_policies
+
+        exit_sets = [tuple(int(e) for e in x.split(",")) for x in args.policy_exits] if args.policy_exits else [None]
+        for exits in exit_sets:
+            EEConfig(exits=exits or (), threshold=args.policy_threshold, metric=args.policy_metric)  # validates
+        costs = tuple(c for c in args.policy_cost.split(",") if c)
+        rows = []
+        for exits in exit_sets:
+            for fill in fills:
+                rows += compare_policies(args.model, tuple(args.policies.split(",")), args.policy_metric,
+                                         args.policy_threshold, args.max_new_tokens, args.num_code, args.num_text,
+                                         args.max_batch_size, exits, fill, costs)
+        _write_csv(Path(args.out) / "policies.csv", POLICY_COLUMNS, rows)
+    return 0
