@@ -20,14 +20,13 @@ def _torch_one_thread() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drex", description="Serve early-exit LLMs with dynamic rebatching.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from drex.costmodel import cli as cm_cli
+    from drex.real import cli as real_cli
+    from drex.real import train as train_cli  # drex train, drex quality
     from drex.sim import cli as sim_cli
 
-    from drex.real import cli as real_cli
-    from drex.costmodel import cli as cm_cli
-
-    for face in (sim_cli, real_cli, cm_cli):
+    for face in (sim_cli, real_cli, cm_cli, train_cli):
         face.add_parsers(sub)
-    from drex.real import train as train_cli; train_cli.add_parsers(sub)  # noqa: E702  drex train, drex quality
     return parser
 
 
