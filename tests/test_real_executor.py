@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from drex.config import EEConfig, SchedulerConfig
-from drex.costmodel.base import CostModel
 from drex.models import get_model
 from drex.real.generate import greedy_decode
 from drex.real.model import EEModel
+from drex.real.policy_quality import ProportionalCost  # every split and drain pays
 from drex.real.run import RunConfig, run_real
 from drex.sim.simulator import SimConfig
 from drex.workload import TraceRequest
@@ -18,27 +18,6 @@ EE = EEConfig(exits=(1, 2), threshold=0.3)
 # One exit point for the exactness of rebatching: a parked row resumes at its exit and runs to the top
 # (flush or inline drain), so with several exits it would skip the deeper ones a lone request reaches.
 EE_ONE = EEConfig(exits=(2,), threshold=0.3)
-
-
-class Proportional(CostModel):
-    """Layer time proportional to rows, a small fixed step cost: splits and inline drains always pay."""
-
-    name = "proportional"
-
-    def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):
-        return 1e-3 * np.asarray(num_tokens, dtype=float)
-
-    def head_s(self, num_rows):
-        return 0.0 * np.asarray(num_rows, dtype=float)
-
-    def step_overhead_s(self, num_rows):
-        return 1e-4 + 0.0 * np.asarray(num_rows, dtype=float)
-
-    def kv_copy_s(self, num_rows, num_layers):
-        return 0.0 * np.asarray(num_rows, dtype=float)
-
-    def buffer_s(self, num_rows):
-        return 0.0 * np.asarray(num_rows, dtype=float)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +59,7 @@ def test_policy_off_emits_exactly_hf_generate(model, tmp_path):
 @pytest.mark.parametrize("kv_fill", ["copy", "recompute"])
 def test_rebatching_never_changes_a_token(model, kv_fill):
     workload, prompts = _workload(36, seed=2)
-    res = _run(model, "drex", workload, prompts, kv_fill=kv_fill, cost=Proportional(), ee=EE_ONE)
+    res = _run(model, "drex", workload, prompts, kv_fill=kv_fill, cost=ProportionalCost(), ee=EE_ONE)
     s = res.summary
     assert s["completed"] == 36
     assert s["num_rebatches"] > 0 and s["num_flushes"] > 0 and s["num_drains"] > 0
