@@ -107,5 +107,6 @@ def add_parsers(sub) -> None:
     add_run_flags(c, policy=False)
     c.add_argument("--policies", default=",".join(POLICY_ORDER))
     c.add_argument("--out", default=None, help="optional directory: one sub-directory of records per policy")
-    c.set_defaults(func=cmd_compare, num_requests=1000, uses_torch=False)
+    # Decode-heavy conversation traffic: where early exit matters (azure-code is prefill-bound).
+    c.set_defaults(func=cmd_compare, trace="azure-conv", num_requests=1000, uses_torch=False)
     return None
