@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 import numpy as np
 from scipy.special import betaincinv
 
 from drex import REPO_ROOT
-from drex.workload import TraceError
+from drex.workload import TraceError, number_field
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -134,12 +133,7 @@ def _read_confidence_csv(path: Path):
             raise TraceError(path, line, CONFIDENCE_COLUMNS[0], f"{len(row)} fields, the header has {len(header)}")
         for i, (name, p) in enumerate(zip(CONFIDENCE_COLUMNS, pos)):
             text_value = row[p].strip()
-            try:
-                value = float(text_value)
-            except ValueError:
-                raise TraceError(path, line, name, f"not a number: {text_value!r}") from None
-            if not math.isfinite(value):
-                raise TraceError(path, line, name, f"not a finite number: {text_value!r}")
+            value = number_field(text_value, path, line, name)
             if i < 3:
                 if value != int(value) or value < 0:
                     raise TraceError(path, line, name, f"must be a whole number >= 0, got {text_value!r}")

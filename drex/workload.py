@@ -166,14 +166,15 @@ def _tokens(text: str, path: Path, line: int, field: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        _number(text, path, line, field)  # raises if text is not a finite number at all
+        number_field(text, path, line, field)  # raises if text is not a finite number at all
         raise TraceError(path, line, field, f"token count must be an integer, got {text!r}") from None
     if value < 1:
         raise TraceError(path, line, field, f"token count must be >= 1, got {value}")
     return value
 
 
-def _number(text: str, path: Path, line: int, field: str) -> float:
+def number_field(text: str, path: Path, line: int, field: str) -> float:
+    """A finite number, or a TraceError naming the file, line and field."""
     try:
         value = float(text)
     except ValueError:
@@ -187,7 +188,7 @@ def _number(text: str, path: Path, line: int, field: str) -> float:
 def _slo(text: str | None, path: Path, line: int, field: str) -> float | None:
     if text is None or not text.strip():
         return None
-    value = _number(text, path, line, field)
+    value = number_field(text, path, line, field)
     if value <= 0:
         raise TraceError(path, line, field, f"SLO must be > 0 ms, got {value:g}")
     return value
@@ -346,7 +347,7 @@ def _drex_rows(reader, header, columns, path: Path, num_requests: int | None) ->
         if not _row_width(row, header, path, line):
             continue
         text = row[t_col].strip()
-        t = _number(text, path, line, "arrival_s")
+        t = number_field(text, path, line, "arrival_s")
         _check_time(t, previous, path, line, "arrival_s", text, previous_text)
         previous, previous_text = t, text
         prompt = _tokens(row[prompt_col], path, line, "prompt_tokens")
