@@ -67,13 +67,10 @@ class SimExecutor:
         if drain_rows:  # the drained rows joined the last step only
             dur[-1] += (cost.step_overhead_s(n + len(plan.prefill) + drain_rows)
                         - cost.step_overhead_s(n + len(plan.prefill)) + cost.buffer_s(drain_rows))
-        # Cut at the step in which the next arrival lands: the scheduler sees it right after.
-        if k > 1 and np.isfinite(until):
-            ends = now + np.cumsum(dur)
-            cut = int(np.searchsorted(ends, until)) + 1
-            if cut < k:
-                out.truncate(cut)
-                dur = dur[:cut]
+        cut = _steps_before(dur, now, until)
+        if cut < k:
+            out.truncate(cut)
+            dur = dur[:cut]
         result = StepResult(np.asarray(dur, dtype=float), out if n else None)
         if self.sched.policy.keeps_batch and n:
             frac = np.where(out.exited, out.reach / L, 1.0)
@@ -91,9 +88,7 @@ class SimExecutor:
         dur = (cost.layers_s(0, L, rows, ctx, pre_attn) + cost.head_s(n + pre_last)
                + cost.step_overhead_s(n + len(plan.prefill)))
         dur = np.atleast_1d(np.asarray(dur, dtype=float))
-        if k > 1 and np.isfinite(until):
-            cut = int(np.searchsorted(now + np.cumsum(dur), until)) + 1
-            dur = dur[:cut]
+        dur = dur[:_steps_before(dur, now, until)]
         return StepResult(dur, StepOutcome.plain(len(dur), n, L) if n else None)
 
     def _kv_fill_s(self, out: StepOutcome) -> np.ndarray:
@@ -112,3 +107,10 @@ class SimExecutor:
         dur = (cost.layers_s(plan.flush_layer, self.num_layers, n, ctx) + cost.head_s(n)
                + cost.step_overhead_s(n) + cost.buffer_s(n))
         return StepResult(np.array([float(dur)]))
+
+
+def _steps_before(dur: np.ndarray, now: float, until: float) -> int:
+    """Steps of a run to keep: up to the one in which the next arrival lands (the scheduler sees it right after)."""
+    if len(dur) <= 1 or not np.isfinite(until):
+        return len(dur)
+    return min(len(dur), int(np.searchsorted(now + np.cumsum(dur), until)) + 1)
