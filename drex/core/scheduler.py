@@ -108,7 +108,7 @@ class Scheduler(StepAccounting):
         """Decode rows first, then prefill chunks in the leftover token budget; None after a preemption."""
         decode, prefilling = [], []
         for r in self.running:
-            (decode if r.num_prefilled >= r.prefill_target else prefilling).append(r)
+            (prefilling if r.in_prefill else decode).append(r)
         for r in decode:
             # The next decode writes slot context_len = prompt + generated - 1: it needs prompt + generated slots.
             if r.prompt_tokens + r.num_generated > r.kv_tokens and not self._grow(r, r.prompt_tokens + r.num_generated):
@@ -161,7 +161,7 @@ class Scheduler(StepAccounting):
             return 1  # an admission may happen at the next step
         if self.cfg.profitability == "art" and self.policy.rebatches:
             return 1  # the running averages move every step
-        k = min(self.cfg.max_lookahead_steps, min(r.output_tokens - r.num_generated for r in decode))
+        k = min(self.cfg.max_lookahead_steps, min(r.remaining_tokens for r in decode))
         if self.buffer:
             k = min(k, self._steps_until_flush())
         if k <= 1:
@@ -177,24 +177,31 @@ class Scheduler(StepAccounting):
 
     # -- the rebatching buffer ----------------------------------------------------------------
 
+    def _flush_in(self, rows: list[Request]) -> int:
+        """Steps until the buffer's size and age rules flush these rows (<= 0: now).
+
+        The age-weighted rule |rows| * (1 + age * alpha) >= max_batch_size, solved for age,
+        so that planning runs of steps and flushing use the very same rule.
+        """
+        cfg = self.cfg
+        if len(rows) >= min(cfg.flush_rows, cfg.max_batch_size):
+            return 0
+        age = self.step_id - rows[0].buffered_step
+        steps = cfg.flush_max_wait_steps - age
+        if cfg.flush_age_alpha > 0:
+            steps = min(steps, int(np.ceil((cfg.max_batch_size / len(rows) - 1) / cfg.flush_age_alpha)) - age)
+        return steps
+
     def _steps_until_flush(self) -> int:
-        cfg, steps = self.cfg, self.cfg.max_lookahead_steps
+        steps = self.cfg.max_lookahead_steps
         for rows in self.buffer.values():
             if any(r.slo_tpot_ms is not None for r in rows):
                 return 1
-            age = self.step_id - rows[0].buffered_step
-            steps = min(steps, cfg.flush_max_wait_steps - age)
-            if cfg.flush_age_alpha > 0:
-                need_age = (cfg.max_batch_size / len(rows) - 1) / cfg.flush_age_alpha
-                steps = min(steps, int(np.ceil(need_age)) - age)
+            steps = min(steps, self._flush_in(rows))
         return max(steps, 1)
 
     def _flush_due(self, rows: list[Request], now: float) -> bool:
-        cfg = self.cfg
-        age = self.step_id - rows[0].buffered_step
-        if len(rows) >= cfg.flush_rows or age >= cfg.flush_max_wait_steps:
-            return True
-        if len(rows) * (1 + age * cfg.flush_age_alpha) >= cfg.max_batch_size:
+        if self._flush_in(rows) <= 0:
             return True
         # A parked row whose next-token deadline would pass before a flush finishes cannot wait longer.
         deep = prof.deep_s(self.cost, rows[0].buffer_layer, self.num_layers, len(rows),
