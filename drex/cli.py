@@ -22,10 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from drex.costmodel import cli as cm_cli
     from drex.real import cli as real_cli
-    from drex.real import train as train_cli  # drex train, drex quality
+    from drex.lab import cli as lab_cli
     from drex.sim import cli as sim_cli
+    from drex import validate
 
-    for face in (sim_cli, real_cli, cm_cli, train_cli):
+    for face in (sim_cli, real_cli, validate, cm_cli, lab_cli):
         face.add_parsers(sub)
     return parser
 

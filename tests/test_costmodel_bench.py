@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from drex.costmodel import profile as pf  # noqa: E402
-from drex.costmodel import profiler  # noqa: E402
-from drex.costmodel.bench import Bench  # noqa: E402
+from drex.real import profiler  # noqa: E402
+from drex.real.bench import Bench  # noqa: E402
 from drex.models import MODELS  # noqa: E402
 
 SHAPE = MODELS["tiny"]

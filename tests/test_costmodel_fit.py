@@ -12,7 +12,7 @@ from drex.costmodel import profile as pf
 from drex.costmodel.fit import fit_law, fit_profile
 from drex.costmodel.fitted import FittedCostModel, Law, smooth_max
 from drex.costmodel.load import load_fitted
-from drex.costmodel.profiler import run_grid
+from drex.real.profiler import run_grid
 from drex.models import MODELS
 
 # A GPU-like law: flat (weights read once) until ~200 tokens, then compute-bound; attention apart.

@@ -11,7 +11,7 @@ import pytest
 from drex.costmodel import profile as pf
 from drex.costmodel.fit import fit_profile
 from drex.costmodel.load import load_cost_model, load_fitted
-from drex.costmodel.profiler import check_device, run_grid, summarize
+from drex.real.profiler import check_device, run_grid, summarize
 from drex.models import MODELS, with_layers
 
 from test_costmodel_fit import synthetic_profile

@@ -10,7 +10,7 @@ import torch
 
 from drex import REPO_ROOT
 from drex.config import EEConfig
-from drex.real import quality
+from drex.lab import quality
 
 SHIPPED = REPO_ROOT / "models" / "tiny-ee"
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from drex.cli import main
-from drex.real.validate import KEYS
+from drex.validate import KEYS
 
 TRACE = """arrival_s,prompt_tokens,output_tokens
 0.0,40,12

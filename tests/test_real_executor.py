@@ -8,7 +8,7 @@ from drex.config import EEConfig, SchedulerConfig
 from drex.models import get_model
 from drex.real.generate import greedy_decode
 from drex.real.model import EEModel
-from drex.real.policy_quality import ProportionalCost  # every split and drain pays
+from drex.costmodel.proportional import ProportionalCost  # every split and drain pays
 from drex.real.run import RunConfig, run_real
 from drex.sim.simulator import SimConfig
 from drex.workload import TraceRequest

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from drex.real import corpus as corpus_mod
-from drex.real.train import TrainConfig, encode_streams, eval_windows, evaluate, init_model, lr_at, save_checkpoint, \
+from drex.lab import corpus as corpus_mod
+from drex.lab.train import TrainConfig, encode_streams, eval_windows, evaluate, init_model, lr_at, save_checkpoint, \
     train_steps
 
 TEXT = [

@@ -1,8 +1,9 @@
-"""``drex run`` and ``drex validate``: flags -> RunConfig -> run_real -> records; run dir -> validate.json."""
+"""``drex run`` and ``drex profile``: flags -> RunConfig -> run_real -> records; flags -> profiler -> profile."""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 from drex.metrics import format_table
 
@@ -30,11 +31,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from drex.real.validate import format_report, validate
+def cmd_profile(args: argparse.Namespace) -> int:
+    from drex.real.profiler import profile
 
-    print(format_report(validate(args.run_dir)))
-    print(f"written to {args.run_dir}/validate.json")
+    t0 = time.perf_counter()
+    out = profile(args.gpu, args.model, args.dtype, args.quick, args.out, args.force, args.restart,
+                  progress=not args.no_progress)
+    print(f"profile written to {out} in {time.perf_counter() - t0:.1f} s; next: drex costmodel fit {out}")
     return 0
 
 
@@ -51,6 +54,14 @@ def add_parsers(sub) -> None:
                    help="fill skipped layers' KV of exited tokens by state copy or by recompute")
     p.add_argument("--out", required=True, help="run directory: requests/steps/confidence CSVs, summary.json, ...")
     p.set_defaults(func=cmd_run)
-    v = sub.add_parser("validate", help="replay a drex run in the simulator; write RUN_DIR/validate.json")
-    v.add_argument("run_dir")
-    v.set_defaults(func=cmd_validate)
+    p = sub.add_parser("profile", help="measure per-layer costs on a device into profiles/<gpu>/<model>/")
+    p.add_argument("--gpu", required=True, help="device name: h100, h200, a100 or cpu")
+    p.add_argument("--model", required=True, help="model name (e.g. llama2-7b, tiny) or a path to config.json")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                   help="weights and activations (default: fp32 on cpu, bf16 on GPU)")
+    p.add_argument("--quick", action="store_true", help="small grid (CI, smoke tests)")
+    p.add_argument("--out", default=None, help="output directory (default profiles/<gpu>/<model>/)")
+    p.add_argument("--force", action="store_true", help="profile even when the device found is not the one named")
+    p.add_argument("--restart", action="store_true", help="discard a partial profile instead of resuming it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_profile)

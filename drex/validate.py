@@ -174,3 +174,15 @@ def _fmt(x, pct: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{100 * x:+.1f}%" if pct else f"{x:.2f}"
+
+
+def cmd_validate(args) -> int:
+    print(format_report(validate(args.run_dir)))
+    print(f"written to {args.run_dir}/validate.json")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    v = sub.add_parser("validate", help="replay a drex run in the simulator; write RUN_DIR/validate.json")
+    v.add_argument("run_dir")
+    v.set_defaults(func=cmd_validate)

@@ -2,7 +2,7 @@
 
 For each confidence metric and a sweep of thresholds, the held-out prompts
 (HumanEval prompts of held-out tasks, and windows of held-out plays and
-stdlib modules; see ``drex.real.corpus``) are decoded greedily by the real
+stdlib modules; see ``drex.lab.corpus``) are decoded greedily by the real
 backend's per-row exit rule (``drex.real.generate.greedy_decode``), and
 compared with the same prompts decoded at full depth. Each KV fill for the
 layers an exited token skipped is swept apart: ``recompute`` (its true K/V,
@@ -63,7 +63,7 @@ def _model_dir(name_or_path: str) -> Path:
 
 def load_model(name_or_path: str):
     """(EEModel fp32 on CPU, tokenizer, checkpoint dir) for a shipped name or a checkpoint directory."""
-    from drex.real.corpus import load_tokenizer
+    from drex.lab.corpus import load_tokenizer
     from drex.real.model import EEModel
 
     directory = _model_dir(name_or_path)
@@ -80,7 +80,7 @@ def heldout_prompts(tokenizer, num_code: int, num_text: int, text_prompt_tokens:
 
     Deterministic: evenly spaced picks, no sampling.
     """
-    from drex.real.corpus import build_corpus
+    from drex.lab.corpus import build_corpus
 
     corpus = build_corpus()
     tasks = corpus.heldout_prompts
@@ -100,7 +100,7 @@ def heldout_prompts(tokenizer, num_code: int, num_text: int, text_prompt_tokens:
     return [code, PromptSet("text", ids, labels)]
 
 
-def _rouge_l(outputs: list[str], references: list[str]) -> list[float]:
+def rouge_l(outputs: list[str], references: list[str]) -> list[float]:
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
@@ -132,7 +132,7 @@ def compare(tokens, exits, seconds, reference, tokenizer, exit_points, num_layer
     flat_exit = np.concatenate([np.asarray(e) for e in exits])
     agree = np.concatenate([np.asarray(t) == np.asarray(r) for t, r in zip(tokens, reference)])
     refs = reference_texts or [tokenizer.decode(r) for r in reference]
-    rouge = _rouge_l([tokenizer.decode(t) for t in tokens], refs)
+    rouge = rouge_l([tokenizer.decode(t) for t in tokens], refs)
     return {
         "early_exit_fraction": float((flat_exit < num_layers).mean()),
         "token_agreement": float(agree.mean()),
@@ -227,14 +227,14 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
     for fill in kv_fills:
         rows, fill_by_set, fill_exits = sweep(model, tokenizer, sets, full, max_new_tokens, batch_size, metrics,
                                               thresholds, fill)
-        _write_csv(out / f"quality_{fill}.csv", QUALITY_COLUMNS, rows)
+        write_csv(out / f"quality_{fill}.csv", QUALITY_COLUMNS, rows)
         if first_rows is None:
             first_rows = rows
-            _write_csv(out / "quality.csv", QUALITY_COLUMNS, rows)
+            write_csv(out / "quality.csv", QUALITY_COLUMNS, rows)
         by_set += fill_by_set
         per_exit += fill_exits
-    _write_csv(out / "quality_by_set.csv", ("kv_fill", "prompt_set", *QUALITY_COLUMNS), by_set)
-    _write_csv(out / "quality_exits.csv", ("kv_fill", "metric", "threshold", "exit_layer", "fraction"), per_exit)
+    write_csv(out / "quality_by_set.csv", ("kv_fill", "prompt_set", *QUALITY_COLUMNS), by_set)
+    write_csv(out / "quality_exits.csv", ("kv_fill", "metric", "threshold", "exit_layer", "fraction"), per_exit)
     full_tokens = sum(len(t) for ps in sets for t in full[ps.name][0])
     from drex import REPO_ROOT
 
@@ -256,72 +256,9 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
     return first_rows
 
 
-def _write_csv(path: Path, columns, rows) -> None:
+def write_csv(path: Path, columns, rows) -> None:
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for row in rows:
             w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("quality", help="early-exit quality sweep (exit fraction, agreement, ROUGE-L) of a trained "
-                                       "model, and policies under concurrent load")
-    p.add_argument("--model", default="tiny-ee", help="shipped model name or checkpoint directory")
-    p.add_argument("--out", required=True, help="directory for quality.csv and its companions")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--num-code", type=int, default=24, help="HumanEval prompts (held-out tasks)")
-    p.add_argument("--num-text", type=int, default=24, help="held-out text windows (plays + stdlib)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--metrics", default="margin,maxprob,entropy")
-    p.add_argument("--traces", default=None, help="also write confidence traces <model>-{humaneval,text}.csv here")
-    p.add_argument("--trace-tokens", type=int, default=128)
-    p.add_argument("--trace-prompts", type=int, default=40, help="prompts per trace (HumanEval, text)")
-    p.add_argument("--kv-fill", default="recompute,copy",
-                   help="KV fill(s) for skipped layers, comma-separated; quality.csv is the first one's table")
-    p.add_argument("--skip-sweep", action="store_true", help="only the policy comparison")
-    p.add_argument("--policies", default=None,
-                   help="also serve the prompts concurrently through the real executor under these policies "
-                        "(e.g. drex,eager,lazy,average,off) and compare with decoding each alone: policies.csv")
-    p.add_argument("--policy-metric", default="margin")
-    p.add_argument("--policy-threshold", type=float, default=0.4)
-    p.add_argument("--policy-cost", default="roofline,proportional",
-                   help="cost model(s) the scheduler decides with: roofline (this device's prediction) and/or "
-                        "proportional (every split pays, so drex honours every exit)")
-    p.add_argument("--policy-exits", action="append", default=None,
-                   help="exit layers for the policy comparison, e.g. 2,4 (default: trained); repeat for several")
-    p.add_argument("--max-batch-size", type=int, default=8, help="scheduler batch limit for the policy comparison")
-    p.set_defaults(func=_cmd_quality)
-
-
-def _cmd_quality(args) -> int:
-    metrics = tuple(m for m in args.metrics.split(",") if m)
-    unknown = [m for m in metrics if m not in THRESHOLDS]
-    if unknown:
-        raise ValueError(f"unknown confidence metric(s) {unknown}: margin, maxprob or entropy")
-    fills = tuple(f for f in args.kv_fill.split(",") if f)
-    if not fills or any(f not in ("copy", "recompute") for f in fills):
-        raise ValueError(f"--kv-fill takes copy and/or recompute, got {args.kv_fill!r}")
-    for name in ("max_new_tokens", "num_code", "num_text", "batch_size", "trace_tokens", "trace_prompts"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    if not args.skip_sweep:
-        run(args.model, Path(args.out), args.max_new_tokens, args.num_code, args.num_text, args.batch_size, metrics,
-            kv_fills=fills, trace_dir=Path(args.traces) if args.traces else None, trace_tokens=args.trace_tokens,
-            trace_prompts=args.trace_prompts)
-    if args.policies:
-        from drex.real.policy_quality import POLICY_COLUMNS, compare_policies
-
-        exit_sets = [tuple(int(e) for e in x.split(",")) for x in args.policy_exits] if args.policy_exits else [None]
-        for exits in exit_sets:
-            EEConfig(exits=exits or (), threshold=args.policy_threshold, metric=args.policy_metric)  # validates
-        costs = tuple(c for c in args.policy_cost.split(",") if c)
-        rows = []
-        for exits in exit_sets:
-            for fill in fills:
-                rows += compare_policies(args.model, tuple(args.policies.split(",")), args.policy_metric,
-                                         args.policy_threshold, args.max_new_tokens, args.num_code, args.num_text,
-                                         args.max_batch_size, exits, fill, costs)
-        _write_csv(Path(args.out) / "policies.csv", POLICY_COLUMNS, rows)
-    return 0

@@ -1,7 +1,7 @@
 """Train ``tiny-ee``: a small Llama-family model with a loss at every exit point.
 
-``python -m drex.real.train --out models/tiny-ee`` (or ``drex train``) trains a
-byte-level BPE on the offline corpus (``drex.real.corpus``), then the model of
+``drex train --out DIR`` trains a
+byte-level BPE on the offline corpus (``drex.lab.corpus``), then the model of
 ``drex.real.model`` from random weights: at every exit layer and at the last
 layer the hidden state goes through the shared final norm + LM head, and the
 loss is the weighted mean of those cross-entropies. One torch thread, fixed
@@ -13,7 +13,6 @@ AdamW with linear warm-up and cosine decay. It writes Hugging Face Llama style
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drex.real import corpus as corpus_mod
+from drex.lab import corpus as corpus_mod
 
 SOURCES = ("plays", "python", "humaneval")
 
@@ -288,44 +287,3 @@ def run(cfg: TrainConfig, out: Path, log_path: Path | None = None) -> dict:
     emit({"event": "done", "train_s": round(time.monotonic() - t_train, 1), "out": str(out)})
     log.close()
     return final
-
-
-def _tuple(kind):
-    return lambda s: tuple(kind(x) for x in s.split(","))
-
-
-def add_parsers(sub) -> None:
-    """``drex train`` (and, from drex.real.quality, ``drex quality``)."""
-    p = sub.add_parser("train", help="train the tiny early-exit model (CPU, one thread) from offline text")
-    p.add_argument("--out", default="models/tiny-ee", help="checkpoint directory to write")
-    p.add_argument("--log", default=None, help="JSON-lines log (default OUT/train_log.jsonl)")
-    defaults = TrainConfig()
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, tuple):
-            kind = type(value[0])
-            p.add_argument(flag, type=_tuple(kind), default=value, help=f"comma-separated (default {value})")
-        else:
-            p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
-    p.set_defaults(func=_cmd_train)
-    from drex.real import quality
-
-    quality.add_parser(sub)
-
-
-def _cmd_train(args) -> int:
-    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
-    run(cfg, Path(args.out), args.log)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drex.real.train", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command")
-    add_parsers(sub)
-    args = parser.parse_args(["train", *(argv if argv is not None else __import__("sys").argv[1:])])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -261,7 +261,7 @@ def profile(gpu: str, model: str, dtype: str | None = None, quick: bool = False,
     """``drex profile``: the whole command. Returns the profile directory."""
     import torch
 
-    from drex.costmodel.bench import Bench, inner_repeats
+    from drex.real.bench import Bench, inner_repeats
     from drex.costmodel.load import profile_dir
     from drex.models import get_model
 

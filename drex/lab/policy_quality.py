@@ -30,34 +30,13 @@ from __future__ import annotations
 import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
-from drex.costmodel.base import CostModel
+from drex.costmodel.proportional import ProportionalCost
 
 POLICY_COLUMNS = ("policy", "cost_model", "kv_fill", "exit_layers", "metric", "threshold", "num_requests",
                   "max_batch_size", "output_tokens", "token_agreement", "rouge_l", "token_agreement_full",
                   "rouge_l_full", "early_exit_fraction", "involuntary_exits", "involuntary_stays",
                   "output_throughput", "num_rebatches", "num_flushes")
 COST_MODELS = ("roofline", "proportional")
-
-
-class ProportionalCost(CostModel):
-    """Layer time proportional to rows, no fixed per-layer cost: every split pays, so drex honours every exit."""
-
-    name = "proportional"
-
-    def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):
-        return 1e-4 * np.asarray(num_tokens, dtype=float)
-
-    def head_s(self, num_rows):
-        return 0.0 * np.asarray(num_rows, dtype=float)
-
-    def step_overhead_s(self, num_rows):
-        return 1e-5 + 0.0 * np.asarray(num_rows, dtype=float)
-
-    def kv_copy_s(self, num_rows, num_layers):
-        return 0.0 * np.asarray(num_rows, dtype=float)
-
-    def buffer_s(self, num_rows):
-        return 0.0 * np.asarray(num_rows, dtype=float)
 
 
 def serve(model, model_name: str, prompts: list[list[int]], max_new_tokens: int, ee: EEConfig, policy: str,
@@ -91,7 +70,7 @@ def compare_policies(model_name: str, policies=("drex", "eager", "lazy", "averag
     import torch
 
     from drex.real.generate import greedy_decode
-    from drex.real.quality import _rouge_l, heldout_prompts, load_model
+    from drex.lab.quality import rouge_l, heldout_prompts, load_model
 
     torch.set_num_threads(1)
     model, tokenizer, directory = load_model(model_name)
@@ -118,9 +97,9 @@ def compare_policies(model_name: str, policies=("drex", "eager", "lazy", "averag
                 "exit_layers": "/".join(map(str, model.exit_layers)), "metric": metric, "threshold": threshold,
                 "num_requests": len(prompts), "max_batch_size": max_batch_size, "output_tokens": int(flat_exit.size),
                 "token_agreement": _agreement(tokens, reference),
-                "rouge_l": float(np.mean(_rouge_l(text, ref_text))),
+                "rouge_l": float(np.mean(rouge_l(text, ref_text))),
                 "token_agreement_full": _agreement(tokens, full),
-                "rouge_l_full": float(np.mean(_rouge_l(text, full_text))),
+                "rouge_l_full": float(np.mean(rouge_l(text, full_text))),
                 "early_exit_fraction": float((flat_exit < model.num_layers).mean()),
                 "involuntary_exits": int(summary.get("involuntary_exits", 0)),
                 "involuntary_stays": int(summary.get("involuntary_stays", 0)),

@@ -1,0 +1,1 @@
+"""Research tools: training tiny-ee, quality sweeps, corpora (above both bodies)."""

@@ -1,0 +1,99 @@
+"""``drex train`` and ``drex quality``: the research tools' flags -> functions."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from drex.config import EEConfig
+from drex.lab import quality, train
+
+
+def _tuple(kind):
+    return lambda s: tuple(kind(x) for x in s.split(","))
+
+
+def add_parsers(sub) -> None:
+    """``drex train`` (and, from drex.lab.quality, ``drex quality``)."""
+    p = sub.add_parser("train", help="train the tiny early-exit model (CPU, one thread) from offline text")
+    p.add_argument("--out", default="models/tiny-ee", help="checkpoint directory to write")
+    p.add_argument("--log", default=None, help="JSON-lines log (default OUT/train_log.jsonl)")
+    defaults = train.TrainConfig()
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, tuple):
+            kind = type(value[0])
+            p.add_argument(flag, type=_tuple(kind), default=value, help=f"comma-separated (default {value})")
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
+    p.set_defaults(func=_cmd_train)
+    add_quality_parser(sub)
+
+
+def _cmd_train(args) -> int:
+    cfg = train.TrainConfig(**{k: getattr(args, k) for k in asdict(train.TrainConfig())})
+    train.run(cfg, Path(args.out), args.log)
+    return 0
+
+
+def add_quality_parser(sub) -> None:
+    p = sub.add_parser("quality", help="early-exit quality sweep (exit fraction, agreement, ROUGE-L) of a trained "
+                                       "model, and policies under concurrent load")
+    p.add_argument("--model", default="tiny-ee", help="shipped model name or checkpoint directory")
+    p.add_argument("--out", required=True, help="directory for quality.csv and its companions")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--num-code", type=int, default=24, help="HumanEval prompts (held-out tasks)")
+    p.add_argument("--num-text", type=int, default=24, help="held-out text windows (plays + stdlib)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--metrics", default="margin,maxprob,entropy")
+    p.add_argument("--traces", default=None, help="also write confidence traces <model>-{humaneval,text}.csv here")
+    p.add_argument("--trace-tokens", type=int, default=128)
+    p.add_argument("--trace-prompts", type=int, default=40, help="prompts per trace (HumanEval, text)")
+    p.add_argument("--kv-fill", default="recompute,copy",
+                   help="KV fill(s) for skipped layers, comma-separated; quality.csv is the first one's table")
+    p.add_argument("--skip-sweep", action="store_true", help="only the policy comparison")
+    p.add_argument("--policies", default=None,
+                   help="also serve the prompts concurrently through the real executor under these policies "
+                        "(e.g. drex,eager,lazy,average,off) and compare with decoding each alone: policies.csv")
+    p.add_argument("--policy-metric", default="margin")
+    p.add_argument("--policy-threshold", type=float, default=0.4)
+    p.add_argument("--policy-cost", default="roofline,proportional",
+                   help="cost model(s) the scheduler decides with: roofline (this device's prediction) and/or "
+                        "proportional (every split pays, so drex honours every exit)")
+    p.add_argument("--policy-exits", action="append", default=None,
+                   help="exit layers for the policy comparison, e.g. 2,4 (default: trained); repeat for several")
+    p.add_argument("--max-batch-size", type=int, default=8, help="scheduler batch limit for the policy comparison")
+    p.set_defaults(func=_cmd_quality)
+
+
+def _cmd_quality(args) -> int:
+    metrics = tuple(m for m in args.metrics.split(",") if m)
+    unknown = [m for m in metrics if m not in quality.THRESHOLDS]
+    if unknown:
+        raise ValueError(f"unknown confidence metric(s) {unknown}: margin, maxprob or entropy")
+    fills = tuple(f for f in args.kv_fill.split(",") if f)
+    if not fills or any(f not in ("copy", "recompute") for f in fills):
+        raise ValueError(f"--kv-fill takes copy and/or recompute, got {args.kv_fill!r}")
+    for name in ("max_new_tokens", "num_code", "num_text", "batch_size", "trace_tokens", "trace_prompts"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if not args.skip_sweep:
+        quality.run(args.model, Path(args.out), args.max_new_tokens, args.num_code, args.num_text, args.batch_size, metrics,
+            kv_fills=fills, trace_dir=Path(args.traces) if args.traces else None, trace_tokens=args.trace_tokens,
+            trace_prompts=args.trace_prompts)
+    if args.policies:
+        from drex.lab.policy_quality import POLICY_COLUMNS, compare_policies
+
+        exit_sets = [tuple(int(e) for e in x.split(",")) for x in args.policy_exits] if args.policy_exits else [None]
+        for exits in exit_sets:
+            EEConfig(exits=exits or (), threshold=args.policy_threshold, metric=args.policy_metric)  # validates
+        costs = tuple(c for c in args.policy_cost.split(",") if c)
+        rows = []
+        for exits in exit_sets:
+            for fill in fills:
+                rows += compare_policies(args.model, tuple(args.policies.split(",")), args.policy_metric,
+                                         args.policy_threshold, args.max_new_tokens, args.num_code, args.num_text,
+                                         args.max_batch_size, exits, fill, costs)
+        quality.write_csv(Path(args.out) / "policies.csv", POLICY_COLUMNS, rows)
+    return 0
