@@ -22,7 +22,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from drex.config import EEConfig, SchedulerConfig  # noqa: E402
 from drex.metrics import write_run  # noqa: E402
-from drex.sim.simulator import SimConfig, Simulation  # noqa: E402
+from drex.settings import RunSettings
+from drex.sim.simulator import Simulation  # noqa: E402
 from drex.workload import load_trace  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "sim_speed.json"
@@ -32,7 +33,7 @@ def one(policy: str, n: int) -> dict:
     t0 = time.perf_counter()
     workload = load_trace("azure-conv", num_requests=n)
     t1 = time.perf_counter()
-    cfg = SimConfig(model="llama2-13b", device="h200", ee=EEConfig((20,), 0.8),
+    cfg = RunSettings(model="llama2-13b", device="h200", ee=EEConfig((20,), 0.8),
                     scheduler=SchedulerConfig(policy=policy, max_model_len=4096), seed=0)
     sim = Simulation(cfg, workload)
     t2 = time.perf_counter()

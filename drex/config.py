@@ -1,10 +1,11 @@
-"""Frozen, validated settings: early exit, scheduler, and one run."""
+"""Frozen, validated settings of early exit and of the scheduler (one run's settings: ``drex.settings``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 CONFIDENCE_METRICS = ("margin", "maxprob", "entropy")
+LOWER_IS_BETTER = frozenset({"entropy"})  # confidence metrics where a smaller value means surer
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class EEConfig:
             raise ValueError(f"exit layers must be >= 1, got {self.exits}")
         if self.metric not in CONFIDENCE_METRICS:
             raise ValueError(f"confidence metric must be one of {CONFIDENCE_METRICS}, got {self.metric!r}")
-        if self.metric != "entropy" and not 0.0 <= self.threshold <= 1.0:
+        if not self.lower_is_better and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1] for {self.metric}, got {self.threshold}")
 
     def check_model(self, num_layers: int) -> None:
@@ -35,9 +36,13 @@ class EEConfig:
         if bad:
             raise ValueError(f"exit layers {bad} must be below the model's {num_layers} layers")
 
-    def clears(self, confidence: float) -> bool:
-        """Entropy is lower-is-better; the others higher-is-better."""
-        if self.metric == "entropy":
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
+
+    def clears(self, confidence):
+        """Whether a confidence (or an array of them) clears the threshold."""
+        if self.lower_is_better:
             return confidence < self.threshold
         return confidence > self.threshold
 

@@ -29,7 +29,7 @@ def request_records(requests: list[Request]) -> pd.DataFrame:
                 if done and r.num_generated > 1 else math.nan)
         slo_met = done and (r.slo_ttft_ms is None or ttft <= r.slo_ttft_ms) and \
             (r.slo_tpot_ms is None or not tpot > r.slo_tpot_ms)
-        rows.append((r.request_id, r.replica, r.arrival_s, r.prompt_tokens, r.output_tokens, r.status,
+        rows.append((r.request_id, r.replica, r.arrival_s, r.prompt_tokens, r.output_tokens, r.status.value,
                      r.reject_reason, ttft, (r.finish_s - r.arrival_s) * 1e3 if done else math.nan, tpot,
                      r.num_generated, r.num_early_exits, r.num_involuntary_exits, r.num_involuntary_stays,
                      r.sum_exit_layer / r.num_generated if r.num_generated else math.nan, r.num_preemptions,

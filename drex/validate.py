@@ -27,7 +27,8 @@ from drex.config import EEConfig, SchedulerConfig
 from drex.core.policies import PolicyDecision, get_policy
 from drex.core.step import PrefillChunk, StepPlan
 from drex.sim.executor import SimExecutor
-from drex.sim.simulator import SimConfig, Simulation
+from drex.settings import RunSettings
+from drex.sim.simulator import Simulation
 from drex.workload import load_trace
 
 KEYS = ("throughput_rel_error", "p50_ttft_rel_error", "p99_ttft_rel_error", "p50_tpot_rel_error",
@@ -45,38 +46,31 @@ def _read(run_dir: Path, name: str) -> Path:
     return path
 
 
-def sim_config(run_dir: Path, run: dict) -> SimConfig:
+def run_settings(run_dir: Path, run: dict) -> RunSettings:
     ee = EEConfig(tuple(run["exits"]), run["threshold"], run["metric"])
     sched = SchedulerConfig(**run["scheduler"])
     conf_path = _read(run_dir, "confidence.csv")
     recorded = get_policy(sched.policy).uses_exits and ee.exits and len(pd.read_csv(conf_path))
-    return SimConfig(model=run["model"], device=run["device"], ee=ee, scheduler=sched,
+    return RunSettings(model=run["model"], device=run["device"], ee=ee, scheduler=sched,
                      confidence=f"trace:{conf_path}" if recorded else "beta", seed=run["seed"],
                      dtype_bytes=DTYPE_BYTES[run["dtype"]], num_kv_blocks=run["num_kv_blocks"],
                      cost_model=run["cost_model"])
 
 
 class _DecisionLog:
-    """Wraps a scheduler's decide_at_exit; keeps the decisions of the steps that were actually completed."""
+    """A scheduler's recorder: keeps the decisions of the steps that were actually completed."""
 
-    def __init__(self, sched):
-        self.sched, self.pending, self.taken = sched, [], {}
-        decide, complete = sched.decide_at_exit, sched.complete
+    def __init__(self) -> None:
+        self.pending, self.taken = [], {}
 
-        def decide_at_exit(plan, i, conf, active, now):
-            d = decide(plan, i, conf, active, now)
-            self.pending.append((plan, sched.exits[i], active.copy(), d.actions.copy()))
-            return d
+    def decided(self, plan, exit_layer: int, active: np.ndarray, actions: np.ndarray) -> None:
+        self.pending.append((plan, exit_layer, active.copy(), actions.copy()))
 
-        def complete_step(plan, result, start_s):
-            k = len(result.durations_s)
-            for p, e, active, actions in self.pending:
-                for s, j in zip(*np.nonzero(active[:k])):
-                    self.taken[(p.decode_ids[j], p.decode_token_index[j] + int(s), e)] = int(actions[s, j])
-            self.pending = []
-            return complete(plan, result, start_s)
-
-        sched.decide_at_exit, sched.complete = decide_at_exit, complete_step
+    def completed(self, plan, num_steps: int) -> None:
+        for p, e, active, actions in self.pending:
+            for s, j in zip(*np.nonzero(active[:num_steps])):
+                self.taken[(p.decode_ids[j], p.decode_token_index[j] + int(s), e)] = int(actions[s, j])
+        self.pending = []
 
 
 class _Replay:
@@ -126,8 +120,8 @@ def validate(run_dir) -> dict:
     run = json.loads(_read(run_dir, "run.json").read_text())
     real = json.loads(_read(run_dir, "summary.json").read_text())
     workload = load_trace(_read(run_dir, "workload.csv"))
-    sim = Simulation(sim_config(run_dir, run), workload)
-    log = _DecisionLog(sim.replicas[0].sched)
+    log = _DecisionLog()
+    sim = Simulation(run_settings(run_dir, run), workload, recorder=log)
     res = sim.run()
     out: dict = {}
     for key, metric in COMPARED:

@@ -16,7 +16,7 @@ from drex.costmodel.base import CostModel
 from drex.costmodel.roofline import RooflineCostModel
 from drex.models import get_model
 from drex.sim.executor import SimExecutor
-from drex.sim.simulator import SimConfig
+from drex.settings import RunSettings
 from drex.workload import TraceRequest
 
 POLICIES = ("off", "eager", "lazy", "average", "latency-only", "drex")
@@ -40,10 +40,10 @@ def burst_workload(n: int, prompt=(4, 64), output=(2, 40), seed: int = 0) -> lis
 
 
 def sim_config(policy: str, exits=(2,), threshold: float = 0.5, confidence: str = "beta:2,2", seed: int = 0,
-               replicas: int = 1, router: str = "round-robin", num_kv_blocks=None, **sched) -> SimConfig:
+               replicas: int = 1, router: str = "round-robin", num_kv_blocks=None, **sched) -> RunSettings:
     sched.setdefault("max_batch_size", 8)
     sched.setdefault("chunk_size", 64)
-    return SimConfig(model="tiny", device="cpu", ee=EEConfig(tuple(exits), threshold),
+    return RunSettings(model="tiny", device="cpu", ee=EEConfig(tuple(exits), threshold),
                      scheduler=SchedulerConfig(policy=policy, **sched), confidence=confidence, replicas=replicas,
                      router=router, seed=seed, num_kv_blocks=num_kv_blocks, cost_model="roofline")
 

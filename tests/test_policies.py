@@ -270,12 +270,12 @@ def test_latency_only_runs_every_step_at_full_depth(runs):
     assert r.summary["num_rebatches"] == 0 and r.summary["involuntary_exits"] == 0
 
 
-def test_latency_only_costs_what_off_costs_when_heads_are_free(monkeypatch):
+def test_latency_only_costs_what_off_costs_when_heads_are_free():
     """With free exit heads, exiting early must not change a single step: same batches, same
     layer ranges, same durations, same times; only the emitted tokens come sooner."""
-    monkeypatch.setattr(simulator, "build_cost_model", lambda cfg, shape: FreeHeadRoofline(shape, cfg.device))
-    off = simulator.simulate(sim_config("off", exits=(1, 2, 3)), WORKLOAD)
-    lo = simulator.simulate(sim_config("latency-only", exits=(1, 2, 3)), WORKLOAD)
+    cost = FreeHeadRoofline(get_model("tiny"), "cpu")
+    off = simulator.simulate(sim_config("off", exits=(1, 2, 3)), WORKLOAD, cost=cost)
+    lo = simulator.simulate(sim_config("latency-only", exits=(1, 2, 3)), WORKLOAD, cost=cost)
     assert lo.summary["early_exit_fraction"] > 0.05
     a, b = off.steps.drop(columns="num_exited"), lo.steps.drop(columns="num_exited")
     assert a.shape == b.shape

@@ -10,7 +10,7 @@ from drex.real.generate import greedy_decode
 from drex.real.model import EEModel
 from drex.costmodel.proportional import ProportionalCost  # every split and drain pays
 from drex.real.run import RunConfig, run_real
-from drex.sim.simulator import SimConfig
+from drex.settings import RunSettings
 from drex.workload import TraceRequest
 
 TINY = get_model("tiny")
@@ -35,7 +35,7 @@ def _workload(n, seed, max_prompt=70, max_out=24, spread_s=0.0):
 
 def _run(model, policy, workload, prompts, kv_fill="copy", cost=None, ee=EE, **sched):
     kw = dict(policy=policy, max_batch_size=64, chunk_size=48, block_size=8, max_model_len=256) | sched
-    cfg = RunConfig(SimConfig(model="tiny", device="cpu", ee=ee, scheduler=SchedulerConfig(**kw),
+    cfg = RunConfig(RunSettings(model="tiny", device="cpu", ee=ee, scheduler=SchedulerConfig(**kw),
                               cost_model="roofline"), kv_fill=kv_fill)
     return run_real(cfg, workload, prompts=prompts, model=model, cost=cost)
 

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import drex.sim.simulator as simulator
+from drex.settings import ROUTERS
 from drex.workload import TraceRequest
 from simkit import POLICIES, TINY_LAYERS, poisson_workload, sim_config
 
@@ -39,7 +40,7 @@ def runs(draw):
                                       draw(st.integers(0, 10**6))),
                 exits=draw(st.sampled_from([(1,), (2,), (1, 3), (1, 2, 3)])),
                 threshold=draw(st.sampled_from([0.3, 0.6, 0.9])),
-                replicas=draw(st.integers(1, 3)), router=draw(st.sampled_from(simulator.ROUTERS)),
+                replicas=draw(st.integers(1, 3)), router=draw(st.sampled_from(ROUTERS)),
                 max_batch_size=draw(st.integers(1, 12)), seed=draw(st.integers(0, 99)))
 
 

@@ -27,12 +27,7 @@ def md1_workload(n: int, rate: float, seed: int) -> list[TraceRequest]:
 @pytest.fixture(scope="module")
 def md1():
     work = md1_workload(NUM_REQUESTS, RHO / SERVICE_S, seed=7)
-    patch = pytest.MonkeyPatch()
-    patch.setattr(simulator, "build_cost_model", lambda cfg, shape: ConstantCost(SERVICE_S))
-    try:
-        res = simulator.simulate(sim_config("off", exits=(), max_batch_size=1), work)
-    finally:
-        patch.undo()
+    res = simulator.simulate(sim_config("off", exits=(), max_batch_size=1), work, cost=ConstantCost(SERVICE_S))
     return work, res
 
 

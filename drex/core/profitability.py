@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from drex.costmodel.base import CostModel
+from drex.costmodel.price import step_s
 
 
 @dataclass
@@ -58,11 +59,6 @@ def marginal_deep_s(cost: CostModel, exit_layer: int, num_layers: int, rows, con
     return with_rows - cost.layers_s(exit_layer, num_layers, base_tokens, 0, base_attn) + cost.head_s(rows)
 
 
-def _stack(*rows: np.ndarray) -> np.ndarray:
-    """np.stack for equal-length 1-D arrays, several times cheaper on the tiny arrays decisions use."""
-    return np.concatenate(rows).reshape(len(rows), -1)
-
-
 def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exiting, context, stay_context,
                    flush_rows, base_tokens=0, base_attn=0.0, parked_steps=1):
     """Predicted device seconds saved by splitting instead of holding (positive: split pays).
@@ -86,24 +82,30 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     # Stayers' per-row context stands for the whole flush; every row's for the "one more row" probe.
     stay_ctx_row = np.where(staying > 0, stay_context / np.maximum(staying, 1), 0.0)
     ctx_row = context / np.maximum(rows, 1)
-    zero = np.zeros_like(rows)
-    # One cost-model call per kind of work, on stacked inputs (this runs at every partial exit).
-    layer = cost.layer_s(_stack(base_tokens + rows, base_tokens + zero, flush_rows, rows, rows + 1),
-                         _stack(context, zero, stay_ctx_row * flush_rows, context, context + ctx_row),
-                         _stack(base_attn + zero, base_attn + zero, zero, zero, zero))
-    head = cost.head_s(_stack(rows, flush_rows, rows + 1))
-    over = cost.step_overhead_s(_stack(flush_rows, rows, rows + 1))
-    deep, all_layers = num_layers - exit_layer, num_layers
-    hold = deep * (layer[0] - (layer[1] if base_tokens else 0.0)) + head[0]
-    flush = deep * layer[2] + head[1] + over[0]
+    deep = num_layers - exit_layer
+    # Three whole steps priced in one stacked call (this runs at every partial exit): the flush that will
+    # carry the stayers, a full-depth decode step of these rows, and the same with one row more.
+    stacked = _rows3(flush_rows, rows, rows + 1)
+    flush, full, full_plus = step_s(cost, np.array([deep, num_layers, num_layers])[None, :, None], stacked[None],
+                                    _rows3(stay_ctx_row * flush_rows, context, context + ctx_row)[None], 0.0,
+                                    stacked[None], stacked)
+    # Holding: these rows through [e, L) now, beside the step's prefill tokens, which run those layers anyway.
+    hold_layer = cost.layer_s(base_tokens + rows, context, base_attn)
+    if base_tokens:
+        hold_layer = hold_layer - cost.layer_s(base_tokens + 0 * rows, 0 * rows, base_attn)
+    hold = deep * hold_layer + cost.head_s(rows)
     share = staying / flush_rows * flush
     park = 2 * cost.buffer_s(staying)  # park now, fetch at flush
     kv_fill = cost.kv_copy_s(exiting, deep)
-    full = all_layers * layer[3] + head[0] + over[1]
-    full_plus = all_layers * layer[4] + head[2] + over[2]
     fixed_per_row = np.maximum(full / np.maximum(rows, 1) - (full_plus - full), 0.0)
     lost = staying * parked_steps * fixed_per_row
     return hold - (share + park + kv_fill + lost)
+
+
+def _rows3(a, b, c) -> np.ndarray:
+    """Three equal-shape arrays stacked on a new first axis (np.stack is slow on the tiny arrays decisions use)."""
+    a, b, c = np.broadcast_arrays(np.asarray(a, dtype=float), np.asarray(b, dtype=float), np.asarray(c, dtype=float))
+    return np.concatenate([a.ravel(), b.ravel(), c.ravel()]).reshape((3,) + a.shape)
 
 
 def drain_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, context, drain_rows, drain_context,
@@ -112,5 +114,6 @@ def drain_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, cont
     added = (marginal_deep_s(cost, exit_layer, num_layers, rows + drain_rows, context + drain_context, base_tokens,
                              base_attn)
              - marginal_deep_s(cost, exit_layer, num_layers, rows, context, base_tokens, base_attn))
-    alone = deep_s(cost, exit_layer, num_layers, drain_rows, drain_context) + cost.step_overhead_s(drain_rows)
+    alone = step_s(cost, np.array([num_layers - exit_layer]), np.array([drain_rows]), np.array([drain_context]),
+                   0.0, [drain_rows], drain_rows)
     return alone - added

@@ -8,8 +8,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
-WAITING, RUNNING, BUFFERED, FINISHED, REJECTED = "waiting", "running", "buffered", "finished", "rejected"
+
+class RequestStatus(str, Enum):
+    """Where a request is; the value is what requests.csv says."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    BUFFERED = "buffered"
+    FINISHED = "finished"
+    REJECTED = "rejected"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def done(self) -> bool:
+        """Accounted for: finished or rejected with a reason."""
+        return self in (RequestStatus.FINISHED, RequestStatus.REJECTED)
+
+
+WAITING, RUNNING, BUFFERED, FINISHED, REJECTED = RequestStatus
 
 
 @dataclass(slots=True, eq=False)
@@ -20,7 +40,7 @@ class Request:
     output_tokens: int
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
-    status: str = WAITING
+    status: RequestStatus = RequestStatus.WAITING
     reject_reason: str = ""
     num_prefilled: int = 0  # tokens of the prefill target already in the KV cache
     prefill_target: int = 0  # set at admission: the prompt, plus outputs lost to a preemption
@@ -38,7 +58,7 @@ class Request:
     buffer_layer: int = -1  # exit layer the request waits at while BUFFERED
     buffered_step: int = -1  # scheduler step it entered the buffer
     replica: int = 0
-    tokens: list[int] = field(default_factory=list)  # real backend only
+    tokens: list[int] = field(default_factory=list)  # real backend only: applied from StepResult.tokens
 
     def admit(self) -> None:
         self.status = RUNNING

@@ -1,11 +1,17 @@
-"""The scheduler: plans the next step from ``now`` and decides at exit points.
+"""The scheduler: plans the next step from ``now``, decides at exit points, and applies what ran.
 
 One object drives both the simulator and the real backend; it never reads a
 clock. Per step it (1) flushes the rebatching buffer when a rule says so,
 (2) admits waiting requests up to the max batch size, (3) packs decode rows
 and Sarathi-style prefill chunks into a token budget, preempting (recompute)
 the newest requests when KV blocks run out, and (4) when nothing it controls
-can change for a while, plans a run of identical decode steps at once.
+can change for a while, plans a run of identical decode steps at once. After
+a step ran, ``complete`` applies the executor's StepResult: tokens, exits,
+parking, flushes, finishing, and the step log; times come from the step's
+start and its durations.
+
+A ``recorder`` (optional) is told every exit decision and every completed
+run of steps: ``drex validate`` uses it to keep the decisions that took effect.
 """
 
 from __future__ import annotations
@@ -16,19 +22,22 @@ import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
 from drex.core import profitability as prof
-from drex.core.accounting import StepAccounting
 from drex.core.blocks import BlockManager
-from drex.core.policies import ExitContext, get_policy
-from drex.core.request import Request
-from drex.core.step import PrefillChunk, StepPlan
-from drex.core.steplog import StepLog
+from drex.core.decision import ExitDecider
+from drex.core.policies import PolicyDecision, get_policy
+from drex.core.rebatch import RebatchBuffer
+from drex.core.request import Request, RequestStatus
+from drex.core.step import PrefillChunk, StepPlan, StepResult
+from drex.core.steplog import StepLog, StepRun
 from drex.costmodel.base import CostModel
 from drex.models import ModelShape
 
+RUNNING = RequestStatus.RUNNING
 
-class Scheduler(StepAccounting):
+
+class Scheduler:
     def __init__(self, shape: ModelShape, ee: EEConfig, cfg: SchedulerConfig, cost: CostModel,
-                 num_blocks: int, replica: int = 0) -> None:
+                 num_blocks: int, replica: int = 0, recorder=None) -> None:
         ee.check_model(shape.num_layers)
         self.shape, self.ee, self.cfg, self.cost = shape, ee, cfg, cost
         self.num_layers = shape.num_layers
@@ -38,7 +47,7 @@ class Scheduler(StepAccounting):
         self.replica = replica
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
-        self.buffer: dict[int, list[Request]] = {}  # exit layer -> parked rows, oldest first
+        self.buffer = RebatchBuffer(cfg)  # exit layer -> parked rows, oldest first
         self.finished: list[Request] = []
         self.live: dict[int, Request] = {}  # admitted or queued, not finished
         self.itl_s: list[np.ndarray] = []  # inter-token latencies, a chunk per run of steps
@@ -46,6 +55,10 @@ class Scheduler(StepAccounting):
         self.art = prof.ArtAverages()
         self.log = StepLog()
         self.num_rebatches = self.num_flushes = self.num_drains = self.num_preemptions = 0
+        self.recorder = recorder
+        self._released: list[int] = []  # requests whose KV blocks were freed since the last plan
+        self.decider = ExitDecider(ee, cfg, cost, self.policy, self.num_layers, self.exits, self.buffer, self.live,
+                                   self.art)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -66,7 +79,7 @@ class Scheduler(StepAccounting):
 
     @property
     def num_buffered(self) -> int:
-        return sum(len(rows) for rows in self.buffer.values())
+        return self.buffer.num_rows
 
     @property
     def num_outstanding(self) -> int:
@@ -78,6 +91,14 @@ class Scheduler(StepAccounting):
     # -- planning -----------------------------------------------------------------------------
 
     def schedule(self, now: float) -> StepPlan | None:
+        plan = self._plan(now)
+        if plan is not None:
+            plan.block_tables = self.blocks.tables
+            if self._released:
+                plan.released_ids, self._released = self._released, []
+        return plan
+
+    def _plan(self, now: float) -> StepPlan | None:
         flush = self._flush_plan(now)
         if flush is not None:
             return flush
@@ -135,7 +156,7 @@ class Scheduler(StepAccounting):
                         decode_token_index=[r.num_generated for r in decode])
         if kind == "decode":
             plan.num_steps = self._lookahead(decode)
-        self._attach_drain(plan)
+        self.buffer.attach_drain(plan)
         return plan
 
     def _grow(self, r: Request, num_tokens: int) -> bool:
@@ -152,6 +173,7 @@ class Scheduler(StepAccounting):
         self.blocks.free(victim.request_id)
         victim.kv_tokens = 0
         victim.preempt()
+        self._released.append(victim.request_id)
         self.waiting.appendleft(victim)
         self.num_preemptions += 1
 
@@ -163,7 +185,7 @@ class Scheduler(StepAccounting):
             return 1  # the running averages move every step
         k = min(self.cfg.max_lookahead_steps, min(r.remaining_tokens for r in decode))
         if self.buffer:
-            k = min(k, self._steps_until_flush())
+            k = min(k, self.buffer.steps_until_flush(self.step_id))
         if k <= 1:
             return 1
         short = [r for r in decode if r.prompt_tokens + r.num_generated + k - 1 > r.kv_tokens]
@@ -175,33 +197,10 @@ class Scheduler(StepAccounting):
             self._grow(r, r.prompt_tokens + r.num_generated + k - 1)
         return k
 
-    # -- the rebatching buffer ----------------------------------------------------------------
-
-    def _flush_in(self, rows: list[Request]) -> int:
-        """Steps until the buffer's size and age rules flush these rows (<= 0: now).
-
-        The age-weighted rule |rows| * (1 + age * alpha) >= max_batch_size, solved for age,
-        so that planning runs of steps and flushing use the very same rule.
-        """
-        cfg = self.cfg
-        if len(rows) >= min(cfg.flush_rows, cfg.max_batch_size):
-            return 0
-        age = self.step_id - rows[0].buffered_step
-        steps = cfg.flush_max_wait_steps - age
-        if cfg.flush_age_alpha > 0:
-            steps = min(steps, int(np.ceil((cfg.max_batch_size / len(rows) - 1) / cfg.flush_age_alpha)) - age)
-        return steps
-
-    def _steps_until_flush(self) -> int:
-        steps = self.cfg.max_lookahead_steps
-        for rows in self.buffer.values():
-            if any(r.slo_tpot_ms is not None for r in rows):
-                return 1
-            steps = min(steps, self._flush_in(rows))
-        return max(steps, 1)
+        # -- the rebatching buffer ----------------------------------------------------------------
 
     def _flush_due(self, rows: list[Request], now: float) -> bool:
-        if self._flush_in(rows) <= 0:
+        if self.buffer.flush_in(rows, self.step_id) <= 0:
             return True
         # A parked row whose next-token deadline would pass before a flush finishes cannot wait longer.
         deep = prof.deep_s(self.cost, rows[0].buffer_layer, self.num_layers, len(rows),
@@ -211,83 +210,145 @@ class Scheduler(StepAccounting):
     def _flush_plan(self, now: float, force: bool = False) -> StepPlan | None:
         if not self.buffer:
             return None
-        for layer, rows in sorted(self.buffer.items()):
-            if force or self._flush_due(rows, now):
-                return StepPlan(self.step_id, "flush", flush_ids=[r.request_id for r in rows], flush_layer=layer,
-                                flush_context=[r.context_len for r in rows])
-        return None
-
-    def _attach_drain(self, plan: StepPlan) -> None:
-        if not (self.cfg.inline_drain and self.buffer and plan.decode_ids):
-            return
-        layer = min(self.buffer)
-        rows = self.buffer[layer]
-        plan.drain_ids = [r.request_id for r in rows]
-        plan.drain_layer = layer
-        plan.drain_context = [r.context_len for r in rows]
+        return self.buffer.flush_plan(self.step_id, lambda rows: force or self._flush_due(rows, now))
 
     # -- decisions inside a step ----------------------------------------------------------------
 
     def decide_at_exit(self, plan: StepPlan, exit_index: int, confidence: np.ndarray, active: np.ndarray,
-                       now: float):
+                       now: float) -> PolicyDecision:
         """The policy's decision for the decode rows of ``plan`` at exit point ``exit_index``.
 
-        confidence and active are [k, n] (k planned steps, n decode rows); returns a PolicyDecision.
+        confidence and active are [k, n] (k planned steps, n decode rows).
         """
-        e = self.exits[exit_index]
-        k = confidence.shape[0]
-        ctx = np.asarray(plan.decode_context, dtype=np.int64)[None, :] + np.arange(k)[:, None]
-        higher = self.ee.metric != "entropy"
-        wants = confidence > self.ee.threshold if higher else confidence < self.ee.threshold
-        L, cost = self.num_layers, self.cost
-        base = sum(c.num_tokens for c in plan.prefill)
-        base_attn = sum(c.num_tokens * (c.start + c.num_tokens / 2) for c in plan.prefill)
+        d = self.decider.decide(plan, exit_index, confidence, active, now, self.step_id)
+        if self.recorder is not None:
+            self.recorder.decided(plan, self.exits[exit_index], active, d.actions)
+        return d
 
-        def split_pays(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:
-            act = active[steps]
-            rows = act.sum(axis=1)
-            staying = stay.sum(axis=1)
-            exiting = rows - staying
-            if self.cfg.profitability == "art":
-                return exiting > self.art.art(rows)
-            c = ctx[steps]
-            saving = prof.split_saving_s(cost, e, L, rows, exiting, (c * act).sum(axis=1), (c * stay).sum(axis=1),
-                                         self._predicted_flush_rows(e, staying, steps), base, base_attn)
-            pays = saving > 0
-            if self._slo_rows(plan):  # a parked row must still make its next-token deadline
-                pays &= self._can_park(plan, stay, now, e)
-            return pays
+    # -- applying what ran ------------------------------------------------------------------------
 
-        def drain_pays(steps: np.ndarray) -> np.ndarray:
-            if not plan.drain_ids or plan.drain_layer != e:
-                return np.zeros(len(steps), dtype=bool)
-            act = active[steps]
-            saving = prof.drain_saving_s(cost, e, L, act.sum(axis=1), (ctx[steps] * act).sum(axis=1),
-                                         len(plan.drain_ids), sum(plan.drain_context), base, base_attn)
-            return saving > 0
+    def complete(self, plan: StepPlan, result: StepResult, start_s: float) -> None:
+        """Apply a finished run of steps: tokens, exits, parking, flushes, finishing, and the step log."""
+        dur = np.asarray(result.durations_s, dtype=float)
+        k = len(dur)
+        if self.recorder is not None:
+            self.recorder.completed(plan, k)
+        if result.tokens:
+            for rid, tokens in result.tokens.items():
+                self.live[rid].tokens.extend(tokens)
+        ends = start_s + np.cumsum(dur)
+        L = self.num_layers
+        buffered_before = self.num_buffered
+        n_exited = n_buffered = 0
+        layer_end = L
+        if plan.kind == "flush":
+            self._rejoin(self.buffer.pop(plan.flush_layer), ends[0])
+            self.num_flushes += 1
+        for ch in plan.prefill:
+            r = self.live[ch.request_id]
+            r.num_prefilled += ch.num_tokens
+            if ch.last:
+                self._emit(r, 1, float(ends[-1]), L, 0, 0, 0)
+        out = result.outcome
+        if plan.decode_ids and out is not None and out.is_plain:
+            self._apply_full_depth([self.live[i] for i in plan.decode_ids], ends)
+        elif plan.decode_ids and out is not None:
+            n_exited, n_buffered = out.exited.sum(axis=1), out.buffered.sum(axis=1)
+            layer_end = np.where(out.computing.any(axis=1) | bool(plan.prefill), L, out.reach.max(axis=1))
+            self._apply_decode(plan, out, ends, ends - dur, result.token_offset_s)
+        if self.cfg.profitability == "art" and self.policy.rebatches:
+            split = out is not None and not out.is_plain and out.buffered.any()
+            kind = "flush" if plan.kind == "flush" else ("split" if split else "full")
+            self.art.update(kind, float(dur[-1]))
+        self.running = [r for r in self.running if r.status == RUNNING]
+        self.log.append(StepRun(self.step_id, self.replica, start_s, dur, plan.kind, plan.num_rows,
+                                len(plan.decode_ids), sum(c.num_tokens for c in plan.prefill), len(plan.flush_ids),
+                                n_exited, n_buffered, layer_end, self._buffer_sizes(k, buffered_before),
+                                plan.flush_layer if plan.kind == "flush" else 0))
+        self.step_id += k
 
-        return self.policy.decide(ExitContext(e, L, wants, confidence, active, self.ee.threshold, higher,
-                                              split_pays, drain_pays))
+    def _buffer_sizes(self, k: int, before: int):
+        """Buffer size after each step of a run: it can only change in the run's last step."""
+        after = self.num_buffered
+        if k == 1 or after == before:
+            return after
+        sizes = np.full(k, before)
+        sizes[-1] = after
+        return sizes
 
-    def _predicted_flush_rows(self, layer: int, staying: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        """Rows the flush carrying these stayers is expected to hold, under the buffer's flush rules.
-
-        steps are offsets into the planned run: the buffer ages by one per step.
-        """
-        cfg = self.cfg
-        parked = self.buffer.get(layer, ())
-        age = self.step_id + steps - parked[0].buffered_step if parked else 0
-        wait = np.maximum(cfg.flush_max_wait_steps - age, 1)
-        grown = len(parked) + staying * wait
-        return np.minimum(grown, min(cfg.flush_rows, cfg.max_batch_size))
-
-    def _slo_rows(self, plan: StepPlan) -> bool:
-        return any(self.live[i].slo_tpot_ms is not None for i in plan.decode_ids)
-
-    def _can_park(self, plan: StepPlan, stay: np.ndarray, now: float, layer: int) -> np.ndarray:
+    def _apply_decode(self, plan: StepPlan, out, ends: np.ndarray, starts: np.ndarray, offset_s) -> None:
+        k = out.num_steps
+        emitted = ~out.buffered
+        times = np.broadcast_to(ends[:k, None], emitted.shape) if offset_s is None else starts[:k, None] + offset_s
         rows = [self.live[i] for i in plan.decode_ids]
-        deadline = np.array([r.last_token_s + r.slo_tpot_ms / 1e3 if r.slo_tpot_ms is not None else np.inf
-                             for r in rows])
-        ctx = np.array(plan.decode_context)
-        flush = prof.deep_s(self.cost, layer, self.num_layers, stay.sum(axis=1), (stay * ctx).sum(axis=1))
-        return ~(((now + 2 * flush)[:, None] >= deadline[None, :]) & stay).any(axis=1)
+        if (offset_s is None and out.drain_layer < 0 and not out.exited.any() and not out.buffered.any()
+                and not out.stayed.any()):
+            self._apply_full_depth(rows, ends[:k])
+            return
+        prev = np.array([r.last_token_s for r in rows])
+        itl = np.diff(np.vstack([prev, np.where(emitted, times, np.nan)]), axis=0)
+        self.itl_s.append(itl[~np.isnan(itl)])
+        counts = emitted.sum(axis=0).tolist()
+        early = (out.exited & emitted).sum(axis=0).tolist()
+        forced = out.forced.sum(axis=0).tolist()
+        stayed = out.stayed.sum(axis=0).tolist()
+        layers = np.where(emitted, out.reach, 0).sum(axis=0).tolist()
+        last_emit = np.where(emitted[-1], k - 1, k - 2)
+        last_time = times[np.maximum(last_emit, 0), np.arange(len(rows))].tolist()
+        parked = out.buffered[-1].tolist()
+        for j, r in enumerate(rows):
+            # A parked token's involuntary stays count now, though it emits only at its flush.
+            r.num_involuntary_stays += stayed[j]
+            if counts[j]:
+                self._emit(r, counts[j], last_time[j], layers[j], early[j], forced[j], 0)
+            if parked[j] and r.status == RUNNING:
+                self.buffer.park(r, int(out.reach[-1, j]), self.step_id + k - 1)
+        if out.buffered[-1].any():
+            self.num_rebatches += 1
+        if out.drain_layer >= 0:
+            self._rejoin(self.buffer.pop(out.drain_layer), float(ends[k - 1]))
+            self.num_drains += 1
+
+    def _apply_full_depth(self, rows: list[Request], ends: np.ndarray) -> None:
+        """Fast path: every row emitted a token from the last layer at every step."""
+        k, L = len(ends), self.num_layers
+        last = float(ends[-1])
+        if k > 1:
+            self.itl_s.append(np.repeat(np.diff(ends), len(rows)))
+        self.itl_s.append(float(ends[0]) - np.array([r.last_token_s for r in rows]))
+        for r in rows:
+            r.num_generated += k
+            r.last_token_s = last
+            r.sum_exit_layer += k * L
+            if r.num_generated >= r.output_tokens:
+                self._finish(r)
+
+    def _rejoin(self, rows: list[Request], time_s: float) -> None:
+        """Buffered rows ran [e, L): each emits its token and rejoins the running set."""
+        self.itl_s.append(np.array([time_s - r.last_token_s for r in rows]))
+        for r in rows:
+            r.status = RequestStatus.RUNNING
+            r.buffer_layer = -1
+            self.running.append(r)
+            self._emit(r, 1, time_s, self.num_layers, 0, 0, 0)
+
+    def _emit(self, r: Request, count: int, last_time_s: float, sum_layers: int, early: int, forced: int,
+              stayed: int) -> None:
+        if r.num_generated == 0:
+            r.first_token_s = last_time_s  # the first token always comes from a prefill
+        r.num_generated += count
+        r.last_token_s = last_time_s
+        r.sum_exit_layer += sum_layers
+        r.num_early_exits += early
+        r.num_involuntary_exits += forced
+        r.num_involuntary_stays += stayed
+        if r.num_generated >= r.output_tokens:
+            self._finish(r)
+
+    def _finish(self, r: Request) -> None:
+        r.status = RequestStatus.FINISHED
+        r.finish_s = r.last_token_s
+        self.blocks.free(r.request_id)
+        self._released.append(r.request_id)
+        del self.live[r.request_id]
+        self.finished.append(r)

@@ -45,6 +45,10 @@ class StepPlan:
     decode_token_index: list[int] = field(default_factory=list)
     flush_context: list[int] = field(default_factory=list)
     drain_context: list[int] = field(default_factory=list)
+    # Memory bookkeeping for an executor that holds KV: requests whose blocks were freed (finished or
+    # preempted) since the previous plan, and the block manager's tables (request id -> block ids; read only).
+    released_ids: list[int] = field(default_factory=list)
+    block_tables: dict[int, list[int]] | None = None
 
     @property
     def num_rows(self) -> int:
@@ -120,7 +124,8 @@ class StepResult:
     outcome: StepOutcome | None = None  # None when the plan had no decode rows
     # Offset from step start at which each decode row's token became available [k, n]; None: step end.
     token_offset_s: np.ndarray | None = None
-    # Real backend only: request id -> token ids sampled in this run of steps.
+    # Real backend only: request id -> token ids sampled in this run of steps (the scheduler appends them
+    # to Request.tokens).
     tokens: dict[int, list[int]] | None = None
     # Bytes copied by rebatching / KV state copy (measured or priced).
     copied_bytes: int = 0

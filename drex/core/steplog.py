@@ -2,46 +2,63 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 COLUMNS = ("step", "replica", "time_s", "kind", "num_rows", "num_decode", "num_prefill_tokens", "num_flush",
            "num_exited", "num_buffered", "layer_start", "layer_end", "duration_ms", "buffer_size")
 
 
+@dataclass(frozen=True)
+class StepRun:
+    """One run of len(durations_s) steps; per-step fields may be scalars (same for every step) or arrays."""
+
+    step: int
+    replica: int
+    start_s: float
+    durations_s: np.ndarray
+    kind: str
+    num_rows: int
+    num_decode: int
+    num_prefill_tokens: int
+    num_flush: int
+    num_exited: int | np.ndarray
+    num_buffered: int | np.ndarray
+    layer_end: int | np.ndarray
+    buffer_size: int | np.ndarray
+    layer_start: int = 0
+
+
 class StepLog:
     def __init__(self) -> None:
-        self._chunks: list[tuple] = []
+        self._runs: list[StepRun] = []
 
-    def append(self, step: int, replica: int, start_s: float, durations_s: np.ndarray, kind: str, num_rows,
-               num_decode: int, num_prefill_tokens: int, num_flush: int, num_exited, num_buffered, layer_end,
-               buffer_size, layer_start: int = 0) -> None:
-        """One run of len(durations_s) steps; per-step columns may be scalars (same for every step) or arrays."""
-        self._chunks.append((step, replica, start_s, durations_s, kind, num_rows, num_decode, num_prefill_tokens,
-                             num_flush, num_exited, num_buffered, layer_end, buffer_size, layer_start))
+    def append(self, run: StepRun) -> None:
+        self._runs.append(run)
 
     def __len__(self) -> int:
-        return sum(len(c[3]) for c in self._chunks)
+        return sum(len(r.durations_s) for r in self._runs)
 
     def columns(self) -> dict[str, np.ndarray]:
         """Expand every run of k steps into k rows (scalars repeated, per-step arrays concatenated)."""
-        if not self._chunks:
+        runs = self._runs
+        if not runs:
             return {c: np.array([]) for c in COLUMNS}
-        fields = list(zip(*self._chunks))
-        dur = [np.asarray(d, dtype=float) for d in fields[3]]
+        dur = [np.asarray(r.durations_s, dtype=float) for r in runs]
         lengths = np.array([len(d) for d in dur])
         durations = np.concatenate(dur)
-        starts = np.array(fields[2], dtype=float)
+        starts = np.array([r.start_s for r in runs], dtype=float)
         # Step start times: each run starts at its own start; within a run, after the previous steps.
         run_offset = np.repeat(starts, lengths)
         within = np.cumsum(durations) - np.repeat(np.cumsum([d.sum() for d in dur]) - [d.sum() for d in dur],
                                                   lengths) - durations
-        cols = {"step": np.concatenate([np.arange(s, s + k) for s, k in zip(fields[0], lengths)]),
-                "replica": np.repeat(fields[1], lengths), "time_s": run_offset + within,
-                "kind": np.repeat(np.array(fields[4], dtype=object), lengths)}
-        for name, i in (("num_rows", 5), ("num_decode", 6), ("num_prefill_tokens", 7), ("num_flush", 8),
-                        ("num_exited", 9), ("num_buffered", 10), ("layer_end", 11), ("buffer_size", 12),
-                        ("layer_start", 13)):
-            vals = fields[i]
+        cols = {"step": np.concatenate([np.arange(r.step, r.step + k) for r, k in zip(runs, lengths)]),
+                "replica": np.repeat([r.replica for r in runs], lengths), "time_s": run_offset + within,
+                "kind": np.repeat(np.array([r.kind for r in runs], dtype=object), lengths)}
+        for name in ("num_rows", "num_decode", "num_prefill_tokens", "num_flush", "num_exited", "num_buffered",
+                     "layer_end", "buffer_size", "layer_start"):
+            vals = [getattr(r, name) for r in runs]
             if not any(isinstance(v, np.ndarray) for v in vals):
                 cols[name] = np.repeat(np.array(vals), lengths)
             else:

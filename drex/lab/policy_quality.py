@@ -46,13 +46,13 @@ def serve(model, model_name: str, prompts: list[list[int]], max_new_tokens: int,
     Returns (tokens per request, exit layers per request, summary dict).
     """
     from drex.real.run import RunConfig, run_real
-    from drex.sim.simulator import SimConfig
+    from drex.settings import RunSettings
     from drex.workload import TraceRequest
 
     if cost_model not in COST_MODELS:
         raise ValueError(f"cost model must be one of {COST_MODELS}, got {cost_model!r}")
     sched = SchedulerConfig(policy=policy, max_batch_size=max_batch_size)
-    cfg = RunConfig(sim=SimConfig(model=model_name, device="cpu", ee=ee, scheduler=sched, seed=seed,
+    cfg = RunConfig(sim=RunSettings(model=model_name, device="cpu", ee=ee, scheduler=sched, seed=seed,
                                   cost_model="roofline"), kv_fill=kv_fill)
     workload = [TraceRequest(i, 0.0, len(p), max_new_tokens) for i, p in enumerate(prompts)]
     cost = ProportionalCost() if cost_model == "proportional" else None

@@ -167,7 +167,7 @@ class Bench:
         from drex.core.scheduler import Scheduler
         from drex.costmodel.roofline import RooflineCostModel
         from drex.models import with_layers
-        from drex.real.executor import RealExecutor
+        from drex.real.executor import RealExecutor, synthetic_prompt
 
         n, prompt, max_len = p.num_rows, 8, 160
         shape = with_layers(self.shape, 1)  # layers are identity here: one keeps the KV cache small
@@ -177,8 +177,9 @@ class Bench:
         sched = Scheduler(shape, EEConfig(), cfg, RooflineCostModel(shape, "cpu", 4), num_blocks)
         logits = torch.randn(n, self.shape.vocab_size, generator=self.gen).to(self.device)
         clock = time.perf_counter if self.cuda else time.thread_time  # the executor syncs CUDA at step end
-        ex = RealExecutor(sched, _NoLayers(self.model, shape, logits), num_blocks, BLOCK_SIZE, n, max_len,
-                          clock=clock)
+        prompts = {i: synthetic_prompt(0, i, prompt, self.shape.vocab_size) for i in range(n)}
+        ex = RealExecutor(sched, _NoLayers(self.model, shape, logits), num_blocks, BLOCK_SIZE, n, max_len, prompts,
+                          {i: max_len - prompt - 1 for i in range(n)}, clock=clock)
         for i in range(n):
             sched.add_request(Request(i, 0.0, prompt, max_len - prompt - 1), 0.0)
         now = [0.0]

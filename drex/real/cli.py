@@ -10,13 +10,13 @@ from drex.metrics import format_table
 
 def cmd_run(args: argparse.Namespace) -> int:
     from drex.real.run import RunConfig, run_real, write_real_run
-    from drex.sim.cli import load_workload, sim_config
+    from drex.settings import load_workload, settings_from_args
 
     if args.replicas != 1:
         raise ValueError("drex run drives one real replica; --replicas is for drex simulate")
     if args.confidence != "beta":
         raise ValueError("drex run takes its confidences from the model; --confidence is for drex simulate")
-    cfg = RunConfig(sim_config(args, args.policy), weights=args.weights, dtype=args.dtype, kv_fill=args.kv_fill)
+    cfg = RunConfig(settings_from_args(args, args.policy), weights=args.weights, dtype=args.dtype, kv_fill=args.kv_fill)
     workload = load_workload(args)
     res = run_real(cfg, workload)
     write_real_run(args.out, cfg, res, args.trace)
@@ -43,7 +43,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     from drex.real import DTYPE_NAMES, KV_FILLS
-    from drex.sim.cli import add_run_flags
+    from drex.settings import add_run_flags
 
     p = sub.add_parser("run", help="serve a trace in real time on a real early-exit model (same flags as simulate)")
     add_run_flags(p)

@@ -28,7 +28,6 @@ from collections import Counter
 import numpy as np
 import torch
 
-from drex.core.request import WAITING
 from drex.core.step import BUFFER, CONTINUE, EXIT, StepOutcome, StepPlan, StepResult
 from drex.real import KV_FILLS
 from drex.real.buffer import CopyMeter, HiddenPool, nbytes
@@ -43,11 +42,11 @@ def synthetic_prompt(seed: int, request_id: int, num_tokens: int, vocab_size: in
 
 class RealExecutor:
     def __init__(self, scheduler, model: EEModel, num_blocks: int, block_size: int, max_rows: int,
-                 max_model_len: int, kv_fill: str = "copy", seed: int = 0, clock=time.monotonic,
-                 prompts: dict[int, list[int]] | None = None):
+                 max_model_len: int, prompts: dict[int, list[int]], output_tokens: dict[int, int],
+                 kv_fill: str = "copy", clock=time.monotonic):
         if kv_fill not in KV_FILLS:
             raise ValueError(f"kv fill must be one of {KV_FILLS}, got {kv_fill!r}")
-        self.sched, self.model, self.kv_fill, self.seed, self.clock = scheduler, model, kv_fill, seed, clock
+        self.sched, self.model, self.kv_fill, self.clock = scheduler, model, kv_fill, clock
         self.num_layers = model.num_layers
         self.metric = scheduler.ee.metric
         shape, dtype, device = model.shape, model.dtype, model.device
@@ -59,13 +58,15 @@ class RealExecutor:
         self.recompute = (RecomputeFill(max_rows, shape.hidden_size, dtype, device, self.meter)
                           if kv_fill == "recompute" else None)
         self.rows: dict[int, int] = {}  # request id -> cache row
+        self._tables: dict[int, list[int]] = {}  # the plan's block tables (the scheduler's BlockManager)
         self._free_rows = list(range(max_rows - 1, -1, -1))
-        self.prompts = dict(prompts or {})
+        self.prompts, self.output_tokens = prompts, output_tokens  # request id -> prompt ids, tokens to generate
         # Records: what the model said at every exit point, what was decided, per-token exit layers.
         self.confidences: list[tuple[int, int, int, float]] = []
         self.decisions: list[tuple[int, int, int, int]] = []
         self.exit_layers: dict[int, list[int]] = {}
-        self.outputs: dict[int, list[int]] = {}  # request id -> its Request.tokens (outlives the scheduler's live map)
+        self.outputs: dict[int, list[int]] = {}  # request id -> every token generated (kept across preemptions)
+        self._new_tokens: dict[int, list[int]] = {}  # tokens of the run of steps being executed
         # Each executed step as planned, with the decisions taken: drex validate re-prices them with the cost model.
         self.plans: list[dict] = []
         self.step_records: list[dict] = []
@@ -79,16 +80,12 @@ class RealExecutor:
             torch.cuda.synchronize()
 
     def _seq(self, rid: int) -> list[int]:
-        req = self.sched.live[rid]
-        if rid not in self.prompts:
-            self.prompts[rid] = synthetic_prompt(self.seed, rid, req.prompt_tokens, self.model.shape.vocab_size)
-        return self.prompts[rid] + req.tokens
+        return self.prompts[rid] + self.outputs.get(rid, [])
 
-    def _reconcile(self) -> None:
-        """Free cache rows of requests that finished or were preempted since the last step."""
-        for rid in list(self.rows):
-            req = self.sched.live.get(rid)
-            if req is None or req.status == WAITING:
+    def _release(self, plan: StepPlan) -> None:
+        """Free cache rows of requests whose KV the scheduler freed (finished or preempted) since the last plan."""
+        for rid in plan.released_ids:
+            if rid in self.rows:
                 row = self.rows.pop(rid)
                 self.cache.clear_row(row)
                 self.pool.drop(row)
@@ -102,21 +99,26 @@ class RealExecutor:
                 raise RuntimeError("more live requests than cache rows (max_rows)")
             self.rows[rid] = self._free_rows.pop()
         row = self.rows[rid]
-        self.cache.set_blocks(row, self.sched.blocks.tables.get(rid, []))
+        self.cache.set_blocks(row, self._tables.get(rid, []))
         return row
 
     def _emit(self, rid: int, token: int, layer: int) -> None:
-        tokens = self.outputs.setdefault(rid, self.sched.live[rid].tokens)
-        tokens.append(int(token))
+        self.outputs.setdefault(rid, []).append(int(token))
+        self._new_tokens.setdefault(rid, []).append(int(token))
         self.exit_layers.setdefault(rid, []).append(layer)
 
     # -- the interface --------------------------------------------------------------------------
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
-        self._reconcile()
-        if plan.kind == "flush":
-            return self._flush(plan)
+        self._release(plan)
+        self._tables = plan.block_tables or {}
+        self._new_tokens = {}
+        result = self._flush(plan) if plan.kind == "flush" else self._decode(plan, until)
+        result.tokens = self._new_tokens
+        return result
+
+    def _decode(self, plan: StepPlan, until: float) -> StepResult:
         outcomes, durations, offsets = [], [], []
         for s in range(plan.num_steps):
             t0 = self.clock()
@@ -156,7 +158,7 @@ class RealExecutor:
         record = _plan_record(step_plan)
         self.plans.append(record)
 
-        ids = [self.sched.live[rid].tokens[-1] for rid in dec]  # decode rows have >= 1 output token
+        ids = [self.outputs[rid][-1] for rid in dec]  # decode rows have >= 1 output token
         batch = _Batch([("d", j) for j in range(n)], list(dec_rows), list(positions), [1] * n)
         for ch in plan.prefill:
             batch.add(("c", ch), self._row(ch.request_id), ch.start, ch.num_tokens)
@@ -198,7 +200,7 @@ class RealExecutor:
                 offset[0, asking[k]] = self.clock() - t0
             if not sched.policy.keeps_batch and exiting:  # latency-only rows keep computing: nothing to fill
                 computing[[asking[k] for k in exiting]] = False
-                fill = [k for k in exiting if self._needs_fill(dec[asking[k]], s)]
+                fill = [k for k in exiting if self._needs_fill(dec[asking[k]])]
                 if self.recompute is not None and fill:
                     self.recompute.add([dec_rows[asking[k]] for k in fill], h[[idx[k] for k in fill]], e,
                                        [positions[asking[k]] for k in fill])
@@ -246,10 +248,9 @@ class RealExecutor:
         batch.meta = self.cache.meta(batch.rows, batch.starts, batch.lens)
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def _needs_fill(self, rid: int, s: int) -> bool:
-        """A request's last token needs no KV in the skipped layers: nobody will attend to it."""
-        req = self.sched.live[rid]
-        return req.num_generated + s + 1 < req.output_tokens
+    def _needs_fill(self, rid: int) -> bool:
+        """A request's last token (just emitted) needs no KV in the skipped layers: nobody will attend to it."""
+        return len(self.outputs[rid]) < self.output_tokens[rid]
 
     def _finish_top(self, h, batch: "_Batch", tokens, dec) -> None:
         """Top-of-model tokens: decode rows that ran full depth, drained rows, prompts' last chunks."""
@@ -335,8 +336,13 @@ class _Batch:
         return [self.meta.token_start[where[tag]] for tag in tags]
 
 
+_NOT_RECORDED = ("block_tables", "released_ids")
+
+
 def _plan_record(plan: StepPlan) -> dict:
-    rec = dataclasses.asdict(dataclasses.replace(plan, num_steps=1))
+    """The plan as plans.jsonl keeps it (what drex validate re-prices), without the executor's memory bookkeeping."""
+    rec = {f.name: getattr(plan, f.name) for f in dataclasses.fields(StepPlan) if f.name not in _NOT_RECORDED}
+    rec["num_steps"] = 1
     rec["prefill"] = [[c.request_id, c.start, c.num_tokens, c.last] for c in plan.prefill]
     rec["decisions"] = []  # [exit index, actions, forced, stayed, drain] per exit point asked
     return rec

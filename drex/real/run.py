@@ -28,16 +28,16 @@ from drex.core.scheduler import Scheduler
 from drex.devices import get_device
 from drex.metrics import request_records, summarize, write_run
 from drex.models import get_model
-from drex.real.executor import RealExecutor
+from drex.real.executor import RealExecutor, synthetic_prompt
 from drex.real.model import EEModel
-from drex.sim.simulator import SimConfig, build_cost_model
+from drex.settings import RunSettings, build_cost_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    sim: SimConfig  # model, device, exits, scheduler settings, seed, KV blocks: as the simulator reads them
+    sim: RunSettings  # model, device, exits, scheduler settings, seed, KV blocks: as the simulator reads them
     weights: str = "auto"  # a checkpoint directory, "random", or "auto" (the model's checkpoint if it has one)
     dtype: str = "fp32"
     kv_fill: str = "copy"
@@ -108,9 +108,12 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     sched = Scheduler(shape, sim.ee, sim.scheduler, cost, blocks)
     model = model or build_model(cfg, sched.exits)
     t_start = time.monotonic()
+    prompts = prompts or {}
+    prompts = {w.request_id: prompts.get(w.request_id) or synthetic_prompt(sim.seed, w.request_id, w.prompt_tokens,
+                                                                            shape.vocab_size) for w in workload}
     executor = RealExecutor(sched, model, blocks, sim.scheduler.block_size, sim.scheduler.max_batch_size,
-                            sim.scheduler.max_model_len, cfg.kv_fill, seed=sim.seed,
-                            clock=lambda: time.monotonic() - t_start, prompts=prompts)
+                            sim.scheduler.max_model_len, prompts, {w.request_id: w.output_tokens for w in workload},
+                            cfg.kv_fill, clock=lambda: time.monotonic() - t_start)
     warm_up(executor)
 
     requests = [Request(w.request_id, w.arrival_s, w.prompt_tokens, w.output_tokens, w.slo_ttft_ms, w.slo_tpot_ms)

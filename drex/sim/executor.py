@@ -11,45 +11,48 @@ from __future__ import annotations
 
 import numpy as np
 
-from drex.core.scheduler import Scheduler
 from drex.core.step import StepOutcome, StepPlan, StepResult
 from drex.costmodel.base import CostModel
+from drex.costmodel.price import prefill_work, step_s
 
 
 class SimExecutor:
-    def __init__(self, scheduler: Scheduler, cost: CostModel, source) -> None:
-        self.sched = scheduler
+    """``decider`` answers ``decide_at_exit`` (the scheduler; or, in drex validate, a replay of a real run's
+    decisions) and names the exit points and the policy."""
+
+    def __init__(self, decider, cost: CostModel, source) -> None:
+        self.decider = decider
         self.cost = cost
         self.source = source
-        self.num_layers = scheduler.num_layers
+        self.num_layers = decider.num_layers
+        self.exits = decider.exits
+        self.keeps_batch = decider.policy.keeps_batch
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
             return self._flush(plan)
         cost, L = self.cost, self.num_layers
         k, n = plan.num_steps, len(plan.decode_ids)
-        pre_tokens = sum(c.num_tokens for c in plan.prefill)
-        pre_attn = sum(c.num_tokens * (c.start + c.num_tokens / 2) for c in plan.prefill)
-        pre_last = sum(c.last for c in plan.prefill)
-        if not (n and self.sched.exits):
+        pre_tokens, pre_attn, pre_last = prefill_work(plan.prefill)
+        if not (n and self.exits):
             return self._plain(plan, now, until, pre_tokens, pre_attn, pre_last)
         out = StepOutcome(k, n, L)
         ids = np.asarray(plan.decode_ids, dtype=np.int64)
         tok = np.asarray(plan.decode_token_index, dtype=np.int64)[None, :] + np.arange(k)[:, None]
         head_rows = []  # rows evaluated by each exit head, per step
-        for i, e in enumerate(self.sched.exits):
+        for i, e in enumerate(self.exits):
             active = out.active
             if not active.any():
                 break
             head_rows.append(active.sum(axis=1))
             conf = self.source.confidence(ids, tok[: out.num_steps], i)
-            d = self.sched.decide_at_exit(plan, i, conf, active, now)
-            out.record(e, d.actions, d.forced, d.stayed, d.drain, self.sched.policy.keeps_batch)
+            d = self.decider.decide_at_exit(plan, i, conf, active, now)
+            out.record(e, d.actions, d.forced, d.stayed, d.drain, self.keeps_batch)
         k = out.num_steps
         ctx = np.asarray(plan.decode_context, dtype=float)[None, :] + np.arange(k)[:, None]
         depth = np.where(out.computing, L, out.reach)
         drain_rows = len(plan.drain_ids) if out.drain_layer >= 0 else 0
-        bounds = np.array(sorted({0, L, *self.sched.exits, *([out.drain_layer] if drain_rows else [])}))
+        bounds = np.array(sorted({0, L, *self.exits, *([out.drain_layer] if drain_rows else [])}))
         lo, hi = bounds[:-1], bounds[1:]
         # Rows still going through each segment [lo, hi) of layers, per step: one cost-model call for all.
         going = depth[None, :, :] >= hi[:, None, None]
@@ -59,11 +62,10 @@ class SimExecutor:
             joined = lo >= out.drain_layer
             rows[joined, -1] += drain_rows
             c[joined, -1] += float(sum(plan.drain_context))
-        dur = ((hi - lo)[:, None] * cost.layer_s(rows, c, pre_attn)).sum(axis=0)
         head_rows = [h[:k] for h in head_rows] + [(depth >= L).sum(axis=1) + pre_last]
-        dur += cost.head_s(np.array(head_rows, dtype=float)).sum(axis=0)
-        dur += cost.step_overhead_s(n + len(plan.prefill))
-        dur += cost.buffer_s(out.buffered.sum(axis=1)) + self._kv_fill_s(out)
+        kv_rows, kv_layers = self._kv_fill(out)
+        dur = step_s(cost, (hi - lo)[:, None], rows, c, pre_attn, head_rows, n + len(plan.prefill),
+                     out.buffered.sum(axis=1), kv_rows, kv_layers)
         if drain_rows:  # the drained rows joined the last step only
             dur[-1] += (cost.step_overhead_s(n + len(plan.prefill) + drain_rows)
                         - cost.step_overhead_s(n + len(plan.prefill)) + cost.buffer_s(drain_rows))
@@ -72,7 +74,7 @@ class SimExecutor:
             out.truncate(cut)
             dur = dur[:cut]
         result = StepResult(np.asarray(dur, dtype=float), out if n else None)
-        if self.sched.policy.keeps_batch and n:
+        if self.keeps_batch and n:
             frac = np.where(out.exited, out.reach / L, 1.0)
             result.token_offset_s = dur[:, None] * frac
         return result
@@ -84,28 +86,27 @@ class SimExecutor:
         k, n = plan.num_steps, len(plan.decode_ids)
         ctx0 = float(sum(plan.decode_context))
         ctx = ctx0 + n * np.arange(k) if k > 1 else ctx0
-        rows = n + pre_tokens
-        dur = (cost.layers_s(0, L, rows, ctx, pre_attn) + cost.head_s(n + pre_last)
-               + cost.step_overhead_s(n + len(plan.prefill)))
-        dur = np.atleast_1d(np.asarray(dur, dtype=float))
+        dur = step_s(cost, np.array([[L]]), np.array([[n + pre_tokens]]), np.atleast_1d(ctx)[None, :], pre_attn,
+                     [n + pre_last], n + len(plan.prefill))
         dur = dur[:_steps_before(dur, now, until)]
         return StepResult(dur, StepOutcome.plain(len(dur), n, L) if n else None)
 
-    def _kv_fill_s(self, out: StepOutcome) -> np.ndarray:
-        """State copy for tokens that exited: their K/V into every skipped layer, one scatter per step."""
-        if self.sched.policy.keeps_batch:
-            return np.zeros(out.num_steps)
+    def _kv_fill(self, out: StepOutcome):
+        """State copy for tokens that exited: their K/V into every skipped layer, one scatter per step.
+
+        (rows, mean skipped layers) per step, or (None, None) when no KV is filled (rows keep computing).
+        """
+        if self.keeps_batch:
+            return None, None
         exited = out.exited & ~out.computing
         skipped = np.where(exited, self.num_layers - out.reach, 0)
         rows = exited.sum(axis=1)
-        mean_layers = skipped.sum(axis=1) / np.maximum(rows, 1)
-        return self.cost.kv_copy_s(rows, mean_layers)
+        return rows, skipped.sum(axis=1) / np.maximum(rows, 1)
 
     def _flush(self, plan: StepPlan) -> StepResult:
-        cost, n = self.cost, len(plan.flush_ids)
-        ctx = float(sum(plan.flush_context))
-        dur = (cost.layers_s(plan.flush_layer, self.num_layers, n, ctx) + cost.head_s(n)
-               + cost.step_overhead_s(n) + cost.buffer_s(n))
+        n = len(plan.flush_ids)
+        dur = step_s(self.cost, np.array([self.num_layers - plan.flush_layer]), np.array([n]),
+                     np.array([float(sum(plan.flush_context))]), 0.0, [n], n, n)
         return StepResult(np.array([float(dur)]))
 
 

@@ -10,63 +10,29 @@ events.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import simpy
 
-from drex.config import EEConfig, SchedulerConfig
 from drex.confidence import make_confidence_source
 from drex.core.blocks import num_kv_blocks
 from drex.core.request import Request
 from drex.core.scheduler import Scheduler
+from drex.costmodel.base import CostModel
 from drex.devices import get_device
 from drex.metrics import request_records, summarize
-from drex.models import ModelShape, get_model
+from drex.models import get_model
+from drex.settings import RunSettings, build_cost_model
 from drex.sim.executor import SimExecutor
 from drex.workload import TraceRequest
-
-ROUTERS = ("round-robin", "least-outstanding")
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    model: str = "tiny"
-    device: str = "cpu"
-    ee: EEConfig = field(default_factory=EEConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    confidence: str = "beta"
-    replicas: int = 1
-    router: str = "round-robin"
-    seed: int = 0
-    dtype_bytes: int = 2
-    mem_utilization: float = 0.9
-    num_kv_blocks: int | None = None  # override the capacity derived from device memory
-    cost_model: str = "auto"  # "auto" (profile if present, else roofline) or "roofline"
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
-        if self.router not in ROUTERS:
-            raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
-
 
 @dataclass
 class SimResult:
     requests: pd.DataFrame
     steps: pd.DataFrame
     summary: dict
-
-
-def build_cost_model(cfg: SimConfig, shape: ModelShape):
-    if cfg.cost_model == "roofline":
-        from drex.costmodel.roofline import RooflineCostModel
-
-        return RooflineCostModel(shape, cfg.device, cfg.dtype_bytes)
-    from drex.costmodel.load import load_cost_model
-
-    return load_cost_model(cfg.device, shape, cfg.dtype_bytes)
 
 
 class Replica:
@@ -95,11 +61,14 @@ class Replica:
 
 
 class Simulation:
-    def __init__(self, cfg: SimConfig, workload: list[TraceRequest]) -> None:
+    """``cost`` overrides the cost model the settings name; ``recorder`` (see ``Scheduler``) sees every decision."""
+
+    def __init__(self, cfg: RunSettings, workload: list[TraceRequest], cost: CostModel | None = None,
+                 recorder=None) -> None:
         self.cfg = cfg
         self.shape = get_model(cfg.model)
         cfg.ee.check_model(self.shape.num_layers)
-        self.cost = build_cost_model(cfg, self.shape)
+        self.cost = cost or build_cost_model(cfg, self.shape)
         device = get_device(cfg.device)
         blocks = cfg.num_kv_blocks or num_kv_blocks(device.mem_bytes, self.shape.weight_bytes(cfg.dtype_bytes),
                                                     self.shape.kv_bytes_per_token(cfg.dtype_bytes),
@@ -109,7 +78,7 @@ class Simulation:
         self.env = simpy.Environment()
         self.replicas = []
         for i in range(cfg.replicas):
-            sched = Scheduler(self.shape, cfg.ee, cfg.scheduler, self.cost, blocks, replica=i)
+            sched = Scheduler(self.shape, cfg.ee, cfg.scheduler, self.cost, blocks, replica=i, recorder=recorder)
             self.replicas.append(Replica(i, sched, SimExecutor(sched, self.cost, self.source), self))
         self.workload = workload
         self.requests = [Request(w.request_id, w.arrival_s, w.prompt_tokens, w.output_tokens, w.slo_ttft_ms,
@@ -176,5 +145,6 @@ class Simulation:
         return SimResult(req, steps, summarize(req, steps, itl, extra))
 
 
-def simulate(cfg: SimConfig, workload: list[TraceRequest], progress: bool = False) -> SimResult:
-    return Simulation(cfg, workload).run(progress)
+def simulate(cfg: RunSettings, workload: list[TraceRequest], progress: bool = False,
+             cost: CostModel | None = None) -> SimResult:
+    return Simulation(cfg, workload, cost).run(progress)

@@ -1,0 +1,77 @@
+"""The decision at an exit point: the policy, told by the cost model whether a split or a drain pays.
+
+Both executors call it mid-step through ``Scheduler.decide_at_exit``: the real
+one after computing the exit head, the simulated one after drawing
+confidences. It reads the buffer (to predict the flush a split feeds) and the
+live requests' token times (for TPOT deadlines), and changes nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drex.config import EEConfig, SchedulerConfig
+from drex.core import profitability as prof
+from drex.core.policies import ExitContext, Policy, PolicyDecision
+from drex.core.rebatch import RebatchBuffer
+from drex.core.request import Request
+from drex.core.step import StepPlan
+from drex.costmodel.base import CostModel
+from drex.costmodel.price import prefill_work
+
+
+class ExitDecider:
+    def __init__(self, ee: EEConfig, cfg: SchedulerConfig, cost: CostModel, policy: Policy, num_layers: int,
+                 exits: tuple[int, ...], buffer: RebatchBuffer, live: dict[int, Request],
+                 art: prof.ArtAverages) -> None:
+        self.ee, self.cfg, self.cost, self.policy = ee, cfg, cost, policy
+        self.num_layers, self.exits, self.buffer, self.live, self.art = num_layers, exits, buffer, live, art
+
+    def decide(self, plan: StepPlan, exit_index: int, confidence: np.ndarray, active: np.ndarray, now: float,
+               step_id: int) -> PolicyDecision:
+        """confidence and active are [k, n] (k planned steps from ``step_id``, n decode rows)."""
+        e = self.exits[exit_index]
+        k = confidence.shape[0]
+        ctx = np.asarray(plan.decode_context, dtype=np.int64)[None, :] + np.arange(k)[:, None]
+        higher = not self.ee.lower_is_better
+        wants = self.ee.clears(confidence)
+        L, cost = self.num_layers, self.cost
+        base, base_attn, _ = prefill_work(plan.prefill)
+
+        def split_pays(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:
+            act = active[steps]
+            rows = act.sum(axis=1)
+            staying = stay.sum(axis=1)
+            exiting = rows - staying
+            if self.cfg.profitability == "art":
+                return exiting > self.art.art(rows)
+            c = ctx[steps]
+            flush_rows = self.buffer.predicted_flush_rows(e, staying, steps, step_id)
+            saving = prof.split_saving_s(cost, e, L, rows, exiting, (c * act).sum(axis=1), (c * stay).sum(axis=1),
+                                         flush_rows, base, base_attn)
+            pays = saving > 0
+            if self._slo_rows(plan):  # a parked row must still make its next-token deadline
+                pays &= self._can_park(plan, stay, now, e)
+            return pays
+
+        def drain_pays(steps: np.ndarray) -> np.ndarray:
+            if not plan.drain_ids or plan.drain_layer != e:
+                return np.zeros(len(steps), dtype=bool)
+            act = active[steps]
+            saving = prof.drain_saving_s(cost, e, L, act.sum(axis=1), (ctx[steps] * act).sum(axis=1),
+                                         len(plan.drain_ids), sum(plan.drain_context), base, base_attn)
+            return saving > 0
+
+        return self.policy.decide(ExitContext(e, L, wants, confidence, active, self.ee.threshold, higher,
+                                              split_pays, drain_pays))
+
+    def _slo_rows(self, plan: StepPlan) -> bool:
+        return any(self.live[i].slo_tpot_ms is not None for i in plan.decode_ids)
+
+    def _can_park(self, plan: StepPlan, stay: np.ndarray, now: float, layer: int) -> np.ndarray:
+        rows = [self.live[i] for i in plan.decode_ids]
+        deadline = np.array([r.last_token_s + r.slo_tpot_ms / 1e3 if r.slo_tpot_ms is not None else np.inf
+                             for r in rows])
+        ctx = np.array(plan.decode_context)
+        flush = prof.deep_s(self.cost, layer, self.num_layers, stay.sum(axis=1), (stay * ctx).sum(axis=1))
+        return ~(((now + 2 * flush)[:, None] >= deadline[None, :]) & stay).any(axis=1)

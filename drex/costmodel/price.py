@@ -1,0 +1,44 @@
+"""The one place a step is priced: the simulator's executor and every profitability prediction call it.
+
+A step is a sum over layer segments (rows and attention work constant within
+a segment), the exit heads it evaluated, a per-step overhead, and, for the
+rebatching buffer, parking and KV state copy. ``step_s`` composes the cost
+model's per-layer pieces in that fixed order, so that what the scheduler
+predicts for a flush or a decode step is what the simulator then charges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drex.costmodel.base import CostModel
+
+
+def prefill_work(chunks) -> tuple[int, float, int]:
+    """Prefill chunks' tokens, their causal attention work (query-key pairs), and how many end a prompt."""
+    tokens = sum(c.num_tokens for c in chunks)
+    attn = sum(c.num_tokens * (c.start + c.num_tokens / 2) for c in chunks)
+    return tokens, attn, sum(c.last for c in chunks)
+
+
+def step_s(cost: CostModel, layers, rows, context, prefill_attn=0.0, head_rows=None, overhead_rows=None,
+           buffer_rows=None, kv_rows=None, kv_layers=None):
+    """Seconds of a step (or of many stacked ones: trailing axes broadcast).
+
+    - ``layers``, ``rows``, ``context``: segment axis first; segment i runs ``layers[i]`` layers over
+      ``rows[i]`` rows whose cached context sums to ``context[i]``; ``prefill_attn`` is the step's prefill work.
+    - ``head_rows``: rows of each exit-head evaluation, evaluation axis first (None: no head).
+    - ``overhead_rows``: rows the step's fixed overhead scales with (None: a part of a step, no overhead).
+    - ``buffer_rows``: rows parked in or fetched from the rebatching pool; ``kv_rows`` x ``kv_layers``:
+      KV state copy of exited tokens into the layers they skipped.
+    """
+    t = (np.asarray(layers) * cost.layer_s(rows, context, prefill_attn)).sum(axis=0)
+    if head_rows is not None:
+        t = t + cost.head_s(np.asarray(head_rows, dtype=float)).sum(axis=0)
+    if overhead_rows is not None:
+        t = t + cost.step_overhead_s(overhead_rows)
+    if buffer_rows is not None and kv_rows is not None:
+        t = t + (cost.buffer_s(buffer_rows) + cost.kv_copy_s(kv_rows, kv_layers))
+    elif buffer_rows is not None:
+        t = t + cost.buffer_s(buffer_rows)
+    return t

@@ -1,0 +1,111 @@
+"""One run's settings, shared by both bodies: the dataclass, the cost-model builder, and the flags.
+
+``drex simulate``, ``drex compare`` and ``drex run`` take the same flags
+(``add_run_flags``) and turn them into the same ``RunSettings``; ``drex run``
+adds only its own (weights, dtype, KV fill).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from drex.config import EEConfig, SchedulerConfig
+from drex.core.policies import POLICIES
+from drex.models import ModelShape, get_model
+from drex.workload import make_workload
+
+ROUTERS = ("round-robin", "least-outstanding")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """One run's settings, as both bodies read them (the real backend adds weights, dtype and KV fill)."""
+
+    model: str = "tiny"
+    device: str = "cpu"
+    ee: EEConfig = field(default_factory=EEConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    confidence: str = "beta"
+    replicas: int = 1
+    router: str = "round-robin"
+    seed: int = 0
+    dtype_bytes: int = 2
+    mem_utilization: float = 0.9
+    num_kv_blocks: int | None = None  # override the capacity derived from device memory
+    cost_model: str = "auto"  # "auto" (profile if present, else roofline) or "roofline"
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
+
+
+
+def build_cost_model(cfg: RunSettings, shape: ModelShape):
+    if cfg.cost_model == "roofline":
+        from drex.costmodel.roofline import RooflineCostModel
+
+        return RooflineCostModel(shape, cfg.device, cfg.dtype_bytes)
+    from drex.costmodel.load import load_cost_model
+
+    return load_cost_model(cfg.device, shape, cfg.dtype_bytes)
+
+
+
+def parse_exits(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--exits takes layer numbers like 20 or 10,20,30, got {text!r}") from None
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
+    """Flags shared by simulate, compare and the real backend's run."""
+    p.add_argument("--trace", default="azure-code", help="azure-code | azure-conv | mooncake | PATH | synthetic:SPEC")
+    p.add_argument("--model", default="tiny", help="model name (tiny, llama2-7b, ...) or path to config.json")
+    p.add_argument("--device", default="cpu", help="h100 | h200 | a100 | cpu")
+    if policy:
+        p.add_argument("--policy", default="drex", help=", ".join(POLICIES))
+    p.add_argument("--exits", type=parse_exits, default=None,
+                   help="exit layers, e.g. 20 or 10,20,30 (default: the model's trained exits, else mid-depth)")
+    p.add_argument("--threshold", type=float, default=0.8)
+    p.add_argument("--metric", default="margin", choices=("margin", "maxprob", "entropy"))
+    p.add_argument("--confidence", default="beta", help="beta[:A,B[/A,B..]] | trace:PATH")
+    p.add_argument("--max-batch-size", type=int, default=256)
+    p.add_argument("--chunk-size", type=int, default=512, help="token budget per step (chunked prefill)")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-model-len", type=int, default=None, help="default: the model's max position")
+    p.add_argument("--profitability", default="costmodel", choices=("costmodel", "art"))
+    p.add_argument("--no-inline-drain", action="store_true")
+    p.add_argument("--num-requests", type=int, default=None, help="replay only the first N requests")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="X > 1 compresses time (X times the rate)")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--router", default="round-robin", choices=ROUTERS)
+    p.add_argument("--num-kv-blocks", type=int, default=None, help="override KV capacity (blocks)")
+    p.add_argument("--cost-model", default="auto", choices=("auto", "roofline"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
+    shape = get_model(args.model)
+    exits = args.exits
+    if exits is None:
+        exits = shape.trained_exits or (shape.num_layers // 2,)
+    sched = SchedulerConfig(policy=policy, max_batch_size=args.max_batch_size, chunk_size=args.chunk_size,
+                            block_size=args.block_size, max_model_len=args.max_model_len or shape.max_position,
+                            profitability=args.profitability, inline_drain=not args.no_inline_drain)
+    return RunSettings(model=args.model, device=args.device, ee=EEConfig(exits, args.threshold, args.metric),
+                     scheduler=sched, confidence=args.confidence, replicas=args.replicas, router=args.router,
+                     seed=args.seed, num_kv_blocks=args.num_kv_blocks, cost_model=args.cost_model)
+
+
+def load_workload(args: argparse.Namespace):
+    return make_workload(args.trace, num_requests=args.num_requests, rate_scale=args.rate_scale,
+                         rng=np.random.default_rng(args.seed))
+
+
