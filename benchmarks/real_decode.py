@@ -28,7 +28,8 @@ from drex.models import get_model  # noqa: E402
 from drex.real.generate import greedy_decode  # noqa: E402
 from drex.real.kvcache import PagedKVCache  # noqa: E402
 from drex.real.model import EEModel  # noqa: E402
-from drex.real.run import DTYPES  # noqa: E402
+from drex.dtypes import DTYPE_NAMES, default_dtype  # noqa: E402
+from drex.real.init import torch_dtype  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny")
     p.add_argument("--device", default="cpu", help="device table name (cpu, h100, h200, a100)")
-    p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default fp32 on cpu, bf16 on GPU")
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help="default fp32 on cpu, bf16 on GPU")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--contexts", default="128,1024")
     p.add_argument("--steps", type=int, default=20)
@@ -147,8 +148,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1) if args.device == "cpu" else None
     dev = "cpu" if args.device == "cpu" else "cuda"
-    dtype = args.dtype or ("fp32" if dev == "cpu" else "bf16")
-    model = EEModel.random(get_model(args.model), dtype=DTYPES[dtype], device=dev)
+    dtype = args.dtype or default_dtype(dev)
+    model = EEModel.random(get_model(args.model), dtype=torch_dtype(dtype), device=dev)
     batches = [int(b) for b in args.batches.split(",")]
     result = {"model": args.model, "device": args.device, "dtype": dtype, "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or "cpu",

@@ -24,7 +24,7 @@ from drex.config import EEConfig, SchedulerConfig  # noqa: E402
 from drex.metrics import write_run  # noqa: E402
 from drex.settings import RunSettings
 from drex.sim.simulator import Simulation  # noqa: E402
-from drex.workload import load_trace  # noqa: E402
+from drex.traces import load_trace  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "sim_speed.json"
 

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.special import betaincinv
 
 from drex import REPO_ROOT
-from drex.workload import TraceError, number_field
+from drex.traces import TraceError, number_field
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from drex.workload import TraceRequest, load_trace
+from drex.traces import TraceRequest, load_trace
 
 PROCESSES = ("poisson", "gamma")
 _KEYS = ("rate", "n", "burstiness", "prompt", "output", "slo_ttft_ms", "slo_tpot_ms")

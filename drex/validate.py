@@ -24,19 +24,19 @@ import numpy as np
 import pandas as pd
 
 from drex.config import EEConfig, SchedulerConfig
+from drex.dtypes import DTYPE_BYTES
 from drex.core.policies import PolicyDecision, get_policy
 from drex.core.step import PrefillChunk, StepPlan
 from drex.sim.executor import SimExecutor
 from drex.settings import RunSettings
 from drex.sim.simulator import Simulation
-from drex.workload import load_trace
+from drex.traces import load_trace
 
 KEYS = ("throughput_rel_error", "p50_ttft_rel_error", "p99_ttft_rel_error", "p50_tpot_rel_error",
         "p99_tpot_rel_error", "step_duration_mape", "exit_decision_agreement")
 COMPARED = (("throughput_rel_error", "output_throughput"), ("p50_ttft_rel_error", "median_ttft_ms"),
             ("p99_ttft_rel_error", "p99_ttft_ms"), ("p50_tpot_rel_error", "median_tpot_ms"),
             ("p99_tpot_rel_error", "p99_tpot_ms"))
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def _read(run_dir: Path, name: str) -> Path:

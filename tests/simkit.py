@@ -17,7 +17,7 @@ from drex.costmodel.roofline import RooflineCostModel
 from drex.models import get_model
 from drex.sim.executor import SimExecutor
 from drex.settings import RunSettings
-from drex.workload import TraceRequest
+from drex.traces import TraceRequest
 
 POLICIES = ("off", "eager", "lazy", "average", "latency-only", "drex")
 TINY_LAYERS = get_model("tiny").num_layers

@@ -11,7 +11,7 @@ from drex.real.model import EEModel
 from drex.costmodel.proportional import ProportionalCost  # every split and drain pays
 from drex.real.run import RunConfig, run_real
 from drex.settings import RunSettings
-from drex.workload import TraceRequest
+from drex.traces import TraceRequest
 
 TINY = get_model("tiny")
 EE = EEConfig(exits=(1, 2), threshold=0.3)

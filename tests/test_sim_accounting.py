@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import drex.sim.simulator as simulator
 from drex.settings import ROUTERS
-from drex.workload import TraceRequest
+from drex.traces import TraceRequest
 from simkit import POLICIES, TINY_LAYERS, poisson_workload, sim_config
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import drex.sim.simulator as simulator
-from drex.workload import TraceRequest
+from drex.traces import TraceRequest
 from simkit import ConstantCost, sim_config
 
 SERVICE_S = 0.01  # one step = one whole request (1-token prompt, 1 output token from the prefill)

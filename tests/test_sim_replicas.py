@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import drex.sim.simulator as simulator
-from drex.workload import TraceRequest
+from drex.traces import TraceRequest
 from simkit import poisson_workload, sim_config
 
 WORK = poisson_workload(150, rate=600, prompt=(4, 64), output=(2, 40), seed=9)

@@ -1,4 +1,4 @@
-"""Tests for drex.workload and drex.synthetic: malformed traces are located to file,
+"""Tests for drex.traces, drex.workload and drex.synthetic: malformed traces are located to file,
 line and field; shipped traces load whole; synthetic arrivals match queueing theory."""
 
 import csv
@@ -11,15 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drex.workload import (
-    TRACE_NAMES,
-    TraceError,
-    TraceRequest,
-    load_trace,
-    make_workload,
-    synthetic_trace,
-    trace_path,
-)
+from drex.synthetic import generate as synthetic_trace
+from drex.traces import TRACE_NAMES, TraceError, TraceRequest, load_trace, trace_path
+from drex.workload import make_workload
 
 DREX_HEADER = "arrival_s,prompt_tokens,output_tokens\n"
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"

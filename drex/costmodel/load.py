@@ -18,10 +18,10 @@ from drex.jsonfile import read_json_object
 from drex.costmodel import profile as pf
 from drex.costmodel.fitted import FAMILIES, FittedCostModel, Law
 from drex.devices import get_device
+from drex.dtypes import DTYPE_BYTES
 from drex.models import ModelShape
 
 PROFILES_DIR = REPO_ROOT / "profiles"
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def profile_dir(device: str, model_name: str, root: str | Path | None = None) -> Path:

@@ -47,7 +47,7 @@ def serve(model, model_name: str, prompts: list[list[int]], max_new_tokens: int,
     """
     from drex.real.run import RunConfig, run_real
     from drex.settings import RunSettings
-    from drex.workload import TraceRequest
+    from drex.traces import TraceRequest
 
     if cost_model not in COST_MODELS:
         raise ValueError(f"cost model must be one of {COST_MODELS}, got {cost_model!r}")

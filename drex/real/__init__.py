@@ -8,4 +8,3 @@ scheduler's steps and measures them).
 
 # Names the CLI offers without importing torch.
 KV_FILLS = ("copy", "recompute")
-DTYPE_NAMES = ("fp32", "bf16", "fp16")

@@ -30,8 +30,8 @@ import torch
 
 from drex.costmodel.profile import Point
 from drex.models import ModelShape
+from drex.real.init import torch_dtype
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BLOCK_SIZE = 16
 STEP_CONTEXT = 128  # the step's bookkeeping does not depend on context length; any will do
 
@@ -44,7 +44,7 @@ class Bench:
         from drex.real.model import EEModel
 
         self.shape, self.device = shape, torch.device(device)
-        self.dtype = TORCH_DTYPES[dtype]
+        self.dtype = torch_dtype(dtype)
         self.cuda = self.device.type == "cuda"
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.model = EEModel.random(shape, dtype=self.dtype, device=device, seed=seed, num_layers=1)

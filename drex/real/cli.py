@@ -42,7 +42,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    from drex.real import DTYPE_NAMES, KV_FILLS
+    from drex.dtypes import DTYPE_NAMES
+    from drex.real import KV_FILLS
     from drex.settings import add_run_flags
 
     p = sub.add_parser("run", help="serve a trace in real time on a real early-exit model (same flags as simulate)")
@@ -57,7 +58,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("profile", help="measure per-layer costs on a device into profiles/<gpu>/<model>/")
     p.add_argument("--gpu", required=True, help="device name: h100, h200, a100 or cpu")
     p.add_argument("--model", required=True, help="model name (e.g. llama2-7b, tiny) or a path to config.json")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                    help="weights and activations (default: fp32 on cpu, bf16 on GPU)")
     p.add_argument("--quick", action="store_true", help="small grid (CI, smoke tests)")
     p.add_argument("--out", default=None, help="output directory (default profiles/<gpu>/<model>/)")

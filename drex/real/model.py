@@ -21,7 +21,6 @@ can time attention and MLP apart. The numerics follow transformers' Llama
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drex.models import ModelShape, with_layers
+from drex.real.init import uninitialised
 
 
 class RMSNorm(nn.Module):
@@ -149,21 +149,6 @@ class ExitHead(nn.Module):
         super().__init__()
         self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps) if norm else None
         self.lm_head = nn.Linear(shape.hidden_size, shape.vocab_size, bias=False) if lm_head else None
-
-
-@contextmanager
-def uninitialised(dtype: torch.dtype, device):
-    """Build modules straight on ``device`` in ``dtype`` and skip their default init (every weight is
-    overwritten next): no fp32 copy of a 7B model, no seconds of kaiming init, no meta-device detour."""
-    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters, torch.get_default_dtype()
-    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved[:2]
-        torch.set_default_dtype(saved[2])
 
 
 class EEModel(nn.Module):

@@ -25,9 +25,8 @@ from typing import Callable
 from drex import __version__
 from drex.costmodel import profile as pf
 from drex.devices import DEVICES
+from drex.dtypes import check_dtype, default_dtype
 from drex.models import ModelShape
-
-DTYPES = ("bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -268,9 +267,8 @@ def profile(gpu: str, model: str, dtype: str | None = None, quick: bool = False,
     shape = get_model(model)
     device = check_device(gpu, force)
     if dtype is None:
-        dtype = "fp32" if device == "cpu" else "bf16"
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+        dtype = default_dtype(device)
+    check_dtype(dtype)
     if device == "cpu":
         torch.set_num_threads(1)  # two threads make small matmuls slower on 2-core VMs; profile what runs
     out = Path(out) if out is not None else profile_dir(gpu, shape.name)

@@ -26,13 +26,14 @@ from drex.core.blocks import num_kv_blocks
 from drex.core.request import Request
 from drex.core.scheduler import Scheduler
 from drex.devices import get_device
+from drex.dtypes import DTYPE_BYTES, check_dtype
 from drex.metrics import request_records, summarize, write_run
 from drex.models import get_model
 from drex.real.executor import RealExecutor, synthetic_prompt
+from drex.real.init import torch_dtype
 from drex.real.model import EEModel
 from drex.settings import RunSettings, build_cost_model
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,7 @@ class RunConfig:
     kv_fill: str = "copy"
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        check_dtype(self.dtype)
 
     @property
     def torch_device(self) -> str:
@@ -62,7 +62,7 @@ class RunResult:
 
 def build_model(cfg: RunConfig, exits: tuple[int, ...]) -> EEModel:
     shape = get_model(cfg.sim.model)
-    dtype, device = DTYPES[cfg.dtype], cfg.torch_device
+    dtype, device = torch_dtype(cfg.dtype), cfg.torch_device
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {cfg.sim.device} needs CUDA, which this machine lacks (use --device cpu)")
     weights = cfg.weights
@@ -101,7 +101,7 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     sim = cfg.sim
     shape = get_model(sim.model)
     sim.ee.check_model(shape.num_layers)
-    dtype_bytes = torch.tensor([], dtype=DTYPES[cfg.dtype]).element_size()
+    dtype_bytes = DTYPE_BYTES[cfg.dtype]
     sim = dataclasses.replace(sim, dtype_bytes=dtype_bytes)
     cost = cost or build_cost_model(sim, shape)
     blocks = sim.num_kv_blocks or default_num_blocks(cfg, workload, shape, dtype_bytes)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from drex.models import from_hf_config
+from drex.real.init import uninitialised
 
 # Tensors transformers may store that carry no weights of ours.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -63,8 +64,6 @@ def load_pretrained(cls, path, dtype=torch.float32, device="cpu", exit_layers=No
             head_parts.setdefault(int(layer), set()).add(part)
     if exit_layers is None:
         exit_layers = tuple(sorted(set(shape.trained_exits) | set(head_parts)))
-
-    from drex.real.model import uninitialised
 
     with uninitialised(dtype, device):
         model = cls(shape, exit_layers)

@@ -26,7 +26,7 @@ from drex.metrics import request_records, summarize
 from drex.models import get_model
 from drex.settings import RunSettings, build_cost_model
 from drex.sim.executor import SimExecutor
-from drex.workload import TraceRequest
+from drex.traces import TraceRequest
 
 @dataclass
 class SimResult:
