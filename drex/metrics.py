@@ -13,17 +13,37 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from drex.core.request import FINISHED, Request
+from drex.core.request import Request, RequestStatus
 
 REQUEST_COLUMNS = ("request_id", "replica", "arrival_s", "prompt_tokens", "output_tokens", "status", "reason",
                    "ttft_ms", "e2el_ms", "tpot_ms", "generated_tokens", "early_exits", "involuntary_exits",
                    "involuntary_stays", "mean_exit_layer", "preemptions", "slo_ttft_ms", "slo_tpot_ms", "slo_met")
 
 
+def check_accounted(requests: list[Request], what: str) -> None:
+    """Every request must end finished or rejected with a reason; a scheduler bug must not pass silently."""
+    lost = [r.request_id for r in requests if not r.status.done]
+    if lost:
+        raise RuntimeError(f"{what} ended with {len(lost)} unfinished requests, e.g. {lost[:5]}")
+
+
+def run_fields(schedulers, num_blocks: int, cost_name: str, source_name: str, cfg, model_name: str) -> dict:
+    """summary.json's fields beside the metrics, the same for both bodies: the schedulers' counters and the
+    settings (``cfg``: a ``drex.settings.RunSettings``)."""
+    return {"num_rebatches": sum(s.num_rebatches for s in schedulers),
+            "num_flushes": sum(s.num_flushes for s in schedulers),
+            "num_drains": sum(s.num_drains for s in schedulers),
+            "num_preemptions": sum(s.num_preemptions for s in schedulers),
+            "kv_peak_blocks": max(s.blocks.peak_used for s in schedulers),
+            "kv_total_blocks": num_blocks, "cost_model": cost_name, "confidence_source": source_name,
+            "policy": cfg.scheduler.policy, "model": model_name, "device": cfg.device, "exits": list(cfg.ee.exits),
+            "threshold": cfg.ee.threshold, "replicas": cfg.replicas, "seed": cfg.seed}
+
+
 def request_records(requests: list[Request]) -> pd.DataFrame:
     rows = []
     for r in sorted(requests, key=lambda r: r.request_id):
-        done = r.status == FINISHED
+        done = r.status == RequestStatus.FINISHED
         ttft = (r.first_token_s - r.arrival_s) * 1e3 if done else math.nan
         tpot = ((r.finish_s - r.first_token_s) / (r.num_generated - 1) * 1e3
                 if done and r.num_generated > 1 else math.nan)
@@ -47,7 +67,7 @@ def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
 
 
 def summarize(req: pd.DataFrame, steps: pd.DataFrame, itl_s: np.ndarray, extra: dict) -> dict:
-    done = req[req.status == FINISHED]
+    done = req[req.status == RequestStatus.FINISHED.value]
     start = float(req.arrival_s.min()) if len(req) else 0.0
     end = float((done.arrival_s + done.e2el_ms / 1e3).max()) if len(done) else start
     duration = max(end - start, 1e-12)

@@ -10,7 +10,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import drex.sim.simulator as simulator
-from drex.core.request import BUFFERED, FINISHED, RUNNING, WAITING
+from drex.core.request import RequestStatus
+
+WAITING, RUNNING, BUFFERED, FINISHED = (RequestStatus.WAITING, RequestStatus.RUNNING, RequestStatus.BUFFERED,
+                                       RequestStatus.FINISHED)
 from simkit import POLICIES, drive, make_scheduler, poisson_workload, sim_config
 
 

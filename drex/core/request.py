@@ -29,9 +29,6 @@ class RequestStatus(str, Enum):
         return self in (RequestStatus.FINISHED, RequestStatus.REJECTED)
 
 
-WAITING, RUNNING, BUFFERED, FINISHED, REJECTED = RequestStatus
-
-
 @dataclass(slots=True, eq=False)
 class Request:
     request_id: int
@@ -61,7 +58,7 @@ class Request:
     tokens: list[int] = field(default_factory=list)  # real backend only: applied from StepResult.tokens
 
     def admit(self) -> None:
-        self.status = RUNNING
+        self.status = RequestStatus.RUNNING
         self.prefill_target = self.prompt_tokens + self.num_generated
 
     @property
@@ -78,11 +75,11 @@ class Request:
         return self.output_tokens - self.num_generated
 
     def reject(self, reason: str) -> None:
-        self.status = REJECTED
+        self.status = RequestStatus.REJECTED
         self.reject_reason = reason
 
     def preempt(self) -> None:
-        self.status = WAITING
+        self.status = RequestStatus.WAITING
         self.num_prefilled = 0
         self.kv_tokens = 0
         self.num_preemptions += 1

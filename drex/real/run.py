@@ -27,7 +27,7 @@ from drex.core.request import Request
 from drex.core.scheduler import Scheduler
 from drex.devices import get_device
 from drex.dtypes import DTYPE_BYTES, check_dtype
-from drex.metrics import request_records, summarize, write_run
+from drex.metrics import check_accounted, request_records, run_fields, summarize, write_run
 from drex.models import get_model
 from drex.real.executor import RealExecutor, synthetic_prompt
 from drex.real.init import torch_dtype
@@ -145,23 +145,17 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
         sched_s += clock() - t
     wall_s = clock()
 
-    lost = [r.request_id for r in requests if r.status not in ("finished", "rejected")]
-    if lost:
-        raise RuntimeError(f"run ended with {len(lost)} unfinished requests, e.g. {lost[:5]}")
+    check_accounted(requests, "run")
     req_df = request_records(requests)
     steps = pd.DataFrame(sched.log.columns())
     extra_cols = pd.DataFrame(executor.step_records)
     if len(extra_cols) == len(steps):
         steps = pd.concat([steps, extra_cols], axis=1)
     itl = np.concatenate(sched.itl_s or [np.array([])])
-    extra = {"num_rebatches": sched.num_rebatches, "num_flushes": sched.num_flushes, "num_drains": sched.num_drains,
-             "num_preemptions": sched.num_preemptions, "kv_peak_blocks": sched.blocks.peak_used,
-             "kv_total_blocks": blocks, "cost_model": cost.name, "confidence_source": "model",
-             "policy": sim.scheduler.policy, "model": shape.name, "device": sim.device,
-             "exits": list(sim.ee.exits), "threshold": sim.ee.threshold, "replicas": 1, "seed": sim.seed,
-             "backend": "real", "torch_device": cfg.torch_device, "dtype": cfg.dtype, "weights": cfg.weights,
-             "run_wall_s": wall_s, "scheduler_s": sched_s,
-             "step_time_s": float(steps["duration_ms"].sum() / 1e3) if len(steps) else 0.0}
+    extra = run_fields([sched], blocks, cost.name, "model", sim, shape.name)
+    extra |= {"backend": "real", "torch_device": cfg.torch_device, "dtype": cfg.dtype, "weights": cfg.weights,
+              "run_wall_s": wall_s, "scheduler_s": sched_s,
+              "step_time_s": float(steps["duration_ms"].sum() / 1e3) if len(steps) else 0.0}
     extra |= executor.stats()
     return RunResult(req_df, steps, summarize(req_df, steps, itl, extra), executor, list(workload))
 

@@ -22,7 +22,7 @@ from drex.core.request import Request
 from drex.core.scheduler import Scheduler
 from drex.costmodel.base import CostModel
 from drex.devices import get_device
-from drex.metrics import request_records, summarize
+from drex.metrics import check_accounted, request_records, run_fields, summarize
 from drex.models import get_model
 from drex.settings import RunSettings, build_cost_model
 from drex.sim.executor import SimExecutor
@@ -121,27 +121,16 @@ class Simulation:
         if bar is not None:
             bar.update(len(self.requests) - bar.n)
             bar.close()
-        lost = [r.request_id for r in self.requests if r.status not in ("finished", "rejected")]
-        if lost:  # every request must be accounted for; a scheduler bug must not pass silently
-            raise RuntimeError(f"simulation ended with {len(lost)} unfinished requests, e.g. {lost[:5]}")
+        check_accounted(self.requests, "simulation")
         return self._result(time.perf_counter() - t0)
 
     def _result(self, wall_s: float) -> SimResult:
         req = request_records(self.requests)
         steps = pd.concat([pd.DataFrame(r.sched.log.columns()) for r in self.replicas], ignore_index=True)
         itl = np.concatenate([c for r in self.replicas for c in r.sched.itl_s] or [np.array([])])
-        scheds = [r.sched for r in self.replicas]
-        extra = {"num_rebatches": sum(s.num_rebatches for s in scheds),
-                 "num_flushes": sum(s.num_flushes for s in scheds),
-                 "num_drains": sum(s.num_drains for s in scheds),
-                 "num_preemptions": sum(s.num_preemptions for s in scheds),
-                 "kv_peak_blocks": max(s.blocks.peak_used for s in scheds),
-                 "kv_total_blocks": self.num_blocks,
-                 "cost_model": self.cost.name, "confidence_source": self.source.name,
-                 "policy": self.cfg.scheduler.policy, "model": self.shape.name, "device": self.cfg.device,
-                 "exits": list(self.cfg.ee.exits), "threshold": self.cfg.ee.threshold,
-                 "replicas": self.cfg.replicas, "seed": self.cfg.seed,
-                 "sim_wall_s": wall_s}
+        extra = run_fields([r.sched for r in self.replicas], self.num_blocks, self.cost.name, self.source.name,
+                           self.cfg, self.shape.name)
+        extra["sim_wall_s"] = wall_s
         return SimResult(req, steps, summarize(req, steps, itl, extra))
 
 
