@@ -43,29 +43,55 @@ def fit_law(x_names, z_names, feats: dict[str, np.ndarray], y: np.ndarray, spill
     y = np.asarray(y, dtype=float)
     if len(y) == 0:
         raise ValueError("no measurements to fit")
-    ys = float(np.median(y))
+    prob = _LawProblem(x_names, z_names, feats, y, spill_names)
 
-    def stack(names):
-        if not names:
-            return np.zeros((len(y), 0)), np.ones(0)
-        M = np.stack([np.asarray(feats[n], dtype=float) for n in names], axis=1)
-        scale = np.maximum(M.max(axis=0), 1e-12)
-        return M / scale, scale
+    def solve(s, max_nfev):
+        return least_squares(prob.resid, s, jac=prob.jac, bounds=(prob.lo, prob.hi), loss="soft_l1", f_scale=0.05,
+                             x_scale=1.0, ftol=1e-7, xtol=1e-7, max_nfev=max_nfev)
 
-    Xn, xs = stack(x_names)
-    Zn, zs = stack(z_names)
-    Hn, hs = stack(spill_names)
-    yn = y / ys
-    nx, nz, nh = Xn.shape[1], Zn.shape[1], Hn.shape[1]
-    ik, ia, ib, ikn, iq = 3, 3 + nx, 3 + nx + nz, 3 + nx + nz + nh, 3 + nx + nz + 2 * nh
+    # A short run from every start, then the two best carried to convergence.
+    short = sorted((solve(s, 25) for s in prob.starts()), key=lambda sol: sol.cost)[:2]
+    best = min((solve(sol.x, 400) for sol in short), key=lambda sol: sol.cost)
+    return prob.law(best.x)
 
-    def model_and_jac(theta):
+
+class _LawProblem:
+    """One law's least-squares problem in scaled units: features scaled to [0, 1], times to the median."""
+
+    def __init__(self, x_names, z_names, feats: dict[str, np.ndarray], y: np.ndarray, spill_names) -> None:
+        self.x_names, self.z_names, self.spill_names = tuple(x_names), tuple(z_names), tuple(spill_names)
+        self.ys = float(np.median(y))
+
+        def stack(names):
+            if not names:
+                return np.zeros((len(y), 0)), np.ones(0)
+            M = np.stack([np.asarray(feats[n], dtype=float) for n in names], axis=1)
+            scale = np.maximum(M.max(axis=0), 1e-12)
+            return M / scale, scale
+
+        self.Xn, self.xs = stack(x_names)
+        self.Zn, self.zs = stack(z_names)
+        self.Hn, self.hs = stack(spill_names)
+        self.yn = y / self.ys
+        nx, nz, nh = self.Xn.shape[1], self.Zn.shape[1], self.Hn.shape[1]
+        self.nx, self.nz, self.nh = nx, nz, nh
+        self.ik, self.ia, self.ib = 3, 3 + nx, 3 + nx + nz
+        self.ikn, self.iq = 3 + nx + nz + nh, 3 + nx + nz + 2 * nh
+        self.n_par = self.iq + nh
+        self.lo, self.hi = np.zeros(self.n_par), np.full(self.n_par, np.inf)
+        self.lo[2], self.hi[2] = P_MIN, P_MAX
+        self.lo[self.ikn:self.iq], self.hi[self.ikn:self.iq] = 1e-4, 1.0
+        self.lo[self.iq:], self.hi[self.iq:] = 1.0, 16.0
+
+    def model_and_jac(self, theta):
         """t [n] and dt/dtheta [n, n_par], analytically (a numeric Jacobian makes the fit 10x slower)."""
+        Xn, Zn, Hn, yn = self.Xn, self.Zn, self.Hn, self.yn
+        ik, ia, ib, ikn, iq = self.ik, self.ia, self.ib, self.ikn, self.iq
         c0, m, p = theta[0], theta[1], theta[2]
         t = np.full_like(yn, c0)
-        J = np.zeros((len(yn), n_par))
+        J = np.zeros((len(yn), self.n_par))
         J[:, 0] = 1.0
-        if nx:
+        if self.nx:
             u = Xn @ theta[ik:ia]
             S = smooth_max(m, u, p)
             Ssafe = np.where(S > 0, S, 1.0)
@@ -78,10 +104,10 @@ def fit_law(x_names, z_names, feats: dict[str, np.ndarray], y: np.ndarray, spill
             J[:, 1] = rm ** (p - 1)
             J[:, 2] = S / p * (wm * lm + wu * lu)
             J[:, ik:ia] = (ru ** (p - 1))[:, None] * Xn
-        if nz:
+        if self.nz:
             t = t + Zn @ theta[ia:ib]
             J[:, ia:ib] = Zn
-        for i in range(nh):
+        for i in range(self.nh):
             h, b, knee, q = Hn[:, i], theta[ib + i], theta[ikn + i], theta[iq + i]
             pos = h > 0
             hs_ = np.where(pos, h, 1.0)
@@ -94,63 +120,56 @@ def fit_law(x_names, z_names, feats: dict[str, np.ndarray], y: np.ndarray, spill
             J[:, iq + i] = -b * d * np.where(pos, np.log(knee / hs_), 0.0)
         return t, J
 
-    def resid(theta):
-        return model_and_jac(theta)[0] / yn - 1.0
+    def resid(self, theta):
+        return self.model_and_jac(theta)[0] / self.yn - 1.0
 
-    def jac(theta):
-        return model_and_jac(theta)[1] / yn[:, None]
+    def jac(self, theta):
+        return self.model_and_jac(theta)[1] / self.yn[:, None]
 
-    n_par = iq + nh
+    def starts(self) -> list[np.ndarray]:
+        """Closed-form starts: with the spill knees and sharpness held at candidate values, and the smooth
+        max as a plain sum, the law is linear in the rest: a non-negative least squares on relative error
+        each. The best few candidates seed the full fit (a spill's step is a local minimum the solver
+        cannot leave)."""
+        Hn, yn, ib, ikn, iq, lo, hi = self.Hn, self.yn, self.ib, self.ikn, self.iq, self.lo, self.hi
+        base = np.concatenate([np.ones((len(yn), 1)), self.Xn, self.Zn], axis=1)
+        per_spill = []
+        for i in range(self.nh):
+            z = Hn[:, i][Hn[:, i] > 0]
+            knees = np.geomspace(max(z.min(), 1e-4), 1.0, 8) if len(z) else np.array([0.5])
+            per_spill.append([(kn, q) for kn in knees for q in (2.0, 6.0, 16.0)])
+        candidates = []
+        for combo in itertools.product(*per_spill):
+            cols = [spill(Hn[:, i], kn, q) for i, (kn, q) in enumerate(combo)]
+            A = np.concatenate([base] + [c[:, None] for c in cols], axis=1) / yn[:, None]
+            coef, rnorm = nnls(A, np.ones(len(yn)))
+            candidates.append((rnorm, coef, combo))
+        candidates.sort(key=lambda c: c[0])
+        starts = []
+        for _, coef, combo in candidates[:3]:
+            for m0_frac in (0.0, 0.5):
+                for p0 in (1.5, 8.0):
+                    s = np.zeros(self.n_par)
+                    s[0] = coef[0] * (1 - m0_frac)
+                    s[1] = coef[0] * m0_frac if self.nx else 0.0
+                    s[2] = p0
+                    s[self.ik:ib] = coef[1:ib - 2]
+                    s[ib:ikn] = coef[ib - 2:]
+                    s[ikn:iq] = [kn for kn, _ in combo]
+                    s[iq:] = [q for _, q in combo]
+                    starts.append(np.clip(s, lo + 1e-9, np.where(np.isfinite(hi), hi - 1e-9, np.inf)))
+        return starts
 
-    # Closed-form starts: with the spill knees and sharpness held at candidate values, and the smooth max
-    # as a plain sum, the law is linear in the rest: a non-negative least squares on relative error each.
-    # The best few candidates seed the full fit (a spill's step is a local minimum the solver cannot leave).
-    lo, hi = np.zeros(n_par), np.full(n_par, np.inf)
-    lo[2], hi[2] = P_MIN, P_MAX
-    lo[ikn:iq], hi[ikn:iq] = 1e-4, 1.0
-    lo[iq:], hi[iq:] = 1.0, 16.0
-    base = np.concatenate([np.ones((len(yn), 1)), Xn, Zn], axis=1)
-    per_spill = []
-    for i in range(nh):
-        z = Hn[:, i][Hn[:, i] > 0]
-        knees = np.geomspace(max(z.min(), 1e-4), 1.0, 8) if len(z) else np.array([0.5])
-        per_spill.append([(kn, q) for kn in knees for q in (2.0, 6.0, 16.0)])
-    candidates = []
-    for combo in itertools.product(*per_spill):
-        cols = [spill(Hn[:, i], kn, q) for i, (kn, q) in enumerate(combo)]
-        A = np.concatenate([base] + [c[:, None] for c in cols], axis=1) / yn[:, None]
-        coef, rnorm = nnls(A, np.ones(len(yn)))
-        candidates.append((rnorm, coef, combo))
-    candidates.sort(key=lambda c: c[0])
-    starts = []
-    for _, coef, combo in candidates[:3]:
-        for m0_frac in (0.0, 0.5):
-            for p0 in (1.5, 8.0):
-                s = np.zeros(n_par)
-                s[0] = coef[0] * (1 - m0_frac)
-                s[1] = coef[0] * m0_frac if nx else 0.0
-                s[2] = p0
-                s[ik:ib] = coef[1:ib - 2]
-                s[ib:ikn] = coef[ib - 2:]
-                s[ikn:iq] = [kn for kn, _ in combo]
-                s[iq:] = [q for _, q in combo]
-                starts.append(np.clip(s, lo + 1e-9, np.where(np.isfinite(hi), hi - 1e-9, np.inf)))
-
-    def solve(s, max_nfev):
-        return least_squares(resid, s, jac=jac, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, x_scale=1.0,
-                             ftol=1e-7, xtol=1e-7, max_nfev=max_nfev)
-
-    # A short run from every start, then the two best carried to convergence.
-    short = sorted((solve(s, 25) for s in starts), key=lambda sol: sol.cost)[:2]
-    best = min((solve(sol.x, 400) for sol in short), key=lambda sol: sol.cost)
-    th = best.x
-    if not nx:  # no throughput term: the floor and sharpness mean nothing
-        th[1], th[2] = 0.0, 1.0
-    spills = tuple((n, float(b * ys / s), float(kn * s), float(q))
-                   for n, b, kn, q, s in zip(spill_names, th[ib:ikn], th[ikn:iq], th[iq:], hs))
-    return Law(tuple(x_names), tuple(z_names), float(th[0] * ys), float(th[1] * ys), float(th[2]),
-               tuple(float(v) for v in th[ik:ia] * ys / xs), tuple(float(v) for v in th[ia:ib] * ys / zs),
-               tuple(sp for sp in spills if sp[1] > 0))
+    def law(self, th: np.ndarray) -> Law:
+        """The fitted parameters back in seconds and feature units."""
+        ys, ik, ia, ib, ikn, iq = self.ys, self.ik, self.ia, self.ib, self.ikn, self.iq
+        if not self.nx:  # no throughput term: the floor and sharpness mean nothing
+            th[1], th[2] = 0.0, 1.0
+        spills = tuple((n, float(b * ys / s), float(kn * s), float(q))
+                       for n, b, kn, q, s in zip(self.spill_names, th[ib:ikn], th[ikn:iq], th[iq:], self.hs))
+        return Law(self.x_names, self.z_names, float(th[0] * ys), float(th[1] * ys), float(th[2]),
+                   tuple(float(v) for v in th[ik:ia] * ys / self.xs), tuple(float(v) for v in th[ia:ib] * ys / self.zs),
+                   tuple(sp for sp in spills if sp[1] > 0))
 
 
 def fit_rows(rows: list[dict]) -> dict[str, Law]:
