@@ -12,3 +12,9 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # the core tests run without torch
     pass
+
+import sys
+from pathlib import Path
+
+# Shared test helpers (simkit) live beside this file; the tests mirror the package in sub-folders.
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -139,6 +139,7 @@ def shipped():
     return {name: load_trace(name) for name in TRACE_NAMES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TRACE_NAMES))
 def test_shipped_trace_loads_whole(shipped, name):
     requests = shipped[name]
@@ -203,6 +204,7 @@ def test_poisson_mean_interarrival():
     assert g.std() / g.mean() == pytest.approx(1.0, rel=0.05)  # exponential: CV 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("burstiness", [0.25, 0.5, 1.0, 2.0, 4.0])
 def test_gamma_burstiness_sets_cv(burstiness):
     spec = f"gamma:rate=8,burstiness={burstiness},n=20000,prompt=fixed:1,output=fixed:1"
@@ -221,6 +223,7 @@ def test_same_seed_same_trace():
     assert all(r.slo_ttft_ms == 300.0 and r.slo_tpot_ms is None for r in a)
 
 
+@pytest.mark.slow
 def test_length_distributions(shipped):
     rng = np.random.default_rng(3)
 
@@ -321,6 +324,7 @@ def test_azure_round_trips_wall_clock(tmp_path_factory, offsets_us):
 @settings(max_examples=150, deadline=None)
 @given(text=st.text(alphabet=st.sampled_from(list("0123456789.,-+eE naifT:\n{}[]\"")), max_size=120),
        suffix=st.sampled_from([".csv", ".jsonl"]))  # fmt: skip
+@pytest.mark.slow
 def test_garbage_gives_trace_error_or_valid_trace(tmp_path_factory, text, suffix):
     header = {".csv": DREX_HEADER, ".jsonl": ""}[suffix]
     path = tmp_path_factory.mktemp("fz") / f"fuzz{suffix}"

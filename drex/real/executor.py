@@ -146,25 +146,7 @@ class RealExecutor:
         model, sched, L = self.model, self.sched, self.num_layers
         dec = plan.decode_ids
         n = len(dec)
-        dec_rows = [self._row(rid) for rid in dec]
-        if self.recompute is not None and dec:  # skipped layers of these rows' last tokens, before anything reads them
-            t = self.clock()
-            self.recompute_token_layers += self.recompute.run(model, self.cache, dec_rows)
-            self._sync()
-            self.kv_fill_s += self.clock() - t
-        positions = [c + s for c in plan.decode_context]
-        step_plan = dataclasses.replace(plan, decode_context=positions, num_steps=1,
-                                        decode_token_index=[t + s for t in plan.decode_token_index])
-        record = _plan_record(step_plan)
-        self.plans.append(record)
-
-        ids = [self.outputs[rid][-1] for rid in dec]  # decode rows have >= 1 output token
-        batch = _Batch([("d", j) for j in range(n)], list(dec_rows), list(positions), [1] * n)
-        for ch in plan.prefill:
-            batch.add(("c", ch), self._row(ch.request_id), ch.start, ch.num_tokens)
-            ids.extend(self._seq(ch.request_id)[ch.start:ch.start + ch.num_tokens])
-        batch.meta = self.cache.meta(batch.rows, batch.starts, batch.lens)
-        h = model.embed(torch.tensor(ids, device=model.device))  # [N, H]
+        step_plan, record, dec_rows, positions, batch, h = self._start_step(plan, s)
 
         out = StepOutcome(1, n, L) if n else None
         active = np.ones(n, dtype=bool)  # still deciding
@@ -219,12 +201,40 @@ class RealExecutor:
             h = model.run_layers(h, batch.meta, self.cache, layer, L)
         self._finish_top(h, batch, tokens, dec)
         if copies and self.recompute is None:
+            self._copy_fill(copies)
+        return out, offset
+
+    def _start_step(self, plan: StepPlan, s: int):
+        """Step s of a run: KV recompute owed by its decode rows, its plan and record, the batch, embeddings."""
+        model, dec = self.model, plan.decode_ids
+        n = len(dec)
+        dec_rows = [self._row(rid) for rid in dec]
+        if self.recompute is not None and dec:  # skipped layers of these rows' last tokens, before anything reads them
             t = self.clock()
-            nb = self.cache.copy_fill(*zip(*copies))
+            self.recompute_token_layers += self.recompute.run(model, self.cache, dec_rows)
             self._sync()
             self.kv_fill_s += self.clock() - t
-            self.meter.add("kv_copy", nb)
-        return out, offset
+        positions = [c + s for c in plan.decode_context]
+        step_plan = dataclasses.replace(plan, decode_context=positions, num_steps=1,
+                                        decode_token_index=[t + s for t in plan.decode_token_index])
+        record = _plan_record(step_plan)
+        self.plans.append(record)
+        ids = [self.outputs[rid][-1] for rid in dec]  # decode rows have >= 1 output token
+        batch = _Batch([("d", j) for j in range(n)], list(dec_rows), list(positions), [1] * n)
+        for ch in plan.prefill:
+            batch.add(("c", ch), self._row(ch.request_id), ch.start, ch.num_tokens)
+            ids.extend(self._seq(ch.request_id)[ch.start:ch.start + ch.num_tokens])
+        batch.meta = self.cache.meta(batch.rows, batch.starts, batch.lens)
+        h = model.embed(torch.tensor(ids, device=model.device))  # [N, H]
+        return step_plan, record, dec_rows, positions, batch, h
+
+    def _copy_fill(self, copies: list[tuple[int, int, int]]) -> None:
+        """State copy: each exited token's K/V into the layers it skipped, one scatter for the step."""
+        t = self.clock()
+        nb = self.cache.copy_fill(*zip(*copies))
+        self._sync()
+        self.kv_fill_s += self.clock() - t
+        self.meter.add("kv_copy", nb)
 
     def _regroup(self, batch: "_Batch", h, computing, drained: list[int], drain_context) -> torch.Tensor:
         """Keep the rows still computing (and all prefill chunks), append drained rows from the pool.

@@ -79,6 +79,7 @@ def test_kv_capacity_rejections_carry_a_reason(tmp_path):
 # --- determinism ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_files(tmp_path):
     args = ["--trace", SYNTH, "--policy", "drex", "--exits", "1,2,3", "--threshold", "0.6", "--seed", "5"]
     # One run in a fresh interpreter (another hash seed), one in this process.
@@ -101,6 +102,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     assert (c / "requests.csv").read_bytes() != (a / "requests.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_compare_runs_every_policy_on_one_workload(tmp_path, capsys):
     assert main(["compare", *COMMON, "--trace", SYNTH, "--exits", "2", "--out", str(tmp_path / "cmp")]) == 0
     text = capsys.readouterr().out

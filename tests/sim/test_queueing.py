@@ -10,6 +10,8 @@ import drex.sim.simulator as simulator
 from drex.traces import TraceRequest
 from simkit import ConstantCost, sim_config
 
+pytestmark = pytest.mark.slow  # seconds each: the `not slow` subset stays under 20 s
+
 SERVICE_S = 0.01  # one step = one whole request (1-token prompt, 1 output token from the prefill)
 RHO = 0.5
 # The sample mean wait of an M/D/1 queue converges slowly (waits are correlated): at rho=0.5 and

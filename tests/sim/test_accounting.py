@@ -44,6 +44,7 @@ def runs(draw):
                 max_batch_size=draw(st.integers(1, 12)), seed=draw(st.integers(0, 99)))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=runs())
 def test_every_request_accounted_for(case):

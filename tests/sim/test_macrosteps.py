@@ -12,6 +12,8 @@ import drex.sim.simulator as simulator
 from drex.sim.executor import SimExecutor
 from simkit import POLICIES, poisson_workload, sim_config
 
+pytestmark = pytest.mark.slow  # seconds each: the `not slow` subset stays under 20 s
+
 REQUEST_COLUMNS = ["ttft_ms", "e2el_ms", "tpot_ms", "generated_tokens", "early_exits", "involuntary_exits",
                    "involuntary_stays", "mean_exit_layer", "preemptions", "status", "replica"]
 SETTINGS = {

@@ -10,6 +10,8 @@ import drex.sim.simulator as simulator
 from drex.traces import TraceRequest
 from simkit import poisson_workload, sim_config
 
+pytestmark = pytest.mark.slow  # seconds each: the `not slow` subset stays under 20 s
+
 WORK = poisson_workload(150, rate=600, prompt=(4, 64), output=(2, 40), seed=9)
 
 

@@ -12,6 +12,8 @@ from drex import REPO_ROOT
 from drex.config import EEConfig
 from drex.lab import quality
 
+pytestmark = pytest.mark.slow  # seconds each: the `not slow` subset stays under 20 s
+
 SHIPPED = REPO_ROOT / "models" / "tiny-ee"
 
 

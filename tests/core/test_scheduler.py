@@ -140,6 +140,7 @@ def run_scenario(sc):
     return sched, reqs, inv
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sc=scenarios())
 def test_scheduler_invariants_on_random_workloads(sc):
@@ -163,6 +164,7 @@ DRAIN_IN_A_QUIET_STEP = {  # found by hypothesis: an inline drain in a step wher
 @given(sc=scenarios().map(lambda s: s | dict(policy="drex", confidence="beta:4,2", n=max(s["n"], 12),
                                                rate=2000.0, max_batch_size=max(s["max_batch_size"], 6),
                                                num_blocks=4096)))
+@pytest.mark.slow
 def test_drex_buffer_invariants(sc):
     """Under drex with confident exits and full batches the buffer is used; it always empties."""
     sched, reqs, inv = run_scenario(sc)

@@ -13,6 +13,8 @@ from drex.real.run import RunConfig, run_real
 from drex.settings import RunSettings
 from drex.traces import TraceRequest
 
+pytestmark = pytest.mark.slow  # seconds each: the `not slow` subset stays under 20 s
+
 TINY = get_model("tiny")
 EE = EEConfig(exits=(1, 2), threshold=0.3)
 # One exit point for the exactness of rebatching: a parked row resumes at its exit and runs to the top

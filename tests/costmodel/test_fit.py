@@ -10,42 +10,11 @@ import pytest
 
 from drex.costmodel import profile as pf
 from drex.costmodel.fit import fit_law, fit_profile
-from drex.costmodel.fitted import FittedCostModel, Law, smooth_max
+from drex.costmodel.fitted import smooth_max
 from drex.costmodel.load import load_fitted
-from drex.real.profiler import run_grid
-from drex.models import MODELS
+from profkit import TRUE, synthetic_profile
 
 # A GPU-like law: flat (weights read once) until ~200 tokens, then compute-bound; attention apart.
-TRUE = {
-    "layer": Law(("tokens",), ("decode_context", "prefill_attn"), 20e-6, 150e-6, 6.0, (0.75e-6,), (2e-10, 4e-12)),
-    # Past ~60k cached tokens every further one costs three times as much (a CPU's last-level cache).
-    "attn": Law(("tokens",), ("decode_context", "prefill_attn"), 10e-6, 30e-6, 3.0, (0.1e-6,), (2e-10, 4e-12),
-                (("decode_context", 4e-10, 6e4, 4.0),)),
-    "mlp": Law(("tokens",), (), 8e-6, 100e-6, 8.0, (0.6e-6,), ()),
-    "head": Law(("rows",), (), 12e-6, 60e-6, 4.0, (0.4e-6,), ()),
-    "buffer": Law(("rows",), (), 5e-6, 0.0, 1.0, (0.02e-6,), ()),
-    "step": Law(("rows",), (), 300e-6, 0.0, 1.0, (0.5e-6,), ()),
-    "kv_copy": Law(("rows_x_layers",), ("layers",), 6e-6, 0.0, 1.0, (0.01e-6,), (0.3e-6,)),
-}
-
-
-def synthetic_profile(path, noise: float = 0.0, seed: int = 0, quick: bool = True):
-    truth = FittedCostModel(TRUE, "truth")
-    rng = np.random.default_rng(seed)
-    shape = MODELS["tiny"]
-    points = pf.build_grid(shape, quick=quick)
-
-    def measure(p: pf.Point):
-        t = float(truth.predict_op(p.op, p.num_rows, p.context, p.chunk, p.num_layers))
-        t *= float(np.exp(noise * rng.standard_normal()))
-        return [0.97 * t, t, 1.03 * t], [t, t, t]
-
-    meta = {"schema_version": pf.SCHEMA_VERSION, "device": {"requested": "cpu", "name": "synthetic"},
-            "dtype": "fp32", "model": pf.shape_dict(shape), "grid": pf.grid_summary(points)}
-    run_grid(path, meta, points, measure, progress=False)
-    return truth
-
-
 def test_smooth_max_limits():
     assert smooth_max(0.0, 3.0, 4.0) == pytest.approx(3.0)
     assert smooth_max(2.0, 3.0, 64.0) == pytest.approx(3.0, rel=1e-3)
@@ -63,6 +32,7 @@ def test_fit_law_recovers_roofline_parameters():
     np.testing.assert_allclose(got({"tokens": test}), law({"tokens": test}), rtol=0.01)
 
 
+@pytest.mark.slow
 def test_fit_recovers_known_law_from_profile(tmp_path):
     truth = synthetic_profile(tmp_path, quick=False)  # the quick grid has too few head rows to place a knee
     t0 = time.perf_counter()
@@ -80,6 +50,7 @@ def test_fit_recovers_known_law_from_profile(tmp_path):
     assert "held MAPE" in report and (tmp_path / pf.FIT_REPORT).exists()
 
 
+@pytest.mark.slow
 def test_fit_tolerates_noise_and_reports_it(tmp_path):
     synthetic_profile(tmp_path, noise=0.03, seed=1)
     fit, _ = fit_profile(tmp_path)
@@ -87,6 +58,7 @@ def test_fit_tolerates_noise_and_reports_it(tmp_path):
         assert d["held"]["mape"] < 0.08, (op, d)
 
 
+@pytest.mark.slow
 def test_fit_json_round_trips(tmp_path):
     synthetic_profile(tmp_path)
     fit, _ = fit_profile(tmp_path)

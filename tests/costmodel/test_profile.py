@@ -14,7 +14,7 @@ from drex.costmodel.load import load_cost_model, load_fitted
 from drex.real.profiler import check_device, run_grid, summarize
 from drex.models import MODELS, with_layers
 
-from test_costmodel_fit import synthetic_profile
+from profkit import synthetic_profile
 
 SHAPE = MODELS["tiny"]
 
@@ -129,6 +129,7 @@ def fitted(tmp_path, fitted_template):
     return root, path
 
 
+@pytest.mark.slow
 def test_load_uses_fitted_profile(fitted):
     root, path = fitted
     with warnings.catch_warnings():

@@ -10,6 +10,8 @@ from drex.lab import corpus as corpus_mod
 from drex.lab.train import TrainConfig, encode_streams, eval_windows, evaluate, init_model, lr_at, save_checkpoint, \
     train_steps
 
+pytestmark = pytest.mark.slow  # seconds each: the `not slow` subset stays under 20 s
+
 TEXT = [
     "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 8,
     "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n" * 8,
