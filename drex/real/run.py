@@ -4,8 +4,9 @@ Requests join the scheduler when the monotonic clock passes their arrival; the
 scheduler plans each step from ``now`` and the RealExecutor runs it. The run
 directory gets the simulator's files (requests.csv, steps.csv with measured
 durations, summary.json) plus confidence.csv (what the model said at every
-exit point each token reached), decisions.csv, tokens.jsonl, workload.csv and
-run.json — everything ``drex validate`` needs to replay the run in simulation.
+exit point each token reached, or the ``--confidence`` source that replaced
+it), decisions.csv, tokens.jsonl, workload.csv and run.json — everything
+``drex validate`` needs to replay the run in simulation.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pandas as pd
 import torch
 
 from drex.config import EEConfig
+from drex.confidence import make_confidence_source
 from drex.core.blocks import num_kv_blocks
 from drex.core.request import Request
 from drex.core.scheduler import Scheduler
@@ -41,6 +43,7 @@ class RunConfig:
     weights: str = "auto"  # a checkpoint directory, "random", or "auto" (the model's checkpoint if it has one)
     dtype: str = "fp32"
     kv_fill: str = "copy"
+    confidence: str = "model"  # the exit heads', or a simulator source (beta:A,B | trace:PATH) replacing them
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -106,11 +109,13 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     cost = cost or build_cost_model(sim, shape)
     blocks = sim.num_kv_blocks or default_num_blocks(cfg, workload, shape, dtype_bytes)
     sched = Scheduler(shape, sim.ee, sim.scheduler, cost, blocks)
+    source = (None if cfg.confidence == "model"
+              else make_confidence_source(cfg.confidence, sim.ee.exits, shape.num_layers, sim.seed))
     model = model or build_model(cfg, sched.exits)
     t_start = time.monotonic()
     executor = RealExecutor(sched, model, blocks, sim.scheduler.block_size, sim.scheduler.max_batch_size,
                             sim.scheduler.max_model_len, cfg.kv_fill, seed=sim.seed,
-                            clock=lambda: time.monotonic() - t_start, prompts=prompts)
+                            clock=lambda: time.monotonic() - t_start, prompts=prompts, confidence_source=source)
     warm_up(executor)
 
     requests = [Request(w.request_id, w.arrival_s, w.prompt_tokens, w.output_tokens, w.slo_ttft_ms, w.slo_tpot_ms)
@@ -153,7 +158,8 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     itl = np.concatenate(sched.itl_s or [np.array([])])
     extra = {"num_rebatches": sched.num_rebatches, "num_flushes": sched.num_flushes, "num_drains": sched.num_drains,
              "num_preemptions": sched.num_preemptions, "kv_peak_blocks": sched.blocks.peak_used,
-             "kv_total_blocks": blocks, "cost_model": cost.name, "confidence_source": "model",
+             "kv_total_blocks": blocks, "cost_model": cost.name,
+             "confidence_source": source.name if source is not None else "model",
              "policy": sim.scheduler.policy, "model": shape.name, "device": sim.device,
              "exits": list(sim.ee.exits), "threshold": sim.ee.threshold, "replicas": 1, "seed": sim.seed,
              "backend": "real", "torch_device": cfg.torch_device, "dtype": cfg.dtype, "weights": cfg.weights,
@@ -168,7 +174,7 @@ def run_config_json(cfg: RunConfig, trace: str, num_kv_blocks: int) -> dict:
     return {"model": sim.model, "device": sim.device, "exits": list(sim.ee.exits), "threshold": sim.ee.threshold,
             "metric": sim.ee.metric, "scheduler": dataclasses.asdict(sched), "seed": sim.seed,
             "num_kv_blocks": num_kv_blocks, "cost_model": sim.cost_model, "trace": trace, "weights": cfg.weights,
-            "dtype": cfg.dtype, "kv_fill": cfg.kv_fill}
+            "dtype": cfg.dtype, "kv_fill": cfg.kv_fill, "confidence": cfg.confidence}
 
 
 def write_real_run(out_dir, cfg: RunConfig, res: RunResult, trace: str) -> None:
