@@ -212,9 +212,9 @@ def environment(d: Driver, plan: Plan) -> tuple[Plan, str | None]:
     return replace(plan, device=device), None
 
 
-def write_trace(plan: Plan, path: Path) -> str:
+def write_trace(plan: Plan, path: Path, pythonpath: str) -> str:
     """The first N azure-conv requests with prompt and output lengths capped to fit the run's budget."""
-    sys.path[:0] = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:0] = [p for p in pythonpath.split(os.pathsep) if p]  # what the stages see: source tree, wheels
     from drex.workload import make_workload
 
     reqs = make_workload("azure-conv", num_requests=plan.num_requests)
@@ -248,7 +248,7 @@ def run_stages(d: Driver, plan: Plan, only: set[str]) -> None:
                                              "--out", str(w / "real_decode.json"))])
     if "runs" in only:
         try:
-            d.head["runs_note"] = write_trace(plan, w / "trace.csv")
+            d.head["runs_note"] = write_trace(plan, w / "trace.csv", d.env["PYTHONPATH"])
         except Exception as e:  # a broken trace is this stage's failure, not the run's
             d.head["runs_note"] = f"could not write the trace: {type(e).__name__}: {e}"
             return

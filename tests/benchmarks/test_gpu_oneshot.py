@@ -154,3 +154,22 @@ def test_report_of_an_empty_work_folder_says_what_is_missing(tmp_path):
     results = report.collect(tmp_path, ("drex",))
     md = report.markdown({"mode": "gpu", "started": "now", "total_s": 540}, None, [], results)
     assert "(no junit.xml)" in md and "(no real_decode.json)" in md and "| drex | - |" in md
+
+
+@pytest.mark.parametrize("gpu,device,want_device,want_error", [
+    ("NVIDIA H200", None, "h200", None),
+    ("NVIDIA H100 80GB HBM3", None, "h100", None),
+    ("NVIDIA L4", None, None, "no device entry for GPU 'NVIDIA L4': pass --device"),
+    ("NVIDIA L4", "h100", "h100", None),
+    (None, None, None, "torch cannot see CUDA"),
+])
+def test_gpu_mode_takes_its_device_from_the_gpu_found(tmp_path, monkeypatch, gpu, device, want_device, want_error):
+    """The GPU-only branch of the environment stage, fed the facts a GPU machine would report."""
+    d = _driver(tmp_path)
+    monkeypatch.setattr(oneshot.wheels, "prepare", lambda *a, **k: ([], "all imports present"))
+    facts = {"cuda_available": gpu is not None, "gpu": gpu, "device_key": envinfo.device_key(gpu), "torch": "2.11"}
+    monkeypatch.setattr(d, "stage", lambda *a, **k: (d.work / "env.json").write_text(json.dumps(facts)))
+    plan, error = oneshot.environment(d, oneshot.replace(oneshot.GPU, device=device))
+    assert plan.device == want_device
+    assert (error is None) if want_error is None else (want_error in error)
+    d.logf.close()
