@@ -10,6 +10,7 @@ silent fallback: a user who shipped a profile wants to know why it is not used.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -25,7 +26,10 @@ PROFILES_DIR = REPO_ROOT / "profiles"
 
 
 def profile_dir(device: str, model_name: str, root: str | Path | None = None) -> Path:
-    return Path(root if root is not None else PROFILES_DIR) / device.lower() / model_name
+    """``<root>/<device>/<model>``; root defaults to $DREX_PROFILES, else the shipped profiles/ (a scratch
+    root keeps a fresh profile, e.g. benchmarks/gpu's, out of the tracked tree)."""
+    root = root if root is not None else os.environ.get("DREX_PROFILES") or PROFILES_DIR
+    return Path(root) / device.lower() / model_name
 
 
 def _display(path: Path) -> str:

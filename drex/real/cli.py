@@ -14,9 +14,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.replicas != 1:
         raise ValueError("drex run drives one real replica; --replicas is for drex simulate")
-    if args.confidence != "beta":
-        raise ValueError("drex run takes its confidences from the model; --confidence is for drex simulate")
-    cfg = RunConfig(settings_from_args(args, args.policy), weights=args.weights, dtype=args.dtype, kv_fill=args.kv_fill)
+    cfg = RunConfig(settings_from_args(args, args.policy), weights=args.weights, dtype=args.dtype,
+                    kv_fill=args.kv_fill, confidence=args.confidence)
     workload = load_workload(args)
     res = run_real(cfg, workload)
     write_real_run(args.out, cfg, res, args.trace)
@@ -54,7 +53,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--kv-fill", default="copy", choices=KV_FILLS,
                    help="fill skipped layers' KV of exited tokens by state copy or by recompute")
     p.add_argument("--out", required=True, help="run directory: requests/steps/confidence CSVs, summary.json, ...")
-    p.set_defaults(func=cmd_run)
+    # --confidence (from add_run_flags): the exit heads' own by default; beta:A,B or trace:PATH replaces them
+    # (random weights give meaningless confidences) while the heads still run and are timed.
+    p.set_defaults(func=cmd_run, confidence="model")
     p = sub.add_parser("profile", help="measure per-layer costs on a device into profiles/<gpu>/<model>/")
     p.add_argument("--gpu", required=True, help="device name: h100, h200, a100 or cpu")
     p.add_argument("--model", required=True, help="model name (e.g. llama2-7b, tiny) or a path to config.json")

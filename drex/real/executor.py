@@ -43,12 +43,14 @@ def synthetic_prompt(seed: int, request_id: int, num_tokens: int, vocab_size: in
 class RealExecutor:
     def __init__(self, scheduler, model: EEModel, num_blocks: int, block_size: int, max_rows: int,
                  max_model_len: int, prompts: dict[int, list[int]], output_tokens: dict[int, int],
-                 kv_fill: str = "copy", clock=time.monotonic):
+                 kv_fill: str = "copy", clock=time.monotonic, confidence_source=None):
         if kv_fill not in KV_FILLS:
             raise ValueError(f"kv fill must be one of {KV_FILLS}, got {kv_fill!r}")
         self.sched, self.model, self.kv_fill, self.clock = scheduler, model, kv_fill, clock
         self.num_layers = model.num_layers
         self.metric = scheduler.ee.metric
+        # Replaces the exit heads' confidences (drex run --confidence beta:...): random weights' are meaningless.
+        self.source = confidence_source
         shape, dtype, device = model.shape, model.dtype, model.device
         self.cuda = device.type == "cuda"
         self.cache = PagedKVCache(shape, num_blocks, block_size, max_rows, -(-max_model_len // block_size),
@@ -163,7 +165,10 @@ class RealExecutor:
                 continue
             idx = batch.first_tokens([("d", j) for j in asking])  # their rows in h
             logits = model.exit_logits(h[idx], e)
-            conf = confidence(logits, self.metric).cpu().numpy()
+            conf = confidence(logits, self.metric).cpu().numpy()  # computed either way: the step's cost includes it
+            if self.source is not None:
+                conf = self.source.confidence(np.array([dec[j] for j in asking]),
+                                              np.array([step_plan.decode_token_index[j] for j in asking]), i)
             argmax = logits.argmax(-1).tolist()
             conf_all = np.full((1, n), np.nan)
             conf_all[0, asking] = conf

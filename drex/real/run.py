@@ -4,8 +4,9 @@ Requests join the scheduler when the monotonic clock passes their arrival; the
 scheduler plans each step from ``now`` and the RealExecutor runs it. The run
 directory gets the simulator's files (requests.csv, steps.csv with measured
 durations, summary.json) plus confidence.csv (what the model said at every
-exit point each token reached), decisions.csv, tokens.jsonl, workload.csv and
-run.json — everything ``drex validate`` needs to replay the run in simulation.
+exit point each token reached, or the ``--confidence`` source that replaced
+it), decisions.csv, tokens.jsonl, workload.csv and run.json — everything
+``drex validate`` needs to replay the run in simulation.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pandas as pd
 import torch
 
 from drex.config import EEConfig
+from drex.confidence import make_confidence_source
 from drex.core.blocks import num_kv_blocks
 from drex.core.request import Request
 from drex.core.scheduler import Scheduler
@@ -42,6 +44,7 @@ class RunConfig:
     weights: str = "auto"  # a checkpoint directory, "random", or "auto" (the model's checkpoint if it has one)
     dtype: str = "fp32"
     kv_fill: str = "copy"
+    confidence: str = "model"  # the exit heads', or a simulator source (beta:A,B | trace:PATH) replacing them
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype)
@@ -106,6 +109,8 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     cost = cost or build_cost_model(sim, shape)
     blocks = sim.num_kv_blocks or default_num_blocks(cfg, workload, shape, dtype_bytes)
     sched = Scheduler(shape, sim.ee, sim.scheduler, cost, blocks)
+    source = (None if cfg.confidence == "model"
+              else make_confidence_source(cfg.confidence, sim.ee.exits, shape.num_layers, sim.seed))
     model = model or build_model(cfg, sched.exits)
     t_start = time.monotonic()
     prompts = prompts or {}
@@ -113,7 +118,7 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
                                                                             shape.vocab_size) for w in workload}
     executor = RealExecutor(sched, model, blocks, sim.scheduler.block_size, sim.scheduler.max_batch_size,
                             sim.scheduler.max_model_len, prompts, {w.request_id: w.output_tokens for w in workload},
-                            cfg.kv_fill, clock=lambda: time.monotonic() - t_start)
+                            cfg.kv_fill, clock=lambda: time.monotonic() - t_start, confidence_source=source)
     warm_up(executor)
 
     requests = [Request(w.request_id, w.arrival_s, w.prompt_tokens, w.output_tokens, w.slo_ttft_ms, w.slo_tpot_ms)
@@ -152,7 +157,8 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     if len(extra_cols) == len(steps):
         steps = pd.concat([steps, extra_cols], axis=1)
     itl = np.concatenate(sched.itl_s or [np.array([])])
-    extra = run_fields([sched], blocks, cost.name, "model", sim, shape.name)
+    extra = run_fields([sched], blocks, cost.name, source.name if source is not None else "model", sim,
+                       shape.name)
     extra |= {"backend": "real", "torch_device": cfg.torch_device, "dtype": cfg.dtype, "weights": cfg.weights,
               "run_wall_s": wall_s, "scheduler_s": sched_s,
               "step_time_s": float(steps["duration_ms"].sum() / 1e3) if len(steps) else 0.0}
@@ -165,7 +171,7 @@ def run_config_json(cfg: RunConfig, trace: str, num_kv_blocks: int) -> dict:
     return {"model": sim.model, "device": sim.device, "exits": list(sim.ee.exits), "threshold": sim.ee.threshold,
             "metric": sim.ee.metric, "scheduler": dataclasses.asdict(sched), "seed": sim.seed,
             "num_kv_blocks": num_kv_blocks, "cost_model": sim.cost_model, "trace": trace, "weights": cfg.weights,
-            "dtype": cfg.dtype, "kv_fill": cfg.kv_fill}
+            "dtype": cfg.dtype, "kv_fill": cfg.kv_fill, "confidence": cfg.confidence}
 
 
 def write_real_run(out_dir, cfg: RunConfig, res: RunResult, trace: str) -> None:
