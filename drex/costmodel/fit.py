@@ -20,7 +20,8 @@ from scipy.optimize import least_squares, nnls
 
 from drex import __version__
 from drex.costmodel import profile as pf
-from drex.costmodel.fitted import FAMILIES, OP_FAMILY, FittedCostModel, Law, layer_features, smooth_max, spill
+from drex.costmodel.fitted import (FAMILIES, OP_FAMILY, OPTIONAL_FAMILIES, FittedCostModel, Law, layer_features,
+                                   smooth_max, spill)
 
 FIT_VERSION = 1
 P_MIN, P_MAX = 1.0, 64.0
@@ -158,6 +159,8 @@ def fit_rows(rows: list[dict]) -> dict[str, Law]:
     laws = {}
     for fam, (x_names, z_names, spill_names) in FAMILIES.items():
         sel = [r for r in rows if r["split"] == "fit" and OP_FAMILY[r["op"]] == fam]
+        if not sel and fam in OPTIONAL_FAMILIES:
+            continue
         if not sel:
             raise ValueError(f"profile has no 'fit' measurements for {fam} (ops "
                              f"{[op for op, f in OP_FAMILY.items() if f == fam]})")
@@ -208,6 +211,10 @@ def format_table(table: dict[str, dict]) -> str:
 def fit_profile(path: str | Path) -> tuple[dict, str]:
     """Fit a profile directory; writes fit.json and fit_report.txt beside it. Returns (fit dict, report text)."""
     path = Path(path)
+    if (pf.read_meta(path).get("source") or {}).get("kind") == "vidur":  # imported: its own fit (vidur_fit.py)
+        from drex.costmodel.vidur_fit import fit_imported
+
+        return fit_imported(path)
     t0 = time.perf_counter()
     prof = pf.read_profile(path)
     laws = fit_rows(prof.rows)

@@ -16,7 +16,7 @@ from pathlib import Path
 from drex import REPO_ROOT
 from drex.jsonfile import read_json_object
 from drex.costmodel import profile as pf
-from drex.costmodel.fitted import FAMILIES, FittedCostModel, Law
+from drex.costmodel.fitted import FAMILIES, OPTIONAL_FAMILIES, FittedCostModel, Law
 from drex.devices import get_device
 from drex.models import ModelShape
 
@@ -54,10 +54,10 @@ def load_fitted(path: str | Path, shape: ModelShape | None = None) -> FittedCost
     laws_json = fit.get("laws")
     if not isinstance(laws_json, dict):
         raise ValueError(f"{fit_path}: missing field 'laws'")
-    missing = [f for f in FAMILIES if f not in laws_json]
+    missing = [f for f in FAMILIES if f not in laws_json and f not in OPTIONAL_FAMILIES]
     if missing:
         raise ValueError(f"{fit_path}: field laws lacks {missing}")
-    laws = {fam: Law.from_json(laws_json[fam], f"{fit_path} laws.{fam}") for fam in FAMILIES}
+    laws = {fam: Law.from_json(laws_json[fam], f"{fit_path} laws.{fam}") for fam in FAMILIES if fam in laws_json}
     return FittedCostModel(laws, name=f"profile:{_display(path)}")
 
 

@@ -34,7 +34,8 @@ FIT = "fit.json"
 FIT_REPORT = "fit_report.txt"
 
 # Operations a profile measures. Decode/prefill ops describe one decoder layer.
-OPS = ("layer_decode", "attn_decode", "layer_prefill", "attn_prefill", "mlp", "head", "buffer", "kv_copy", "step")
+OPS = ("layer_decode", "attn_decode", "layer_prefill", "attn_prefill", "mlp", "head", "buffer", "kv_copy", "step", "linear")
+# "linear": the layer less attention, measured only by imported profiles (vidur.py); num_rows = tokens.
 SPLITS = ("fit", "held")  # held points are never used by the fit: they measure its error
 
 
