@@ -38,6 +38,12 @@ SHAPE_COLS = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "use_gated_mlp
 HELD_EVERY = 4  # every 4th point (from the 3rd) is held out: always between two fitted points
 ATTN_STRIDE = 16  # attention.csv has ~15k rows: every 16th keeps its whole range at a readable size
 LICENCE = "MIT, Copyright (c) Microsoft Corporation (github.com/microsoft/vidur)"
+# Vidur's <org>/<model> folders -> drex model names of the same shape (drex/models.py).
+VIDUR_MODELS = {
+    "meta-llama/Llama-2-7b-hf": "llama2-7b", "meta-llama/Llama-2-70b-hf": "llama2-70b",
+    "meta-llama/Meta-Llama-3-70B": "llama3-70b", "codellama/CodeLlama-34b-Instruct-hf": "codellama-34b",
+    "Qwen/Qwen-72B": "qwen-72b", "internlm/internlm-20b": "internlm-20b", "microsoft/phi-2": "phi-2",
+}
 
 
 def _col(op: str, stat: str = "median") -> str:
