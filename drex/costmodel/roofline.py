@@ -3,6 +3,12 @@
 FLOPs and bytes per layer come from the model shape; peak FLOP/s and bandwidth
 (derated by achievable efficiencies) from the device table. Used whenever no
 measured profile exists for the device and model.
+
+GPUs with a fitted ``EfficiencyCurve`` (devices.py) price a layer as its linear
+work on that curve (efficiency against tokens per step, fitted to Vidur's
+measured profiles) plus attention from the law calibrated on Vidur's attention
+profile (``attention_law``): the same attention an imported profile uses.
+Devices without a curve (the CPU) keep the single max(compute, memory).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from drex.costmodel.base import CostModel
+from drex.costmodel.fitted import layer_features, smooth_max
 from drex.devices import Device, get_device
 from drex.models import ModelShape
 
@@ -39,18 +46,51 @@ class RooflineCostModel(CostModel):
         self._h_fixed = self._head_bytes / self._bw + 3 * self._launch_s
         self._kv_move = 2.0 * self._kv_token_bytes / self._bw
         self._buf_move = 2.0 * shape.hidden_size * dtype_bytes / self._bw
+        self._curve = d.curve
+        if d.curve is not None:
+            self._init_curve(shape, d, dtype_bytes)
+
+    def _init_curve(self, shape: ModelShape, d: Device, dtype_bytes: int) -> None:
+        from drex.costmodel.attention_law import attention_law
+
+        c = d.curve
+        bw = d.mem_bw_bytes_per_s * c.bw_efficiency
+        flops = d.peak_flops * c.flops_efficiency
+        # t(n) = launch + smax_p(weights / bw, 2 * params * (n + n_half) / flops) + elementwise bytes * n / bw
+        self._lin = (c.layer_launch_s, shape.layer_params * dtype_bytes / bw, 2.0 * shape.layer_params / flops,
+                     c.flops_half_tokens, c.elementwise_bytes * shape.hidden_size * dtype_bytes / bw, c.p)
+        self._head = (3 * self._launch_s, self._head_bytes / bw, 2.0 * shape.head_params / flops, c.flops_half_tokens,
+                      0.0, c.p)
+        self._attn = attention_law(shape, d, 1, dtype_bytes)
+
+    @staticmethod
+    def _curve_s(coef, n):
+        launch, mem, per_tok, n_half, elem, p = coef
+        return launch + smooth_max(mem, per_tok * (n + n_half), p) + elem * n
+
+    def linear_s(self, num_tokens):
+        """The layer less its attention (what Vidur's mlp.csv measures)."""
+        tokens = np.asarray(num_tokens, dtype=float)
+        if self._curve is None:
+            return np.maximum(self._c_tok * tokens, self._m_fixed + self._m_kv * tokens) * (tokens > 0)
+        return self._curve_s(self._lin, tokens) * (tokens > 0)
 
     # Each method is max(compute, memory) with coefficients folded at construction: a handful of numpy
     # operations per call, because the scheduler prices every decision with them.
 
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):
         tokens = np.asarray(num_tokens, dtype=float)
+        if self._curve is not None:
+            attn = self._attn(layer_features(tokens, decode_context, prefill_attn))
+            return (self._curve_s(self._lin, tokens) + attn) * (tokens > 0)
         compute = (self._c_tok * tokens + self._c_pair * decode_context) + self._c_pair * prefill_attn
         memory = self._m_fixed + self._m_kv * (tokens + decode_context)
         return np.maximum(compute, memory) * (tokens > 0)
 
     def head_s(self, num_rows):
         rows = np.asarray(num_rows, dtype=float)
+        if self._curve is not None:
+            return self._curve_s(self._head, rows) * (rows > 0)
         return np.maximum(self._h_row * rows, self._h_fixed) * (rows > 0)
 
     def step_overhead_s(self, num_rows):
