@@ -171,7 +171,7 @@ def fit_rows(rows: list[dict]) -> dict[str, Law]:
 def error_table(model: FittedCostModel, rows: list[dict]) -> dict[str, dict]:
     """Per measured op: held-out MAPE and worst error (signed, relative), and the fit-set MAPE beside it."""
     table = {}
-    for op in pf.OPS:
+    for op in pf.ALL_OPS:
         out = {}
         for split in ("held", "fit"):
             sel = [r for r in rows if r["op"] == op and r["split"] == split]

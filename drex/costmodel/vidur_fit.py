@@ -91,7 +91,7 @@ def fit_imported(path: str | Path) -> tuple[dict, str]:
         shape, dev, tp = _shape_of(meta), get_device(meta["device"]["requested"]), int(src["tp"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path / pf.META}: unusable model/device/source fields ({e})") from None
-    by_op = {op: [r for r in prof.rows if r["op"] == op] for op in pf.OPS}
+    by_op = {op: [r for r in prof.rows if r["op"] == op] for op in pf.ALL_OPS}
     if not by_op["linear"] or not by_op["mlp"]:
         raise ValueError(f"{path / pf.MEASUREMENTS}: an imported profile needs 'linear' and 'mlp' rows")
     smooth, linear = fit_tabled(by_op["linear"])
