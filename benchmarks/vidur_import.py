@@ -1,7 +1,9 @@
 """Import every shared Vidur profile at TP 1: import time, held-out and all-point error of the linear work.
 
     python benchmarks/vidur_import.py --vidur /work/shared/vidur-profiles/compute --out-root /tmp/vidur-profiles
-    python benchmarks/vidur_import.py --vidur /work/shared/vidur-profiles/compute --out-root profiles  # ship them
+    python benchmarks/vidur_import.py --vidur /work/shared/vidur-profiles/compute --out-root profiles --all-tp
+
+(the second ships them, with every TP degree > 1 a profile measured into <model>/tp<N>/).
 
 Writes benchmarks/results/vidur_import.md. ``HOLDOUT`` (h100 internlm-20b) was held out of every design
 choice of the importer and of the refitted roofline; its row is the unseen-profile check.
@@ -41,8 +43,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vidur", required=True, help="Vidur's compute/ folder (compute/<device>/<org>/<model>/)")
     ap.add_argument("--out-root", required=True, help="profiles go to OUT_ROOT/<device>/<model>/")
+    ap.add_argument("--all-tp", action="store_true", help="also import TP 2/4/8 into <model>/tp<N>/")
     a = ap.parse_args()
-    rows = []
+    rows, tp_rows = [], []
     todo = shared_profiles(Path(a.vidur))
     for i, (device, org_model, src) in enumerate(todo, 1):
         model = VIDUR_MODELS[org_model]
@@ -60,8 +63,18 @@ def main() -> int:
                      100 * fit["linear_smooth_law_held_mape"], 100 * all_mape, 100 * e["mlp"]["held"]["mape"],
                      (device, org_model) == HOLDOUT))
         print(f"[{i}/{len(todo)}] {device} {model}: {dt:.2f} s, linear held-out MAPE {rows[-1][3]:.2f}%", flush=True)
+        for tp in (2, 4, 8) if a.all_tp else ():
+            try:
+                t0 = time.perf_counter()
+                out, _ = import_vidur(src, device, model, tp, Path(a.out_root) / device / model / f"tp{tp}")
+            except ValueError as e:  # a degree the profile did not measure
+                print(f"    tp{tp}: skipped ({e})")
+                continue
+            fit = json.loads((out / pf.FIT).read_text())
+            tp_rows.append((device, model, tp, time.perf_counter() - t0, 100 * fit["errors"]["linear"]["held"]["mape"]))
     lines = ["# Vidur profiles imported at TP 1", "",
-             f"`python benchmarks/vidur_import.py --vidur {a.vidur} --out-root {a.out_root}`", "",
+             f"`python benchmarks/vidur_import.py --vidur {a.vidur} --out-root {a.out_root}"
+             f"{' --all-tp' if a.all_tp else ''}`", "",
              "linear = one decoder layer less attention (sum of Vidur's nine per-layer medians); held = every 4th "
              "num_tokens point, never fitted; smooth = the fitted law without its residual table; all = every "
              "num_tokens point of the profile (fit + held). * = held out of all design choices.", "",
@@ -70,6 +83,10 @@ def main() -> int:
     for d, m, dt, h, w, sm, al, mh, hold in rows:
         lines.append(f"| {d} | {m}{' *' if hold else ''} | {dt:.2f} | {h:.2f}% | {w:+.1f}% | {sm:.2f}% | {al:.2f}% "
                      f"| {mh:.2f}% |")
+    if tp_rows:
+        lines += ["", "Tensor-parallel degrees (one GPU's share of a layer; all-reduce not included):", "",
+                  "| device | model | TP | import s | linear held MAPE |", "|---|---|---|---|---|"]
+        lines += [f"| {d} | {m} | {tp} | {dt:.2f} | {h:.2f}% |" for d, m, tp, dt, h in tp_rows]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

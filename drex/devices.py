@@ -48,6 +48,8 @@ class Device:
     bw_efficiency: float = 0.8
     # Measured efficiency curves of a layer's linear work; None: the constant efficiencies above.
     curve: EfficiencyCurve | None = None
+    # GPU-to-GPU link, one direction (NVLink, else PCIe): prices tensor parallelism's all-reduces. 0: no TP.
+    link_bw_bytes_per_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.peak_flops <= 0 or self.mem_bw_bytes_per_s <= 0 or self.mem_bytes <= 0:
@@ -57,15 +59,16 @@ class Device:
 DEVICES: dict[str, Device] = {
     d.name: d
     for d in (
-        Device("h100", 989e12, 3.35e12, 80 * GiB, 250e-6, curve=H100_CURVE),
+        Device("h100", 989e12, 3.35e12, 80 * GiB, 250e-6, curve=H100_CURVE, link_bw_bytes_per_s=450e9),
         # H200: H100's compute (same GH100 die and clocks) with HBM3e: H100's fitted efficiencies.
-        Device("h200", 989e12, 4.8e12, 141 * 10**9, 250e-6, curve=H100_CURVE),
-        Device("a100", 312e12, 2.0e12, 80 * GiB, 300e-6, curve=A100_CURVE),
+        Device("h200", 989e12, 4.8e12, 141 * 10**9, 250e-6, curve=H100_CURVE, link_bw_bytes_per_s=450e9),
+        Device("a100", 312e12, 2.0e12, 80 * GiB, 300e-6, curve=A100_CURVE, link_bw_bytes_per_s=300e9),
         # Datasheet peaks, dense bf16 with FP32 accumulate (what PyTorch runs); efficiencies carried from the
         # nearest measured architecture (Ampere: A100; Hopper/Blackwell: H100), an assumption, not a measurement.
-        Device("rtx3090ti", 80e12, 1.008e12, 24 * GiB, 300e-6, curve=A100_CURVE),
-        Device("rtx5090", 209.5e12, 1.792e12, 32 * GiB, 250e-6, curve=H100_CURVE),
-        Device("b200", 2.25e15, 8.0e12, 180 * 10**9, 250e-6, curve=H100_CURVE),
+        # Links: 3090 Ti's NVLink bridge (112.5 GB/s both ways), 5090's PCIe 5.0 x16, B200's NVLink 5.
+        Device("rtx3090ti", 80e12, 1.008e12, 24 * GiB, 300e-6, curve=A100_CURVE, link_bw_bytes_per_s=56.25e9),
+        Device("rtx5090", 209.5e12, 1.792e12, 32 * GiB, 250e-6, curve=H100_CURVE, link_bw_bytes_per_s=64e9),
+        Device("b200", 2.25e15, 8.0e12, 180 * 10**9, 250e-6, curve=H100_CURVE, link_bw_bytes_per_s=900e9),
         # A laptop-class CPU core running fp32: slow, but enough for the tiny model.
         Device("cpu", 50e9, 20e9, 16 * GiB, 1e-3, flops_efficiency=0.5, bw_efficiency=0.5),
     )

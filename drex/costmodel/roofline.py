@@ -24,44 +24,52 @@ from drex.models import ModelShape
 class RooflineCostModel(CostModel):
     name = "roofline"
 
-    def __init__(self, shape: ModelShape, device: Device | str, dtype_bytes: int = 2) -> None:
+    def __init__(self, shape: ModelShape, device: Device | str, dtype_bytes: int = 2, tp: int = 1) -> None:
+        """``tp`` > 1: one GPU's share of each layer (weights, heads and LM head split tp ways; KV heads too, down
+        to one); ``tensor_parallel.TensorParallel`` adds the all-reduces."""
         self.shape = shape
         self.device = get_device(device) if isinstance(device, str) else device
         self.dtype_bytes = dtype_bytes
         d = self.device
+        self.tp = tp
+        from drex.costmodel.attention_law import per_gpu_heads
+
+        q_gpu, kv_gpu = per_gpu_heads(shape, tp)
+        layer_params, head_params = shape.layer_params / tp, shape.head_params / tp
         self._flops_s = d.peak_flops * d.flops_efficiency
         self._bw = d.mem_bw_bytes_per_s * d.bw_efficiency
-        self._layer_weight_bytes = shape.layer_params * dtype_bytes
-        self._kv_token_bytes = shape.kv_bytes_per_token_layer(dtype_bytes)
-        self._head_bytes = shape.head_params * dtype_bytes
-        self._attn_flops = 4 * shape.num_heads * shape.head_dim  # QK^T and PV, per query-key pair
+        self._layer_weight_bytes = layer_params * dtype_bytes
+        self._kv_token_bytes = 2 * kv_gpu * shape.head_dim * dtype_bytes
+        self._head_bytes = head_params * dtype_bytes
+        self._attn_flops = 4 * q_gpu * shape.head_dim  # QK^T and PV, per query-key pair
         self._launch_s = d.step_overhead_s / 50  # one kernel launch, roughly
         launches = 8 * self._launch_s  # per layer: norms, projections, attention, MLP
-        self._c_tok = 2.0 * shape.layer_params / self._flops_s
+        self._c_tok = 2.0 * layer_params / self._flops_s
         self._c_pair = self._attn_flops / self._flops_s
         # Weights once, the KV read by every decode row, the KV written for every new token.
         self._m_fixed = self._layer_weight_bytes / self._bw + launches
         self._m_kv = self._kv_token_bytes / self._bw
-        self._h_row = 2.0 * shape.head_params / self._flops_s
+        self._h_row = 2.0 * head_params / self._flops_s
         self._h_fixed = self._head_bytes / self._bw + 3 * self._launch_s
         self._kv_move = 2.0 * self._kv_token_bytes / self._bw
         self._buf_move = 2.0 * shape.hidden_size * dtype_bytes / self._bw
         self._curve = d.curve
         if d.curve is not None:
-            self._init_curve(shape, d, dtype_bytes)
+            self._init_curve(shape, d, dtype_bytes, layer_params, head_params)
 
-    def _init_curve(self, shape: ModelShape, d: Device, dtype_bytes: int) -> None:
+    def _init_curve(self, shape: ModelShape, d: Device, dtype_bytes: int, layer_params: float, head_params: float):
         from drex.costmodel.attention_law import attention_law
 
         c = d.curve
         bw = d.mem_bw_bytes_per_s * c.bw_efficiency
         flops = d.peak_flops * c.flops_efficiency
         # t(n) = launch + smax_p(weights / bw, 2 * params * (n + n_half) / flops) + elementwise bytes * n / bw
-        self._lin = (c.layer_launch_s, shape.layer_params * dtype_bytes / bw, 2.0 * shape.layer_params / flops,
+        # The norms and residual adds are replicated on every GPU: the elementwise term is not split.
+        self._lin = (c.layer_launch_s, layer_params * dtype_bytes / bw, 2.0 * layer_params / flops,
                      c.flops_half_tokens, c.elementwise_bytes * shape.hidden_size * dtype_bytes / bw, c.p)
-        self._head = (3 * self._launch_s, self._head_bytes / bw, 2.0 * shape.head_params / flops, c.flops_half_tokens,
+        self._head = (3 * self._launch_s, self._head_bytes / bw, 2.0 * head_params / flops, c.flops_half_tokens,
                       0.0, c.p)
-        self._attn = attention_law(shape, d, 1, dtype_bytes)
+        self._attn = attention_law(shape, d, self.tp, dtype_bytes)
 
     @staticmethod
     def _curve_s(coef, n):

@@ -15,6 +15,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError("drex run drives one real replica; --replicas is for drex simulate")
     if args.confidence != "beta":
         raise ValueError("drex run takes its confidences from the model; --confidence is for drex simulate")
+    if args.tp != 1:
+        raise ValueError("drex run drives one GPU; --tp is for drex simulate")
     cfg = RunConfig(sim_config(args, args.policy), weights=args.weights, dtype=args.dtype, kv_fill=args.kv_fill)
     workload = load_workload(args)
     res = run_real(cfg, workload)

@@ -26,7 +26,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     """Flags shared by simulate, compare and the real backend's run."""
     p.add_argument("--trace", default="azure-code", help="azure-code | azure-conv | mooncake | PATH | synthetic:SPEC")
     p.add_argument("--model", default="tiny", help="model name (tiny, llama2-7b, ...) or path to config.json")
-    p.add_argument("--device", default="cpu", help="h100 | h200 | a100 | cpu")
+    p.add_argument("--device", default="cpu", help="h100 | h200 | a100 | b200 | rtx3090ti | rtx5090 | cpu")
     if policy:
         p.add_argument("--policy", default="drex", help=", ".join(POLICY_ORDER))
     p.add_argument("--exits", type=parse_exits, default=None,
@@ -46,6 +46,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     p.add_argument("--router", default="round-robin", choices=ROUTERS)
     p.add_argument("--num-kv-blocks", type=int, default=None, help="override KV capacity (blocks)")
     p.add_argument("--cost-model", default="auto", choices=("auto", "roofline"))
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel GPUs per replica: the profile measured at that degree + all-reduces")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
@@ -62,7 +64,8 @@ def sim_config(args: argparse.Namespace, policy: str) -> SimConfig:
                             profitability=args.profitability, inline_drain=not args.no_inline_drain)
     return SimConfig(model=args.model, device=args.device, ee=EEConfig(exits, args.threshold, args.metric),
                      scheduler=sched, confidence=args.confidence, replicas=args.replicas, router=args.router,
-                     seed=args.seed, num_kv_blocks=args.num_kv_blocks, cost_model=args.cost_model)
+                     seed=args.seed, num_kv_blocks=args.num_kv_blocks, cost_model=args.cost_model,
+                     tp=args.tp)
 
 
 def load_workload(args: argparse.Namespace):

@@ -44,6 +44,7 @@ class SimConfig:
     mem_utilization: float = 0.9
     num_kv_blocks: int | None = None  # override the capacity derived from device memory
     cost_model: str = "auto"  # "auto" (profile if present, else roofline) or "roofline"
+    tp: int = 1  # tensor-parallel degree of each replica (costmodel.tensor_parallel)
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -60,13 +61,19 @@ class SimResult:
 
 
 def build_cost_model(cfg: SimConfig, shape: ModelShape):
+    from drex.costmodel.tensor_parallel import TensorParallel, check_tp
+
+    check_tp(get_device(cfg.device), cfg.tp)
     if cfg.cost_model == "roofline":
         from drex.costmodel.roofline import RooflineCostModel
 
-        return RooflineCostModel(shape, cfg.device, cfg.dtype_bytes)
-    from drex.costmodel.load import load_cost_model
+        base = RooflineCostModel(shape, cfg.device, cfg.dtype_bytes, cfg.tp)
+    else:
+        from drex.costmodel.load import load_cost_model
 
-    return load_cost_model(cfg.device, shape, cfg.dtype_bytes)
+        base = load_cost_model(cfg.device, shape, cfg.dtype_bytes, tp=cfg.tp)
+    return base if cfg.tp == 1 else TensorParallel(base, get_device(cfg.device), shape.hidden_size, cfg.tp,
+                                                   cfg.dtype_bytes)
 
 
 class Replica:
@@ -101,7 +108,8 @@ class Simulation:
         cfg.ee.check_model(self.shape.num_layers)
         self.cost = build_cost_model(cfg, self.shape)
         device = get_device(cfg.device)
-        blocks = cfg.num_kv_blocks or num_kv_blocks(device.mem_bytes, self.shape.weight_bytes(cfg.dtype_bytes),
+        # A TP group holds the weights and the KV cache across its tp GPUs' memory.
+        blocks = cfg.num_kv_blocks or num_kv_blocks(device.mem_bytes * cfg.tp, self.shape.weight_bytes(cfg.dtype_bytes),
                                                     self.shape.kv_bytes_per_token(cfg.dtype_bytes),
                                                     cfg.scheduler.block_size, cfg.mem_utilization)
         self.num_blocks = blocks
