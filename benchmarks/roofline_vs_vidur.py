@@ -31,23 +31,25 @@ HOLDOUT = ("h100", "internlm-20b")
 RESULTS = Path(__file__).resolve().parent / "results" / "roofline_vs_vidur.md"
 
 
-def load(root: Path) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
-    """(device, model, num_tokens, linear seconds) of every shared profile at TP 1."""
+def load(root: Path, tp: int = 1) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(device, model, num_tokens, linear seconds) of every shared profile at TP ``tp``."""
     out = []
     for mlp in sorted(root.glob("*/*/*/mlp.csv")):
         org_model = f"{mlp.parent.parent.name}/{mlp.parent.name}"
         if org_model not in VIDUR_MODELS:
             continue
         df = read_mlp_csv(mlp)
-        df = df[df["num_tensor_parallel_workers"] == 1].sort_values("num_tokens").drop_duplicates("num_tokens")
+        df = df[df["num_tensor_parallel_workers"] == tp].sort_values("num_tokens").drop_duplicates("num_tokens")
+        if df.empty:
+            continue
         out.append((mlp.parent.parent.parent.name, VIDUR_MODELS[org_model], df["num_tokens"].to_numpy(dtype=float),
                     _sums(df, LINEAR_OPS)["median"]))
     return out
 
 
-def predict(device: str, model: str, n: np.ndarray, curve: EfficiencyCurve | None) -> np.ndarray:
+def predict(device: str, model: str, n: np.ndarray, curve: EfficiencyCurve | None, tp: int = 1) -> np.ndarray:
     dev = replace(get_device(device), curve=curve)
-    return RooflineCostModel(get_model(model), dev).linear_s(n)
+    return RooflineCostModel(get_model(model), dev, tp=tp).linear_s(n)
 
 
 def fit_curve(device: str, data) -> EfficiencyCurve:
@@ -91,8 +93,22 @@ def main() -> int:
         worst_mape = max(worst_mape, float(np.mean(np.abs(e1))))
         w = int(np.argmax(np.abs(e1)))
         lines.append(f"| {d} | {m}{' *' if (d, m) == HOLDOUT else ''} | {len(n)} | {100 * np.mean(np.abs(e0)):.1f}% | "
-                     f"{100 * np.mean(e0[mid]):+.1f}% | {100 * np.mean(np.abs(e1)):.1f}% | {100 * np.mean(e1[mid]):+.1f}% "
+                     f"{100 * np.mean(e0[mid]):+.1f}% | {100 * np.mean(np.abs(e1)):.1f}% | "
+                     f"{100 * np.mean(e1[mid]):+.1f}% "
                      f"| {100 * e1[w]:+.1f}% at {n[w]:.0f} |")
+    lines += ["", "At tensor-parallel degree N (not fitted: the TP-1 curves with weights split N ways, elementwise work "
+              "not split; all-reduce not included, as in Vidur's mlp.csv):", "",
+              "| device | model | TP 2 MAPE | TP 4 MAPE | TP 8 MAPE |", "|---|---|---|---|---|"]
+    by_tp = {tp: {(d, m): (n, y) for d, m, n, y in load(Path(a.vidur), tp)} for tp in (2, 4, 8)}
+    for d, m, *_ in data:
+        cells = []
+        for tp in (2, 4, 8):
+            if (d, m) not in by_tp[tp]:
+                cells.append("-")
+                continue
+            n, y = by_tp[tp][(d, m)]
+            cells.append(f"{100 * np.mean(np.abs(predict(d, m, n, get_device(d).curve, tp) / y - 1)):.1f}%")
+        lines.append(f"| {d} | {m} | {' | '.join(cells)} |")
     lines += ["", "Curves (devices.py): " + "; ".join(f"{d}: {get_device(d).curve}" for d in fitted),
               "", f"Largest curve MAPE over all profiles: {100 * worst_mape:.1f}%."]
     RESULTS.parent.mkdir(exist_ok=True)

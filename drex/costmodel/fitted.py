@@ -125,7 +125,8 @@ class Law:
                       tuple(float(d["k"][n]) for n in x), tuple(float(d["a"][n]) for n in z), spills, table)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"{where}: malformed law ({type(e).__name__}: {e})") from None
-        vals = (law.c0, law.m, law.p, *law.k, *law.a, *(v for sp in spills for v in sp[1:]), *(law.table[1] if law.table else ()))
+        vals = (law.c0, law.m, law.p, *law.k, *law.a, *(v for sp in spills for v in sp[1:]),
+                *(law.table[1] if law.table else ()))
         if not all(np.isfinite(vals)) or min(vals) < 0 or law.p < 1:
             raise ValueError(f"{where}: law parameters must be finite and non-negative (p >= 1), got {vals}")
         unknown = [n for n in x + z + tuple(sp[0] for sp in spills) if n not in FEATURES]

@@ -59,7 +59,8 @@ def read_mlp_csv(path: Path):
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable CSV ({e})") from None
     need = ["num_tokens", "num_tensor_parallel_workers", *SHAPE_COLS,
-            *(_col(op, s) for op in ("attn_pre_proj", "mlp_up_proj", "mlp_down_proj") for s in ("median", "min", "max"))]
+            *(_col(op, s) for op in ("attn_pre_proj", "mlp_up_proj", "mlp_down_proj")
+              for s in ("median", "min", "max"))]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: not a Vidur mlp.csv profile (no columns {', '.join(missing[:4])}"

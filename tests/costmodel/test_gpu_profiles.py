@@ -37,7 +37,8 @@ def test_shipped_profile_is_the_default_and_meets_the_held_out_bar(path):
 
 
 def test_simulate_a100_llama2_7b_uses_the_measured_profile(tmp_path, capsys):
-    rc = main(["simulate", "--device", "a100", "--model", "llama2-7b", "--trace", "synthetic:poisson:rate=5,n=40,prompt=uniform:16:256,output=uniform:8:64",
+    rc = main(["simulate", "--device", "a100", "--model", "llama2-7b", "--trace",
+               "synthetic:poisson:rate=5,n=40,prompt=uniform:16:256,output=uniform:8:64",
                "--no-progress", "--out", str(tmp_path)])
     assert rc == 0
     assert json.loads((tmp_path / "summary.json").read_text())["cost_model"] == "profile:profiles/a100/llama2-7b"
@@ -79,7 +80,8 @@ def test_roofline_curve_is_within_10_percent_of_the_measured_linear_work(path):
 
 
 def test_new_devices():
-    assert get_device("h200").curve is H100_CURVE and get_device("h200").mem_bw_bytes_per_s > get_device("h100").mem_bw_bytes_per_s
+    h100, h200 = get_device("h100"), get_device("h200")
+    assert h200.curve is H100_CURVE and h200.mem_bw_bytes_per_s > h100.mem_bw_bytes_per_s
     assert get_device("rtx3090ti").curve is A100_CURVE and get_device("rtx3090ti").mem_bytes == 24 * 1024**3
     assert get_device("b200").peak_flops > get_device("h100").peak_flops
     assert get_device("rtx5090").mem_bytes == 32 * 1024**3
