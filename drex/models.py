@@ -30,6 +30,7 @@ class ModelShape:
     # Exit layers a checkpoint was trained with (empty: any layer may exit via the shared head).
     trained_exits: tuple[int, ...] = field(default=())
     path: str | None = None  # local checkpoint directory, when the shape came from one
+    gated_mlp: bool = True  # SwiGLU (gate + up + down); False: plain up + down (Phi-2's GELU MLP)
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "vocab_size"):
@@ -53,7 +54,7 @@ class ModelShape:
         """Weights of one decoder layer (attention + SwiGLU MLP + two norms)."""
         h, kv = self.hidden_size, self.kv_dim
         attn = h * h + 2 * h * kv + h * h + (h + 2 * kv if self.qkv_bias else 0)
-        mlp = 3 * h * self.intermediate_size
+        mlp = (3 if self.gated_mlp else 2) * h * self.intermediate_size
         return attn + mlp + 2 * h
 
     @property
@@ -91,6 +92,16 @@ MODELS: dict[str, ModelShape] = {
         # Qwen1.5-14B: MHA with q/k/v bias, large vocabulary.
         _llama("qwen-14b", 40, 5120, 13696, 40, 40, vocab=152064, max_pos=32768, theta=1000000.0,
                rms_norm_eps=1e-6, qkv_bias=True),
+        # The models of Vidur's public GPU profiles (profiles/README.md), shapes from their Hugging Face configs.
+        _llama("llama3-70b", 80, 8192, 28672, 64, 8, vocab=128256, max_pos=8192, theta=500000.0),
+        _llama("codellama-34b", 48, 8192, 22016, 64, 8, max_pos=16384, theta=1000000.0),
+        # Qwen-72B (v1): its config's intermediate_size 49152 counts gate and up together; q/k/v have bias.
+        _llama("qwen-72b", 80, 8192, 24576, 64, 64, vocab=152064, max_pos=32768, theta=1000000.0,
+               rms_norm_eps=1e-6, qkv_bias=True),
+        _llama("internlm-20b", 60, 5120, 13824, 40, 40, vocab=103168, rms_norm_eps=1e-6),
+        # Phi-2: parallel attention and MLP blocks, a GELU MLP without gate, biases on q/k/v.
+        _llama("phi-2", 32, 2560, 10240, 32, 32, vocab=51200, max_pos=2048, qkv_bias=True, tie_embeddings=False,
+               gated_mlp=False),
         # A few layers of small width: CPU tests and the laptop quick start.
         _llama("tiny", 4, 128, 344, 4, 2, vocab=512, max_pos=16384),
     )

@@ -14,6 +14,7 @@ import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
 from drex.core.policies import POLICIES
+from drex.devices import get_device
 from drex.models import ModelShape, get_model
 from drex.workload import make_workload
 
@@ -36,6 +37,7 @@ class RunSettings:
     mem_utilization: float = 0.9
     num_kv_blocks: int | None = None  # override the capacity derived from device memory
     cost_model: str = "auto"  # "auto" (profile if present, else roofline) or "roofline"
+    tp: int = 1  # tensor-parallel degree of each replica (costmodel.tensor_parallel)
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -46,14 +48,19 @@ class RunSettings:
 
 
 def build_cost_model(cfg: RunSettings, shape: ModelShape):
+    from drex.costmodel.tensor_parallel import TensorParallel, check_tp
+
+    check_tp(get_device(cfg.device), cfg.tp)
     if cfg.cost_model == "roofline":
         from drex.costmodel.roofline import RooflineCostModel
 
-        return RooflineCostModel(shape, cfg.device, cfg.dtype_bytes)
-    from drex.costmodel.load import load_cost_model
+        base = RooflineCostModel(shape, cfg.device, cfg.dtype_bytes, cfg.tp)
+    else:
+        from drex.costmodel.load import load_cost_model
 
-    return load_cost_model(cfg.device, shape, cfg.dtype_bytes)
-
+        base = load_cost_model(cfg.device, shape, cfg.dtype_bytes, tp=cfg.tp)
+    return base if cfg.tp == 1 else TensorParallel(base, get_device(cfg.device), shape.hidden_size, cfg.tp,
+                                                   cfg.dtype_bytes)
 
 
 def parse_exits(text: str) -> tuple[int, ...]:
@@ -67,7 +74,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     """Flags shared by simulate, compare and the real backend's run."""
     p.add_argument("--trace", default="azure-code", help="azure-code | azure-conv | mooncake | PATH | synthetic:SPEC")
     p.add_argument("--model", default="tiny", help="model name (tiny, llama2-7b, ...) or path to config.json")
-    p.add_argument("--device", default="cpu", help="h100 | h200 | a100 | cpu")
+    p.add_argument("--device", default="cpu", help="h100 | h200 | a100 | b200 | rtx3090ti | rtx5090 | cpu")
     if policy:
         p.add_argument("--policy", default="drex", help=", ".join(POLICIES))
     p.add_argument("--exits", type=parse_exits, default=None,
@@ -87,6 +94,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     p.add_argument("--router", default="round-robin", choices=ROUTERS)
     p.add_argument("--num-kv-blocks", type=int, default=None, help="override KV capacity (blocks)")
     p.add_argument("--cost-model", default="auto", choices=("auto", "roofline"))
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel GPUs per replica: the profile measured at that degree + all-reduces")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
@@ -100,8 +109,8 @@ def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
                             block_size=args.block_size, max_model_len=args.max_model_len or shape.max_position,
                             profitability=args.profitability, inline_drain=not args.no_inline_drain)
     return RunSettings(model=args.model, device=args.device, ee=EEConfig(exits, args.threshold, args.metric),
-                     scheduler=sched, confidence=args.confidence, replicas=args.replicas, router=args.router,
-                     seed=args.seed, num_kv_blocks=args.num_kv_blocks, cost_model=args.cost_model)
+                       scheduler=sched, confidence=args.confidence, replicas=args.replicas, router=args.router,
+                       seed=args.seed, num_kv_blocks=args.num_kv_blocks, cost_model=args.cost_model, tp=args.tp)
 
 
 def load_workload(args: argparse.Namespace):

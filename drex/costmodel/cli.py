@@ -1,4 +1,5 @@
-"""Subcommands ``drex costmodel fit|show``: argument parsing only (``drex profile`` is the real backend's)."""
+"""Subcommands ``drex costmodel fit|show|import-vidur|predict``: argument parsing only (``drex profile`` is
+the real backend's)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,50 @@ def add_parsers(sub) -> None:
     s = cm_sub.add_parser("show", help="predictions beside the measurements for a few points")
     s.add_argument("dir")
     s.set_defaults(func=_show)
+    v = cm_sub.add_parser("import-vidur", help="a drex profile (fitted) from a Vidur profile folder (mlp.csv "
+                          "[+ attention.csv])")
+    v.add_argument("dir", help="folder holding Vidur's mlp.csv (and optionally attention.csv)")
+    v.add_argument("--device", required=True, help="the GPU it was measured on (a100, h100, ...)")
+    v.add_argument("--model", required=True, help="drex model name of the same shape (llama2-7b, ...)")
+    v.add_argument("--tp", type=int, default=1, help="tensor-parallel degree to import (default 1)")
+    v.add_argument("--out", required=True, help="output directory (profiles/<device>/<model>/ ships it)")
+    v.set_defaults(func=_import_vidur, uses_torch=False)
+    q = cm_sub.add_parser("predict", help="one step's pieces (layer, attention, linear, head, overhead) as JSON")
+    q.add_argument("dir", help="a fitted profile directory")
+    q.add_argument("--num-tokens", type=int, required=True, help="rows through the layer (decode rows + prefill tokens)")
+    q.add_argument("--decode-context", type=float, default=0.0, help="cached tokens read by all decode rows together")
+    q.add_argument("--prefill-attn", type=float, default=0.0,
+                   help="query-key pairs of the prefill chunks: sum of chunk * (prior context + chunk / 2)")
+    q.set_defaults(func=_predict, uses_torch=False)
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from drex.costmodel import profile as pf
     from drex.costmodel.fit import fit_profile
+    from drex.costmodel.vidur_fit import fit_imported
 
     t0 = time.perf_counter()
-    _, report = fit_profile(args.dir)
+    imported = (pf.read_meta(args.dir).get("source") or {}).get("kind") == "vidur"  # fitted with its own laws
+    _, report = (fit_imported if imported else fit_profile)(args.dir)
     print(report, end="")
     print(f"fit written to {args.dir}/fit.json in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def _import_vidur(args: argparse.Namespace) -> int:
+    from drex.costmodel.vidur import import_vidur
+
+    t0 = time.perf_counter()
+    out, report = import_vidur(args.dir, args.device, args.model, args.tp, args.out)
+    print(report, end="")
+    print(f"imported and fitted into {out} in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from drex.costmodel.predict import predict_json
+
+    print(predict_json(args.dir, args.num_tokens, args.decode_context, args.prefill_attn))
     return 0
 
 

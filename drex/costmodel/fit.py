@@ -20,7 +20,8 @@ from scipy.optimize import least_squares, nnls
 
 from drex import __version__
 from drex.costmodel import profile as pf
-from drex.costmodel.fitted import FAMILIES, OP_FAMILY, FittedCostModel, Law, layer_features, smooth_max, spill
+from drex.costmodel.fitted import (FAMILIES, OP_FAMILY, OPTIONAL_FAMILIES, FittedCostModel, Law, layer_features,
+                                   smooth_max, spill)
 
 FIT_VERSION = 1
 P_MIN, P_MAX = 1.0, 64.0
@@ -177,6 +178,8 @@ def fit_rows(rows: list[dict]) -> dict[str, Law]:
     laws = {}
     for fam, (x_names, z_names, spill_names) in FAMILIES.items():
         sel = [r for r in rows if r["split"] == "fit" and OP_FAMILY[r["op"]] == fam]
+        if not sel and fam in OPTIONAL_FAMILIES:
+            continue
         if not sel:
             raise ValueError(f"profile has no 'fit' measurements for {fam} (ops "
                              f"{[op for op, f in OP_FAMILY.items() if f == fam]})")
@@ -187,7 +190,7 @@ def fit_rows(rows: list[dict]) -> dict[str, Law]:
 def error_table(model: FittedCostModel, rows: list[dict]) -> dict[str, dict]:
     """Per measured op: held-out MAPE and worst error (signed, relative), and the fit-set MAPE beside it."""
     table = {}
-    for op in pf.OPS:
+    for op in pf.ALL_OPS:
         out = {}
         for split in ("held", "fit"):
             sel = [r for r in rows if r["op"] == op and r["split"] == split]
@@ -225,7 +228,8 @@ def format_table(table: dict[str, dict]) -> str:
 
 
 def fit_profile(path: str | Path) -> tuple[dict, str]:
-    """Fit a profile directory; writes fit.json and fit_report.txt beside it. Returns (fit dict, report text)."""
+    """Fit a measured profile directory (``drex profile``); writes fit.json and fit_report.txt beside it.
+    Returns (fit dict, report text). Imported profiles are fitted by ``vidur_fit.fit_imported``."""
     path = Path(path)
     t0 = time.perf_counter()
     prof = pf.read_profile(path)
@@ -252,13 +256,13 @@ def fit_profile(path: str | Path) -> tuple[dict, str]:
               f"device {dev.get('name')} ({dev.get('requested')}), dtype {meta['dtype']}, model {meta['model']['name']}, "
               f"{len(prof.rows)} points ({sum(r['split'] == 'held' for r in prof.rows)} held out), "
               f"profiled {meta.get('date_started', '?')}\n")
-    laws_txt = "\n".join(f"  {fam:<8} {_law_text(law)}" for fam, law in laws.items())
+    laws_txt = "\n".join(f"  {fam:<8} {law_text(law)}" for fam, law in laws.items())
     report = f"{header}\n{format_table(table)}\n\nfitted laws (seconds):\n{laws_txt}\n"
     (path / pf.FIT_REPORT).write_text(report)
     return fit, report
 
 
-def _law_text(law: Law) -> str:
+def law_text(law: Law) -> str:
     parts = [f"{law.c0:.3e}"]
     if law.x:
         u = " + ".join(f"{k:.3e}*{n}" for k, n in zip(law.k, law.x))

@@ -17,6 +17,11 @@ row's KV into fresh buffers, and once they outgrow the last-level cache (and
 glibc maps them fresh from the kernel, page by page) every further token costs
 about three times as much. On a GPU the fit leaves ``b`` at zero. All
 parameters are non-negative. ``fit.py`` fits them; this module only evaluates.
+
+An optional ``table`` of (tokens, factor) knots multiplies the throughput term
+by a factor interpolated in the first x feature: measured GPU GEMM times step
+with wave quantization (10-30% jumps a smooth law cannot follow), and a profile
+imported from dense public measurements (``vidur.py``) keeps those steps.
 """
 
 from __future__ import annotations
@@ -42,12 +47,16 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
     "step": (("rows",), (), ()),
     # The copy kernel's grid spans every layer for every row: a per-row term beside the copied bytes.
     "kv_copy": (("rows_x_layers",), ("layers", "rows"), ()),
+    # The layer without its attention kernel (imported profiles measure it apart): optional.
+    "linear": (("tokens",), (), ()),
 }
+OPTIONAL_FAMILIES = ("linear",)
 
 # measured op -> the family that predicts it
 OP_FAMILY = {
     "layer_decode": "layer", "layer_prefill": "layer", "attn_decode": "attn", "attn_prefill": "attn",
     "mlp": "mlp", "head": "head", "buffer": "buffer", "step": "step", "kv_copy": "kv_copy",
+    "linear": "linear",
 }
 
 
@@ -80,12 +89,16 @@ class Law:
     k: tuple[float, ...]
     a: tuple[float, ...]
     spill: tuple[tuple[str, float, float, float], ...] = ()  # (feature, b, knee, q)
+    table: tuple[tuple[float, ...], tuple[float, ...]] = ()  # (knots of x[0], factors on the throughput term)
 
     def __call__(self, feats: dict) -> np.ndarray:
         t = np.asarray(self.c0, dtype=float)
         if self.x:
             u = sum(kj * np.asarray(feats[name], dtype=float) for kj, name in zip(self.k, self.x))
-            t = t + smooth_max(self.m, u, self.p)
+            s = smooth_max(self.m, u, self.p)
+            if self.table:
+                s = s * np.interp(np.asarray(feats[self.x[0]], dtype=float), self.table[0], self.table[1])
+            t = t + s
         for ai, name in zip(self.a, self.z):
             t = t + ai * np.asarray(feats[name], dtype=float)
         for name, b, knee, q in self.spill:
@@ -95,18 +108,25 @@ class Law:
     def to_json(self) -> dict:
         return {"x": list(self.x), "z": list(self.z), "c0": self.c0, "m": self.m, "p": self.p,
                 "k": dict(zip(self.x, self.k)), "a": dict(zip(self.z, self.a)),
-                "spill": {name: {"b": b, "knee": knee, "q": q} for name, b, knee, q in self.spill}}
+                "spill": {name: {"b": b, "knee": knee, "q": q} for name, b, knee, q in self.spill},
+                **({"table": {"knots": list(self.table[0]), "factors": list(self.table[1])}} if self.table else {})}
 
     @classmethod
     def from_json(cls, d: dict, where: str) -> Law:
         try:
             x, z = tuple(d["x"]), tuple(d["z"])
             spills = tuple((str(n), float(h["b"]), float(h["knee"]), float(h["q"])) for n, h in d.get("spill", {}).items())
+            table = ()
+            if "table" in d:
+                table = (tuple(float(v) for v in d["table"]["knots"]), tuple(float(v) for v in d["table"]["factors"]))
+                if not x or len(table[0]) != len(table[1]) or len(table[0]) < 2 or list(table[0]) != sorted(table[0]):
+                    raise ValueError("table needs an x feature and >= 2 increasing knots, one factor each")
             law = cls(x, z, float(d["c0"]), float(d["m"]), float(d["p"]),
-                      tuple(float(d["k"][n]) for n in x), tuple(float(d["a"][n]) for n in z), spills)
+                      tuple(float(d["k"][n]) for n in x), tuple(float(d["a"][n]) for n in z), spills, table)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"{where}: malformed law ({type(e).__name__}: {e})") from None
-        vals = (law.c0, law.m, law.p, *law.k, *law.a, *(v for sp in spills for v in sp[1:]))
+        vals = (law.c0, law.m, law.p, *law.k, *law.a, *(v for sp in spills for v in sp[1:]),
+                *(law.table[1] if law.table else ()))
         if not all(np.isfinite(vals)) or min(vals) < 0 or law.p < 1:
             raise ValueError(f"{where}: law parameters must be finite and non-negative (p >= 1), got {vals}")
         unknown = [n for n in x + z + tuple(sp[0] for sp in spills) if n not in FEATURES]
@@ -153,7 +173,7 @@ class FittedCostModel(CostModel):
     """Predicts from the laws of ``fit.json``: a few array operations per call."""
 
     def __init__(self, laws: dict[str, Law], name: str = "profile"):
-        missing = [f for f in FAMILIES if f not in laws]
+        missing = [f for f in FAMILIES if f not in laws and f not in OPTIONAL_FAMILIES]
         if missing:
             raise ValueError(f"fitted cost model lacks laws for {missing}")
         self.laws = laws
@@ -167,6 +187,12 @@ class FittedCostModel(CostModel):
     def attn_s(self, num_tokens, decode_context=0, prefill_attn=0, num_decode=None, prefill_context=None):
         feats = layer_features(num_tokens, decode_context, prefill_attn, num_decode, prefill_context)
         return _out(self.laws["attn"](feats), num_tokens)
+
+    def linear_s(self, num_tokens):
+        """The layer less its attention kernel: the fitted law when the profile measured it, else the difference."""
+        if "linear" in self.laws:
+            return _out(self.laws["linear"]({"tokens": num_tokens}), num_tokens)
+        return self.layer_s(num_tokens) - self.attn_s(num_tokens)
 
     def mlp_s(self, num_tokens):
         return _out(self.laws["mlp"]({"tokens": num_tokens}), num_tokens)
@@ -194,8 +220,8 @@ class FittedCostModel(CostModel):
         if op.endswith("_prefill"):
             args = (chunk, 0.0, chunk * (context + chunk / 2))
             return self.layer_s(*args) if op.startswith("layer") else self.attn_s(*args)
-        if op == "mlp":
-            return self.mlp_s(num_rows)
+        if op in ("mlp", "linear"):
+            return self.mlp_s(num_rows) if op == "mlp" else self.linear_s(num_rows)
         if op == "kv_copy":
             return self.kv_copy_s(num_rows, num_layers)
         return {"head": self.head_s, "buffer": self.buffer_s, "step": self.step_overhead_s}[op](num_rows)

@@ -17,7 +17,7 @@ from pathlib import Path
 from drex import REPO_ROOT
 from drex.jsonfile import read_json_object
 from drex.costmodel import profile as pf
-from drex.costmodel.fitted import FAMILIES, FittedCostModel, Law
+from drex.costmodel.fitted import FAMILIES, OPTIONAL_FAMILIES, FittedCostModel, Law
 from drex.devices import get_device
 from drex.dtypes import DTYPE_BYTES
 from drex.models import ModelShape
@@ -58,20 +58,27 @@ def load_fitted(path: str | Path, shape: ModelShape | None = None) -> FittedCost
     laws_json = fit.get("laws")
     if not isinstance(laws_json, dict):
         raise ValueError(f"{fit_path}: missing field 'laws'")
-    missing = [f for f in FAMILIES if f not in laws_json]
+    missing = [f for f in FAMILIES if f not in laws_json and f not in OPTIONAL_FAMILIES]
     if missing:
         raise ValueError(f"{fit_path}: field laws lacks {missing}")
-    laws = {fam: Law.from_json(laws_json[fam], f"{fit_path} laws.{fam}") for fam in FAMILIES}
+    laws = {fam: Law.from_json(laws_json[fam], f"{fit_path} laws.{fam}") for fam in FAMILIES if fam in laws_json}
     return FittedCostModel(laws, name=f"profile:{_display(path)}")
 
 
-def load_cost_model(device: str, shape: ModelShape, dtype_bytes: int = 2, root: str | Path | None = None):
-    """The profile of ``<root>/<device>/<model>/`` when it is fitted, else the analytic roofline."""
+def load_cost_model(device: str, shape: ModelShape, dtype_bytes: int = 2, root: str | Path | None = None,
+                    tp: int = 1):
+    """The profile of ``<root>/<device>/<model>/`` (``.../tp<N>/`` at tensor-parallel degree N > 1) when it is
+    fitted, else the analytic roofline; one GPU's share of a layer (``tensor_parallel`` adds the all-reduces)."""
     get_device(device)  # an unknown device is an error before anything else
     path = profile_dir(device, shape.name, root)
+    if tp > 1:
+        path = path / f"tp{tp}"
     if (path / pf.META).exists() and (path / pf.FIT).exists():
         model = load_fitted(path, shape)
         meta = pf.read_meta(path)
+        have_tp = (meta.get("source") or {}).get("tp", 1)
+        if have_tp != tp:
+            raise ValueError(f"{path / pf.META}: profile of TP degree {have_tp}, asked for --tp {tp}")
         have = DTYPE_BYTES.get(meta["dtype"])
         # CPUs run fp32 (devices.py prices them so) whatever width a caller defaults to: no warning there.
         if have != dtype_bytes and device.lower() != "cpu":
@@ -84,4 +91,4 @@ def load_cost_model(device: str, shape: ModelShape, dtype_bytes: int = 2, root: 
                       stacklevel=2)
     from drex.costmodel.roofline import RooflineCostModel
 
-    return RooflineCostModel(shape, device, dtype_bytes)
+    return RooflineCostModel(shape, device, dtype_bytes, tp)

@@ -35,6 +35,9 @@ FIT_REPORT = "fit_report.txt"
 
 # Operations a profile measures. Decode/prefill ops describe one decoder layer.
 OPS = ("layer_decode", "attn_decode", "layer_prefill", "attn_prefill", "mlp", "head", "buffer", "kv_copy", "step")
+# Ops only imported profiles hold (vidur.py): "linear", the layer less attention (num_rows = tokens).
+IMPORTED_OPS = ("linear",)
+ALL_OPS = OPS + IMPORTED_OPS
 SPLITS = ("fit", "held")  # held points are never used by the fit: they measure its error
 
 
@@ -191,7 +194,7 @@ def parse_row(raw: dict, where: str) -> dict:
                 row[col] = int(val)
         except ValueError:
             raise ValueError(f"{where}: column {col} has {val!r}") from None
-    if row["op"] not in OPS:
+    if row["op"] not in ALL_OPS:
         raise ValueError(f"{where}: unknown op {row['op']!r}")
     if row["split"] not in SPLITS:
         raise ValueError(f"{where}: unknown split {row['split']!r}")

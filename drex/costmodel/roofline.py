@@ -3,6 +3,12 @@
 FLOPs and bytes per layer come from the model shape; peak FLOP/s and bandwidth
 (derated by achievable efficiencies) from the device table. Used whenever no
 measured profile exists for the device and model.
+
+GPUs with a fitted ``EfficiencyCurve`` (devices.py) price a layer as its linear
+work on that curve (efficiency against tokens per step, fitted to Vidur's
+measured profiles) plus attention from the law calibrated on Vidur's attention
+profile (``attention_law``): the same attention an imported profile uses.
+Devices without a curve (the CPU) keep the single max(compute, memory).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from drex.costmodel.base import CostModel
+from drex.costmodel.fitted import layer_features, smooth_max
 from drex.devices import Device, get_device
 from drex.models import ModelShape
 
@@ -17,40 +24,81 @@ from drex.models import ModelShape
 class RooflineCostModel(CostModel):
     name = "roofline"
 
-    def __init__(self, shape: ModelShape, device: Device | str, dtype_bytes: int = 2) -> None:
+    def __init__(self, shape: ModelShape, device: Device | str, dtype_bytes: int = 2, tp: int = 1) -> None:
+        """``tp`` > 1: one GPU's share of each layer (weights, heads and LM head split tp ways; KV heads too, down
+        to one); ``tensor_parallel.TensorParallel`` adds the all-reduces."""
         self.shape = shape
         self.device = get_device(device) if isinstance(device, str) else device
         self.dtype_bytes = dtype_bytes
         d = self.device
+        self.tp = tp
+        from drex.costmodel.attention_law import per_gpu_heads
+
+        q_gpu, kv_gpu = per_gpu_heads(shape, tp)
+        layer_params, head_params = shape.layer_params / tp, shape.head_params / tp
         self._flops_s = d.peak_flops * d.flops_efficiency
         self._bw = d.mem_bw_bytes_per_s * d.bw_efficiency
-        self._layer_weight_bytes = shape.layer_params * dtype_bytes
-        self._kv_token_bytes = shape.kv_bytes_per_token_layer(dtype_bytes)
-        self._head_bytes = shape.head_params * dtype_bytes
-        self._attn_flops = 4 * shape.num_heads * shape.head_dim  # QK^T and PV, per query-key pair
+        self._layer_weight_bytes = layer_params * dtype_bytes
+        self._kv_token_bytes = 2 * kv_gpu * shape.head_dim * dtype_bytes
+        self._head_bytes = head_params * dtype_bytes
+        self._attn_flops = 4 * q_gpu * shape.head_dim  # QK^T and PV, per query-key pair
         self._launch_s = d.step_overhead_s / 50  # one kernel launch, roughly
         launches = 8 * self._launch_s  # per layer: norms, projections, attention, MLP
-        self._c_tok = 2.0 * shape.layer_params / self._flops_s
+        self._c_tok = 2.0 * layer_params / self._flops_s
         self._c_pair = self._attn_flops / self._flops_s
         # Weights once, the KV read by every decode row, the KV written for every new token.
         self._m_fixed = self._layer_weight_bytes / self._bw + launches
         self._m_kv = self._kv_token_bytes / self._bw
-        self._h_row = 2.0 * shape.head_params / self._flops_s
+        self._h_row = 2.0 * head_params / self._flops_s
         self._h_fixed = self._head_bytes / self._bw + 3 * self._launch_s
         self._kv_move = 2.0 * self._kv_token_bytes / self._bw
         self._buf_move = 2.0 * shape.hidden_size * dtype_bytes / self._bw
+        self._curve = d.curve
+        if d.curve is not None:
+            self._init_curve(shape, d, dtype_bytes, layer_params, head_params)
+
+    def _init_curve(self, shape: ModelShape, d: Device, dtype_bytes: int, layer_params: float, head_params: float):
+        from drex.costmodel.attention_law import attention_law
+
+        c = d.curve
+        bw = d.mem_bw_bytes_per_s * c.bw_efficiency
+        flops = d.peak_flops * c.flops_efficiency
+        # t(n) = launch + smax_p(weights / bw, 2 * params * (n + n_half) / flops) + elementwise bytes * n / bw
+        # The norms and residual adds are replicated on every GPU: the elementwise term is not split.
+        self._lin = (c.layer_launch_s, layer_params * dtype_bytes / bw, 2.0 * layer_params / flops,
+                     c.flops_half_tokens, c.elementwise_bytes * shape.hidden_size * dtype_bytes / bw, c.p)
+        self._head = (3 * self._launch_s, self._head_bytes / bw, 2.0 * head_params / flops, c.flops_half_tokens,
+                      0.0, c.p)
+        self._attn = attention_law(shape, d, self.tp, dtype_bytes)
+
+    @staticmethod
+    def _curve_s(coef, n):
+        launch, mem, per_tok, n_half, elem, p = coef
+        return launch + smooth_max(mem, per_tok * (n + n_half), p) + elem * n
+
+    def linear_s(self, num_tokens):
+        """The layer less its attention (what Vidur's mlp.csv measures)."""
+        tokens = np.asarray(num_tokens, dtype=float)
+        if self._curve is None:
+            return np.maximum(self._c_tok * tokens, self._m_fixed + self._m_kv * tokens) * (tokens > 0)
+        return self._curve_s(self._lin, tokens) * (tokens > 0)
 
     # Each method is max(compute, memory) with coefficients folded at construction: a handful of numpy
     # operations per call, because the scheduler prices every decision with them.
 
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):
         tokens = np.asarray(num_tokens, dtype=float)
+        if self._curve is not None:
+            attn = self._attn(layer_features(tokens, decode_context, prefill_attn))
+            return (self._curve_s(self._lin, tokens) + attn) * (tokens > 0)
         compute = (self._c_tok * tokens + self._c_pair * decode_context) + self._c_pair * prefill_attn
         memory = self._m_fixed + self._m_kv * (tokens + decode_context)
         return np.maximum(compute, memory) * (tokens > 0)
 
     def head_s(self, num_rows):
         rows = np.asarray(num_rows, dtype=float)
+        if self._curve is not None:
+            return self._curve_s(self._head, rows) * (rows > 0)
         return np.maximum(self._h_row * rows, self._h_fixed) * (rows > 0)
 
     def step_overhead_s(self, num_rows):

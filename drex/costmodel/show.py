@@ -32,7 +32,7 @@ def show(path: str | Path) -> str:
              f"(times in microseconds)", ""]
     lines.append(f"{'operation':<14} {'split':<5} {'rows':>5} {'context':>7} {'chunk':>5} {'layers':>6} "
                  f"{'measured':>10} {'p10':>10} {'p90':>10} {'predicted':>10} {'error':>7}")
-    for op in pf.OPS:
+    for op in pf.ALL_OPS:
         rows = sorted((r for r in prof.rows if r["op"] == op),
                       key=lambda r: (r["num_tokens"], r["decode_context"], r["prefill_attn"], r["num_layers"]))
         for r in _pick(rows, PER_OP):

@@ -14,6 +14,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.replicas != 1:
         raise ValueError("drex run drives one real replica; --replicas is for drex simulate")
+    if args.tp != 1:
+        raise ValueError("drex run drives one GPU; --tp is for drex simulate")
     cfg = RunConfig(settings_from_args(args, args.policy), weights=args.weights, dtype=args.dtype,
                     kv_fill=args.kv_fill, confidence=args.confidence)
     workload = load_workload(args)

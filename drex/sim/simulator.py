@@ -70,7 +70,8 @@ class Simulation:
         cfg.ee.check_model(self.shape.num_layers)
         self.cost = cost or build_cost_model(cfg, self.shape)
         device = get_device(cfg.device)
-        blocks = cfg.num_kv_blocks or num_kv_blocks(device.mem_bytes, self.shape.weight_bytes(cfg.dtype_bytes),
+        # A TP group holds the weights and the KV cache across its tp GPUs' memory.
+        blocks = cfg.num_kv_blocks or num_kv_blocks(device.mem_bytes * cfg.tp, self.shape.weight_bytes(cfg.dtype_bytes),
                                                     self.shape.kv_bytes_per_token(cfg.dtype_bytes),
                                                     cfg.scheduler.block_size, cfg.mem_utilization)
         self.num_blocks = blocks
