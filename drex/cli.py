@@ -21,11 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drex", description="Serve early-exit LLMs with dynamic rebatching.")
     sub = parser.add_subparsers(dest="command", required=True)
     from drex.costmodel import cli as cm_cli
+    from drex.explore import cli as explore_cli  # drex sweep, drex capacity, drex plot
     from drex.real import cli as real_cli
     from drex.real import train as train_cli  # drex train, drex quality
     from drex.sim import cli as sim_cli
 
-    for face in (sim_cli, real_cli, cm_cli, train_cli):
+    for face in (sim_cli, real_cli, cm_cli, train_cli, explore_cli):
         face.add_parsers(sub)
     return parser
 
