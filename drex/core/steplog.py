@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 COLUMNS = ("step", "replica", "time_s", "kind", "num_rows", "num_decode", "num_prefill_tokens", "num_flush",
-           "num_exited", "num_buffered", "layer_start", "layer_end", "duration_ms", "buffer_size")
+           "num_exited", "num_buffered", "layer_start", "layer_end", "duration_ms", "buffer_size", "kv_blocks")
 
 
 class StepLog:
@@ -14,10 +14,13 @@ class StepLog:
 
     def append(self, step: int, replica: int, start_s: float, durations_s: np.ndarray, kind: str, num_rows,
                num_decode: int, num_prefill_tokens: int, num_flush: int, num_exited, num_buffered, layer_end,
-               buffer_size, layer_start: int = 0) -> None:
-        """One run of len(durations_s) steps; per-step columns may be scalars (same for every step) or arrays."""
+               buffer_size, layer_start: int = 0, kv_blocks: int = 0) -> None:
+        """One run of len(durations_s) steps; per-step columns may be scalars (same for every step) or arrays.
+
+        kv_blocks: KV blocks held while the run ran (a planned run of decode steps allocates its
+        blocks up front, so every step of the run shows the run's total)."""
         self._chunks.append((step, replica, start_s, durations_s, kind, num_rows, num_decode, num_prefill_tokens,
-                             num_flush, num_exited, num_buffered, layer_end, buffer_size, layer_start))
+                             num_flush, num_exited, num_buffered, layer_end, buffer_size, layer_start, kv_blocks))
 
     def __len__(self) -> int:
         return sum(len(c[3]) for c in self._chunks)
@@ -40,7 +43,7 @@ class StepLog:
                 "kind": np.repeat(np.array(fields[4], dtype=object), lengths)}
         for name, i in (("num_rows", 5), ("num_decode", 6), ("num_prefill_tokens", 7), ("num_flush", 8),
                         ("num_exited", 9), ("num_buffered", 10), ("layer_end", 11), ("buffer_size", 12),
-                        ("layer_start", 13)):
+                        ("layer_start", 13), ("kv_blocks", 14)):
             vals = fields[i]
             if not any(isinstance(v, np.ndarray) for v in vals):
                 cols[name] = np.repeat(np.array(vals), lengths)

@@ -15,18 +15,10 @@ import argparse
 import math
 from dataclasses import replace
 
+from drex.slo import goodput_fraction
 from drex.workload import TraceRequest
 
 MAX_SCALE, MIN_SCALE = 2.0 ** 16, 2.0 ** -16
-
-
-def with_default_slos(workload: list[TraceRequest], ttft_ms: float | None, tpot_ms: float | None
-                      ) -> list[TraceRequest]:
-    """The trace's own SLOs win; the flags fill in requests that have none."""
-    if ttft_ms is None and tpot_ms is None:
-        return workload
-    return [replace(r, slo_ttft_ms=ttft_ms if r.slo_ttft_ms is None else r.slo_ttft_ms,
-                    slo_tpot_ms=tpot_ms if r.slo_tpot_ms is None else r.slo_tpot_ms) for r in workload]
 
 
 def offered_rate(workload: list[TraceRequest]) -> float:
@@ -38,11 +30,6 @@ def offered_rate(workload: list[TraceRequest]) -> float:
 
 def scaled(workload: list[TraceRequest], scale: float) -> list[TraceRequest]:
     return [replace(r, arrival_s=r.arrival_s / scale) for r in workload]
-
-
-def goodput_fraction(requests) -> float:
-    """Share of all requests (rejected ones included) that met every SLO."""
-    return float(requests.slo_met.sum()) / max(len(requests), 1)
 
 
 def check_search(min_fraction: float, tolerance: float, max_runs: int) -> None:
@@ -64,8 +51,7 @@ def search(ns: argparse.Namespace, min_fraction: float = 0.9, tolerance: float =
 
     check_search(min_fraction, tolerance, max_runs)
     start = ns.rate_scale
-    base = with_default_slos(load_workload(argparse.Namespace(**{**vars(ns), "rate_scale": 1.0})),
-                             ns.slo_ttft_ms, ns.slo_tpot_ms)
+    base = load_workload(argparse.Namespace(**{**vars(ns), "rate_scale": 1.0}))  # --slo-* applied
     if not any(r.slo_ttft_ms is not None or r.slo_tpot_ms is not None for r in base):
         raise ValueError("a capacity search needs an SLO: give --slo-ttft-ms and/or --slo-tpot-ms "
                          "(or a trace with slo_ttft_ms/slo_tpot_ms columns)")

@@ -89,7 +89,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    from drex.explore.grid import add_axis_flags, add_slo_flags
+    from drex.explore.grid import add_axis_flags
     from drex.sim.cli import add_run_flags
 
     s = sub.add_parser("sweep", help="simulate every combination of flag values (on Ray), one row each in sweep.csv")
@@ -104,7 +104,6 @@ def add_parsers(sub) -> None:
 
     c = sub.add_parser("capacity", help="the highest request rate that meets the SLOs (searches --rate-scale)")
     add_run_flags(c)
-    add_slo_flags(c)
     _search_flags(c)
     c.add_argument("--out", required=True, help="directory for capacity.json and knee/ (the knee's records)")
     c.set_defaults(func=cmd_capacity, uses_torch=False)

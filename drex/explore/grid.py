@@ -15,6 +15,7 @@ from pathlib import Path
 
 import drex
 from drex.sim.cli import add_run_flags
+from drex.slo import check_slos
 
 # Values that themselves contain commas: these axes vary only by repeating the flag (or in YAML).
 NO_SPLIT = ("exits", "confidence")
@@ -29,18 +30,10 @@ class _RaisingParser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-def add_slo_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--slo-ttft-ms", type=float, default=None,
-                   help="TTFT SLO (ms) for every request whose trace gives none")
-    p.add_argument("--slo-tpot-ms", type=float, default=None,
-                   help="TPOT SLO (ms) for every request whose trace gives none")
-
-
 def config_parser() -> argparse.ArgumentParser:
-    """The flags one configuration takes: drex simulate's run flags plus the SLO defaults."""
+    """The flags one configuration takes: drex simulate's run flags."""
     p = _RaisingParser(prog="configuration", add_help=False)
     add_run_flags(p)
-    add_slo_flags(p)
     return p
 
 
@@ -155,10 +148,7 @@ def check(ns: argparse.Namespace) -> None:
     from drex.sim.simulator import Simulation
 
     Simulation(sim_config(ns, ns.policy), [])
-    for name in ("slo_ttft_ms", "slo_tpot_ms"):
-        v = getattr(ns, name)
-        if v is not None and not v > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+    check_slos(ns.slo_ttft_ms, ns.slo_tpot_ms)
 
 
 def column_value(ns: argparse.Namespace, dest: str):

@@ -29,12 +29,10 @@ def run_task(task: dict) -> dict:
 
 
 def _simulate(ns) -> dict:
-    from drex.explore.capacity import with_default_slos
     from drex.sim.cli import load_workload, sim_config
     from drex.sim.simulator import simulate
 
-    workload = with_default_slos(load_workload(ns), ns.slo_ttft_ms, ns.slo_tpot_ms)
-    res = simulate(sim_config(ns, ns.policy), workload)
+    res = simulate(sim_config(ns, ns.policy), load_workload(ns))  # load_workload applies --slo-* defaults
     return {"summary": res.summary, "requests": res.requests, "steps": res.steps}
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from drex.config import EEConfig, SchedulerConfig
 from drex.metrics import format_table, write_run
 from drex.sim.simulator import ROUTERS, SimConfig, simulate
+from drex.slo import add_slo_flags, with_default_slos
 
 POLICY_ORDER = ("off", "eager", "lazy", "average", "latency-only", "drex")
 
@@ -47,6 +48,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     p.add_argument("--num-kv-blocks", type=int, default=None, help="override KV capacity (blocks)")
     p.add_argument("--cost-model", default="auto", choices=("auto", "roofline"))
     p.add_argument("--seed", type=int, default=0)
+    add_slo_flags(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -68,8 +70,9 @@ def sim_config(args: argparse.Namespace, policy: str) -> SimConfig:
 def load_workload(args: argparse.Namespace):
     from drex.workload import make_workload
 
-    return make_workload(args.trace, num_requests=args.num_requests, rate_scale=args.rate_scale,
-                         rng=np.random.default_rng(args.seed))
+    workload = make_workload(args.trace, num_requests=args.num_requests, rate_scale=args.rate_scale,
+                             rng=np.random.default_rng(args.seed))
+    return with_default_slos(workload, args.slo_ttft_ms, args.slo_tpot_ms)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -83,6 +86,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.plot and not args.out:
+        raise ValueError("--plot draws from the runs' records: give --out DIR too")
     workload = load_workload(args)
     summaries = {}
     for policy in args.policies.split(","):
@@ -95,6 +100,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"{first['exits']} threshold {args.threshold} | confidence {first['confidence_source']} | "
           f"cost model {first['cost_model']}")
     print(format_table(summaries))
+    if args.plot:
+        from drex.plots import plot_path
+
+        print("figures: " + ", ".join(str(f) for f in plot_path(args.out)))
     return 0
 
 
@@ -107,6 +116,7 @@ def add_parsers(sub) -> None:
     add_run_flags(c, policy=False)
     c.add_argument("--policies", default=",".join(POLICY_ORDER))
     c.add_argument("--out", default=None, help="optional directory: one sub-directory of records per policy")
+    c.add_argument("--plot", action="store_true", help="also draw the policies side by side into --out (drex plot)")
     # Decode-heavy conversation traffic: where early exit matters (azure-code is prefill-bound).
     c.set_defaults(func=cmd_compare, trace="azure-conv", num_requests=1000, uses_torch=False)
     return None
