@@ -42,6 +42,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
     out = search(args, progress=show, **_search(args))
     if bar is not None:
+        bar.total = bar.n  # the search ended before its run limit
         bar.close()
     cap = out["capacity"]
     knee = out["knee"]

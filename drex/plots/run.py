@@ -41,7 +41,7 @@ def latency_cdfs(req: pd.DataFrame, out: Path, title: str) -> Path:
             ax.axvline(vals.median(), color="grey", ls=":", lw=1, label=f"median {vals.median():.1f} ms")
             ax.axvline(np.percentile(vals, 99), color="grey", ls="--", lw=1,
                        label=f"p99 {np.percentile(vals, 99):.1f} ms")
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="upper left", fontsize=8)  # a CDF is low on the left: room there
         ax.set_xlabel(label)
         ax.set_ylabel("fraction of finished requests")
     fig.suptitle(f"Latency CDFs: {title}", fontsize=10)
@@ -75,7 +75,7 @@ def timeline(steps: pd.DataFrame, summary: dict, out: Path, title: str) -> Path:
         if col == "kv_blocks" and summary.get("kv_total_blocks"):
             ax.axhline(summary["kv_total_blocks"], color="firebrick", ls="--", lw=1,
                        label=f"capacity {summary['kv_total_blocks']} blocks")
-            ax.legend(loc="upper right", fontsize=8)
+            ax.legend(loc="center left", fontsize=8)
         ax.set_ylabel(label, fontsize=9)
     axes[-1, 0].set_xlabel("simulated time (s); each point a time-weighted mean over 1/400 of the run")
     fig.suptitle(f"Over time: {title}", fontsize=10)

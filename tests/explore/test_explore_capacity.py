@@ -73,6 +73,7 @@ def test_capacity_input_errors_are_one_line(tmp_path, capsys, extra, message):
     assert err.startswith("drex capacity: error:") and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_sweep_capacity_gives_one_search_per_configuration(tmp_path):
     assert main(["sweep", *BASE[:-2], *SLOS, "--policy", "off,lazy", "--max-batch-size", "4,64", "--capacity",
                  "--ray", "off", "--no-progress", "--out", str(tmp_path)]) == 0
