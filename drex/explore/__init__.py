@@ -3,6 +3,7 @@ highest request rate a configuration sustains under SLOs (``drex capacity``).
 
 ``grid`` turns repeated/comma-listed ``drex simulate`` flags and YAML files into configurations,
 ``tasks`` runs one configuration (a simulation or a capacity search) without touching the disk,
-``sweep`` drives a grid (in-process or on Ray, resumable) and writes ``sweep.csv``,
+``sweep`` drives a grid (in-process, or on Ray through ``ray_pool``, the one module that imports
+Ray) and writes ``sweep.csv``,
 ``capacity`` is the search itself, and ``cli`` registers the commands.
 """
