@@ -21,12 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drex", description="Serve early-exit LLMs with dynamic rebatching.")
     sub = parser.add_subparsers(dest="command", required=True)
     from drex.costmodel import cli as cm_cli
+    from drex.explore import cli as explore_cli  # drex sweep, drex capacity, drex plot
     from drex.real import cli as real_cli
     from drex.lab import cli as lab_cli
     from drex.sim import cli as sim_cli
     from drex import validate
 
-    for face in (sim_cli, real_cli, validate, cm_cli, lab_cli):
+    for face in (sim_cli, real_cli, validate, cm_cli, lab_cli, explore_cli):
         face.add_parsers(sub)
     return parser
 

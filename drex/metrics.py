@@ -1,7 +1,7 @@
 """Flat per-request and per-step records, and the run summary (vLLM ``bench serve`` names where they exist).
 
 Simulator and real backend write the same files: requests.csv, steps.csv,
-summary.json. All plotting lives in analysis/.
+summary.json. Figures of them: drex.plots (drex plot).
 """
 
 from __future__ import annotations

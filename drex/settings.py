@@ -16,6 +16,7 @@ from drex.config import EEConfig, SchedulerConfig
 from drex.core.policies import POLICIES
 from drex.devices import get_device
 from drex.models import ModelShape, get_model
+from drex.slo import add_slo_flags, with_default_slos
 from drex.workload import make_workload
 
 ROUTERS = ("round-robin", "least-outstanding")
@@ -97,6 +98,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     p.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel GPUs per replica: the profile measured at that degree + all-reduces")
     p.add_argument("--seed", type=int, default=0)
+    add_slo_flags(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -114,7 +116,8 @@ def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
 
 
 def load_workload(args: argparse.Namespace):
-    return make_workload(args.trace, num_requests=args.num_requests, rate_scale=args.rate_scale,
-                         rng=np.random.default_rng(args.seed))
+    workload = make_workload(args.trace, num_requests=args.num_requests, rate_scale=args.rate_scale,
+                             rng=np.random.default_rng(args.seed))
+    return with_default_slos(workload, args.slo_ttft_ms, args.slo_tpot_ms)
 
 

@@ -239,6 +239,7 @@ class Scheduler:
         ends = start_s + np.cumsum(dur)
         L = self.num_layers
         buffered_before = self.num_buffered
+        kv_blocks = self.blocks.num_used  # before this run's finished requests free theirs
         n_exited = n_buffered = 0
         layer_end = L
         if plan.kind == "flush":
@@ -264,7 +265,7 @@ class Scheduler:
         self.log.append(StepRun(self.step_id, self.replica, start_s, dur, plan.kind, plan.num_rows,
                                 len(plan.decode_ids), sum(c.num_tokens for c in plan.prefill), len(plan.flush_ids),
                                 n_exited, n_buffered, layer_end, self._buffer_sizes(k, buffered_before),
-                                plan.flush_layer if plan.kind == "flush" else 0))
+                                plan.flush_layer if plan.kind == "flush" else 0, kv_blocks))
         self.step_id += k
 
     def _buffer_sizes(self, k: int, before: int):

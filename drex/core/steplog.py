@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 COLUMNS = ("step", "replica", "time_s", "kind", "num_rows", "num_decode", "num_prefill_tokens", "num_flush",
-           "num_exited", "num_buffered", "layer_start", "layer_end", "duration_ms", "buffer_size")
+           "num_exited", "num_buffered", "layer_start", "layer_end", "duration_ms", "buffer_size", "kv_blocks")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class StepRun:
     layer_end: int | np.ndarray
     buffer_size: int | np.ndarray
     layer_start: int = 0
+    # KV blocks held while the run ran (a planned run of decode steps allocates its blocks up front,
+    # so every step of the run shows the run's total).
+    kv_blocks: int = 0
 
 
 class StepLog:
@@ -57,7 +60,7 @@ class StepLog:
                 "replica": np.repeat([r.replica for r in runs], lengths), "time_s": run_offset + within,
                 "kind": np.repeat(np.array([r.kind for r in runs], dtype=object), lengths)}
         for name in ("num_rows", "num_decode", "num_prefill_tokens", "num_flush", "num_exited", "num_buffered",
-                     "layer_end", "buffer_size", "layer_start"):
+                     "layer_end", "buffer_size", "layer_start", "kv_blocks"):
             vals = [getattr(r, name) for r in runs]
             if not any(isinstance(v, np.ndarray) for v in vals):
                 cols[name] = np.repeat(np.array(vals), lengths)

@@ -23,6 +23,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.plot and not args.out:
+        raise ValueError("--plot draws from the runs' records: give --out DIR too")
     workload = load_workload(args)
     summaries = {}
     for policy in args.policies.split(","):
@@ -35,6 +37,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"{first['exits']} threshold {args.threshold} | confidence {first['confidence_source']} | "
           f"cost model {first['cost_model']}")
     print(format_table(summaries))
+    if args.plot:
+        from drex.plots import plot_path
+
+        print("figures: " + ", ".join(str(f) for f in plot_path(args.out)))
     return 0
 
 
@@ -47,6 +53,7 @@ def add_parsers(sub) -> None:
     add_run_flags(c, policy=False)
     c.add_argument("--policies", default=",".join(POLICIES))
     c.add_argument("--out", default=None, help="optional directory: one sub-directory of records per policy")
+    c.add_argument("--plot", action="store_true", help="also draw the policies side by side into --out (drex plot)")
     # Decode-heavy conversation traffic: where early exit matters (azure-code is prefill-bound).
     c.set_defaults(func=cmd_compare, trace="azure-conv", num_requests=1000, uses_torch=False)
     return None
