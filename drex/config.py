@@ -60,6 +60,8 @@ class SchedulerConfig:
     flush_age_alpha: float = 0.1  # |buffer| * (1 + age_steps * alpha) >= max_batch_size
     flush_max_wait_steps: int = 16
     inline_drain: bool = True
+    # Fraction of KV blocks admission keeps free (vLLM's watermark), besides the running rows' next blocks.
+    kv_watermark: float = 0.01
     # Decode steps the scheduler may plan ahead at once when nothing can change (simulator speed).
     max_lookahead_steps: int = 64
 
@@ -70,6 +72,8 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.profitability not in ("costmodel", "art"):
             raise ValueError(f"profitability must be 'costmodel' or 'art', got {self.profitability!r}")
+        if not 0.0 <= self.kv_watermark < 1.0:
+            raise ValueError(f"kv_watermark must be in [0, 1), got {self.kv_watermark}")
         if self.flush_min_rows < 0 or self.flush_age_alpha < 0:
             raise ValueError("flush_min_rows and flush_age_alpha must be >= 0")
 

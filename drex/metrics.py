@@ -87,7 +87,10 @@ def summarize(req: pd.DataFrame, steps: pd.DataFrame, itl_s: np.ndarray, extra: 
           "involuntary_exits": int(req.involuntary_exits.sum()),
           "involuntary_stays": int(req.involuntary_stays.sum()),
           "mean_exit_layer": float((done.mean_exit_layer * done.generated_tokens).sum() / total),
-          "num_steps": int(len(steps))}
+          "num_steps": int(len(steps)),
+          # Recompute preemptions a request suffered (churn shows as a high max against a low mean).
+          "mean_preemptions_per_request": float(req.preemptions.mean()) if len(req) else 0.0,
+          "max_preemptions_per_request": int(req.preemptions.max()) if len(req) else 0}
     s |= extra
     return s
 

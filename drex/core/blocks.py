@@ -60,6 +60,14 @@ class BlockManager:
                 self.peak_used = used
         return True
 
+    def trim(self, request_id: int, num_tokens: int) -> None:
+        """Give back the blocks beyond what num_tokens need (taken ahead for steps that did not run)."""
+        table = self.tables.get(request_id)
+        keep = self.blocks_for(num_tokens)
+        if table and len(table) > keep:
+            self._free.extend(reversed(table[keep:]))
+            del table[keep:]
+
     def free(self, request_id: int) -> None:
         table = self.tables.pop(request_id, None)
         if table:

@@ -44,6 +44,7 @@ class Scheduler:
         self.policy = get_policy(cfg.policy)
         self.exits = ee.exits if self.policy.uses_exits else ()
         self.blocks = BlockManager(num_blocks, cfg.block_size)
+        self.watermark_blocks = int(cfg.kv_watermark * num_blocks)
         self.replica = replica
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -107,19 +108,33 @@ class Scheduler:
         while plan is None and self.running:  # a preemption freed blocks: pack again, admitting nobody
             plan = self._pack()
         if plan is None and self.waiting and not self.running:
-            self._admit()
+            self._admit(headroom=False)
             plan = self._pack()
         if plan is None and self.buffer:  # everyone left is parked: nothing else can free them
             return self._flush_plan(now, force=True)
         return plan
 
-    def _admit(self) -> None:
+    def _admit(self, headroom: bool = True) -> None:
+        """Admit waiting requests, oldest (and preempted) first, while their first chunk fits.
+
+        As vLLM does, admission keeps headroom: a watermark of free blocks, and the blocks the running
+        decode rows need for their next token, so that admitting a request (a preempted one above all)
+        does not at once force another preemption. ``headroom=False`` when nothing runs (no one to protect).
+        """
         room = self.cfg.max_batch_size - len(self.running) - self.num_buffered
+        if not (self.waiting and room > 0):
+            return
+        free = self.blocks.num_free
+        if headroom:
+            free -= self.watermark_blocks + sum(self.blocks.needed(r.request_id, r.prompt_tokens + r.num_generated)
+                                                for r in self.running if not r.in_prefill)
         while self.waiting and room > 0:
             req = self.waiting[0]
             first_chunk = min(self.cfg.chunk_size, req.prompt_tokens + req.num_generated)
-            if self.blocks.needed(req.request_id, first_chunk) > self.blocks.num_free:
+            need = self.blocks.needed(req.request_id, first_chunk)
+            if need > free:
                 break
+            free -= need
             self.waiting.popleft()
             req.admit()
             self.running.append(req)
@@ -233,6 +248,8 @@ class Scheduler:
         k = len(dur)
         if self.recorder is not None:
             self.recorder.completed(plan, k)
+        if k < plan.num_steps:
+            self._trim_ahead(plan, k)
         if result.tokens:
             for rid, tokens in result.tokens.items():
                 self.live[rid].tokens.extend(tokens)
@@ -249,6 +266,8 @@ class Scheduler:
             r = self.live[ch.request_id]
             r.num_prefilled += ch.num_tokens
             if ch.last:
+                if r.num_generated:  # a re-prefill after a preemption: the client saw this whole gap
+                    self.itl_s.append(np.array([float(ends[-1]) - r.last_token_s]))
                 self._emit(r, 1, float(ends[-1]), L, 0, 0, 0)
         out = result.outcome
         if plan.decode_ids and out is not None and out.is_plain:
@@ -267,6 +286,17 @@ class Scheduler:
                                 n_exited, n_buffered, layer_end, self._buffer_sizes(k, buffered_before),
                                 plan.flush_layer if plan.kind == "flush" else 0, kv_blocks))
         self.step_id += k
+
+    def _trim_ahead(self, plan: StepPlan, k: int) -> None:
+        """A planned run cut after k steps gives back the blocks ``_lookahead`` took for the steps that did not
+        run: step by step, each row would hold only what its k-th step needed (macro-steps stay exact)."""
+        for rid, generated in zip(plan.decode_ids, plan.decode_token_index):
+            r = self.live.get(rid)
+            if r is not None:
+                need = r.prompt_tokens + generated + k - 1
+                if r.kv_tokens > self.blocks.blocks_for(need) * self.blocks.block_size:
+                    self.blocks.trim(rid, need)
+                    r.kv_tokens = self.blocks.capacity_tokens(rid)
 
     def _buffer_sizes(self, k: int, before: int):
         """Buffer size after each step of a run: it can only change in the run's last step."""

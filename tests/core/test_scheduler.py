@@ -10,7 +10,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import drex.sim.simulator as simulator
-from drex.core.request import RequestStatus
+import numpy as np
+
+from drex.core.request import Request, RequestStatus
+from drex.sim.executor import SimExecutor
 
 WAITING, RUNNING, BUFFERED, FINISHED = (RequestStatus.WAITING, RequestStatus.RUNNING, RequestStatus.BUFFERED,
                                        RequestStatus.FINISHED)
@@ -233,6 +236,8 @@ def test_preemption_under_kv_pressure_loses_nothing(policy):
     q = r.requests
     assert r.summary["num_preemptions"] > 0
     assert q.preemptions.sum() == r.summary["num_preemptions"]
+    assert r.summary["mean_preemptions_per_request"] == pytest.approx(q.preemptions.mean())
+    assert r.summary["max_preemptions_per_request"] == q.preemptions.max() > 0
     assert (q.status == "finished").all() and r.summary["completed"] == len(work)
     assert (q.generated_tokens == q.output_tokens).all()
     assert r.summary["kv_peak_blocks"] <= 24 and r.summary["kv_total_blocks"] == 24
@@ -266,3 +271,50 @@ def test_preemption_recomputes_prompt_and_generated_tokens():
     finish_checks(sched, reqs, inv)
     assert sum(seen.values()) > 0
     assert all(r.num_preemptions == seen[r.request_id] for r in reqs)
+
+
+# --- inter-token latency, admission headroom, runs cut short ---------------------------------------------
+
+
+def test_itl_counts_every_gap_a_client_sees_preemptions_included():
+    """One ITL per token after the first, and they add up to first -> last token of every request."""
+    work = poisson_workload(40, rate=300, prompt=(16, 64), output=(8, 48), seed=4)
+    sched = make_scheduler("off", num_blocks=24, max_batch_size=8)
+    reqs = drive(sched, work)
+    assert sum(r.num_preemptions for r in reqs) > 0
+    itl = np.concatenate(sched.itl_s)
+    assert len(itl) == sum(r.num_generated - 1 for r in reqs)
+    assert itl.sum() == pytest.approx(sum(r.last_token_s - r.first_token_s for r in reqs), rel=1e-9)
+
+
+def test_admission_keeps_the_running_rows_next_blocks_free():
+    """A waiting request is not admitted into blocks the running decode rows need for their next token."""
+    sched = make_scheduler("off", num_blocks=12, block_size=4, max_batch_size=4, chunk_size=16, kv_watermark=0.0)
+    a = Request(0, 0.0, 8, 20)
+    sched.add_request(a, 0.0)
+    plan = sched.schedule(0.0)  # a's prompt: 2 blocks
+    sched.complete(plan, SimExecutor(sched, sched.cost, None).execute(plan, 0.0), 0.0)
+    assert a.num_generated == 1 and a.kv_tokens == 8
+    hog = sched.blocks.num_free - 1  # leave exactly the block a's next token needs
+    sched.blocks.allocate(999, hog * 4)
+    b = Request(1, 0.0, 4, 4)
+    sched.add_request(b, 0.0)
+    plan = sched.schedule(0.0)
+    assert b.status == RequestStatus.WAITING and plan.decode_ids == [0] and not plan.prefill
+    assert sched.num_preemptions == 0
+
+
+def test_a_run_cut_short_gives_back_the_blocks_taken_ahead():
+    sched = make_scheduler("off", num_blocks=64, block_size=4, max_batch_size=2, chunk_size=16)
+    r = Request(0, 0.0, 4, 40)
+    sched.add_request(r, 0.0)
+    ex = SimExecutor(sched, sched.cost, None)
+    plan = sched.schedule(0.0)
+    sched.complete(plan, ex.execute(plan, 0.0), 0.0)
+    plan = sched.schedule(0.0)
+    assert plan.kind == "decode" and plan.num_steps > 8 and r.kv_tokens >= 4 + plan.num_steps
+    result = ex.execute(plan, 0.0)
+    result.durations_s = result.durations_s[:3]  # an arrival cut the run after 3 steps
+    sched.complete(plan, result, 0.0)
+    # Step by step it would hold the slots of its 3 decode steps: prompt + 1 + 3 - 1 tokens.
+    assert r.kv_tokens == sched.blocks.blocks_for(4 + 3) * 4 == sched.blocks.capacity_tokens(0)
