@@ -83,14 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "uses_torch", True):  # the simulator never imports torch: skip its ~2 s import
         _torch_one_thread()
+    name = args.command
     try:
         _check_outputs(args)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
-        print(f"drex {args.command}: error: {e}", file=sys.stderr)
+        print(f"drex {name}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"\ndrex {args.command}: interrupted", file=sys.stderr)
+        print(f"\ndrex {name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (drex costmodel show ... | head): stop quietly. Python would still report the

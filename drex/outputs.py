@@ -52,4 +52,4 @@ def refuse_shipped(path: str | Path, what: str, override: str) -> None:
     """ValueError when ``path`` holds shipped files: ``what`` would overwrite them; ``override`` says how to
     do it anyway (or elsewhere)."""
     if is_shipped(path):
-        raise ValueError(f"{path} holds files shipped with drex; {what} would overwrite them ({override})")
+        raise ValueError(f"{path} is shipped with drex: {what} would overwrite it ({override})")

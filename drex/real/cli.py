@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from drex.metrics import format_table
@@ -32,9 +33,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_profile_out(args: argparse.Namespace) -> None:
+    """Without --out a profile goes where the simulator reads it; a complete profile there (the shipped
+    ones) is never re-measured or rewritten unless --out names it."""
+    from drex.costmodel import profile as pf
+    from drex.costmodel.load import profile_dir
+    from drex.models import get_model
+    from drex.outputs import is_shipped
+
+    if args.out is not None:
+        return
+    out = profile_dir(args.gpu, get_model(args.model).name)
+    meta = out / pf.META
+    try:
+        complete = json.loads(meta.read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: profile() says what is wrong
+        complete = False
+    if complete or (is_shipped(out) and not meta.exists()):
+        raise ValueError(f"{out} already holds a profile (shipped with drex or measured before); give --out DIR to "
+                         f"profile into another directory (or --out {out} --restart to re-measure this one)")
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from drex.real.profiler import profile
 
+    _check_profile_out(args)
     t0 = time.perf_counter()
     out = profile(args.gpu, args.model, args.dtype, args.quick, args.out, args.force, args.restart,
                   progress=not args.no_progress)
@@ -64,7 +87,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                    help="weights and activations (default: fp32 on cpu, bf16 on GPU)")
     p.add_argument("--quick", action="store_true", help="small grid (CI, smoke tests)")
-    p.add_argument("--out", default=None, help="output directory (default profiles/<gpu>/<model>/)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: profiles/<gpu>/<model>/ beside the package, where the simulator "
+                        "reads it, unless a profile is already there)")
     p.add_argument("--force", action="store_true", help="profile even when the device found is not the one named")
     p.add_argument("--restart", action="store_true", help="discard a partial profile instead of resuming it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
