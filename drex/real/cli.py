@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
-from drex.metrics import format_table
+from drex.metrics import format_table, rejection_lines
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -20,10 +21,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(settings_from_args(args, args.policy), weights=args.weights, dtype=args.dtype,
                     kv_fill=args.kv_fill, confidence=args.confidence)
     workload = load_workload(args)
-    res = run_real(cfg, workload)
+    span_s = workload[-1].arrival_s - workload[0].arrival_s if workload else 0.0
+    print(f"drex run: serving {len(workload)} requests in real time; their arrivals span {span_s:.0f} s of the trace "
+          f"(--rate-scale X replays them X times faster; Ctrl-C stops and keeps what finished)", file=sys.stderr)
+    res = run_real(cfg, workload, progress=not args.no_progress and sys.stderr.isatty())
     write_real_run(args.out, cfg, res, args.trace)
     s = res.summary
+    if s.get("interrupted"):
+        done = int((res.requests.status == "finished").sum())
+        print(f"drex run: interrupted; records of the {done} requests that finished are in {args.out}/ (the other "
+              f"{len(res.requests) - done} are marked in requests.csv's status)", file=sys.stderr)
+        return 130
     print(format_table({args.policy: s}))
+    for line in rejection_lines(res.requests):
+        print(line, file=sys.stderr)
     copied = ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in s["copied_bytes_by_kind"].items()) or "nothing"
     print(f"kv fill {s['kv_fill']}: {s['kv_fill_s'] * 1e3:.1f} ms, {s['kv_copy_bytes'] / 2**20:.2f} MiB copied, "
           f"{s['recompute_token_layers']} token-layers recomputed | copied by rebatching and fill: {copied}")
