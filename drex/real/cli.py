@@ -84,8 +84,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("run", help="serve a trace in real time on a real early-exit model (same flags as simulate)")
     add_run_flags(p)
     p.add_argument("--weights", default="auto",
-                   help="checkpoint directory (config.json + safetensors) | random | auto (the model's own, else random)")
-    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES)
+                   help="checkpoint directory (config.json + safetensors) | random | auto (the checkpoint beside the "
+                        "model's config.json when there is one, else random)")
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES, help="weights, activations and KV cache format")
     p.add_argument("--kv-fill", default="copy", choices=KV_FILLS,
                    help="fill skipped layers' KV of exited tokens by state copy or by recompute")
     p.add_argument("--out", required=True, help="run directory: requests/steps/confidence CSVs, summary.json, ...")

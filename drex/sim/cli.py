@@ -76,4 +76,7 @@ def add_parsers(sub) -> None:
     c.add_argument("--plot", action="store_true", help="also draw the policies side by side into --out (drex plot)")
     # Decode-heavy conversation traffic: where early exit matters (azure-code is prefill-bound).
     c.set_defaults(func=cmd_compare, trace="azure-conv", num_requests=1000, uses_torch=False)
+    for action in c._actions:  # its help must show compare's default, not simulate's "the whole trace"
+        if action.dest == "num_requests":
+            action.help = "replay only the first N requests (default: %(default)s)"
     return None
