@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"drex {name}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"\ndrex {name}: interrupted", file=sys.stderr)
+        resume = "; the same command resumes it" if name == "profile" else ""  # samples.csv keeps each point
+        print(f"\ndrex {name}: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (drex costmodel show ... | head): stop quietly. Python would still report the
