@@ -35,8 +35,14 @@ def add_parsers(sub) -> None:
     q.set_defaults(func=_predict, uses_torch=False)
 
 
-def _profile_dir(path: str) -> str:
+def _profile_dir(path: str, shipped_too: bool = False) -> str:
+    """The profile folder named; for reading (show, predict), a shipped one's repository-relative path
+    (profiles/cpu/tiny) works from any directory."""
+    from drex import REPO_ROOT
+
     p = Path(path)
+    if shipped_too and not p.exists() and not p.is_absolute() and (REPO_ROOT / p).is_dir():
+        return str(REPO_ROOT / p)
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such directory")
     if not p.is_dir():
@@ -74,12 +80,12 @@ def _import_vidur(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from drex.costmodel.predict import predict_json
 
-    print(predict_json(_profile_dir(args.dir), args.num_tokens, args.decode_context, args.prefill_attn))
+    print(predict_json(_profile_dir(args.dir, shipped_too=True), args.num_tokens, args.decode_context, args.prefill_attn))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     from drex.costmodel.show import show
 
-    print(show(_profile_dir(args.dir)))
+    print(show(_profile_dir(args.dir, shipped_too=True)))
     return 0
