@@ -238,8 +238,8 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
         full[ps.name] = (tokens, [tokenizer.decode(t) for t in tokens], seconds)
         bar.update(1)
     per_pass_s = sum(f[2] for f in full.values()) / max(len(sets), 1)
-    print(f"drex quality: {num_passes} early-exit decode passes of {sum(len(ps.ids) for ps in sets)} prompts "
-          f"x {max_new_tokens} tokens to go, about {num_passes * per_pass_s / 60:.0f} min at "
+    print(f"drex quality: {num_passes} early-exit decode passes to go ({num_passes // len(sets)} settings x "
+          f"{len(sets)} prompt sets, {max_new_tokens} tokens each), about {num_passes * per_pass_s / 60:.0f} min at "
           f"{per_pass_s:.1f} s a pass (fewer: --metrics, --kv-fill, --num-code, --num-text)", file=sys.stderr)
     first_rows, by_set, per_exit = None, [], []
     for fill in kv_fills:
