@@ -43,9 +43,9 @@ class Budget:
     def for_run(cls, quick: bool, cuda: bool) -> Budget:
         if cuda:
             return cls(rounds=2, warmup=3, min_reps=10, max_reps=100, min_time_s=0.05 if quick else 0.1)
-        # Wall time is noisy on a shared machine: at least three samples per round, five rounds apart in time,
-        # so the median has fifteen samples even of the slowest point.
-        return cls(rounds=5, warmup=1, min_reps=3, max_reps=30, min_time_s=0.025 if quick else 0.05)
+        # Wall time is noisy on a shared machine: several samples per round, five rounds apart in time, so the
+        # median has ten (quick) or fifteen samples even of the slowest point.
+        return cls(rounds=5, warmup=1, min_reps=2 if quick else 3, max_reps=30, min_time_s=0.025 if quick else 0.05)
 
 
 # -- the device ----------------------------------------------------------------------------------
