@@ -126,8 +126,9 @@ def from_hf_config(config_path: str | Path, name: str | None = None) -> ModelSha
     theta = cfg.get("rope_theta")
     if theta is None:
         theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-    # A checkpoint's weights sit beside its config.json; any other config file is a shape only (random weights).
-    weights_dir = path.parent if path.name == "config.json" and any(path.parent.glob("*.safetensors")) else None
+    # A checkpoint is a folder with config.json (and its weights, which the loader checks); any other config
+    # file is a shape only: drex run's --weights auto gives it random weights.
+    weights_dir = path.parent if path.name == "config.json" else None
     return ModelShape(
         name=name or (path.parent.name if path.name == "config.json" else path.stem),
         num_layers=int(cfg["num_hidden_layers"]),

@@ -78,9 +78,10 @@ def build_model(cfg: RunConfig, exits: tuple[int, ...]) -> EEModel:
 
 
 def resolve_weights(cfg: RunConfig) -> str:
-    """``auto``: the checkpoint beside the model's config.json when there is one, else random weights."""
+    """``auto``: the checkpoint of the model's config.json when its folder holds weights, else random weights."""
     if cfg.weights == "auto":
-        return get_model(cfg.sim.model).path or "random"
+        folder = get_model(cfg.sim.model).path
+        return folder if folder is not None and any(Path(folder).glob("*.safetensors")) else "random"
     return cfg.weights
 
 

@@ -73,6 +73,9 @@ def test_run_with_a_model_file_uses_random_weights(tmp_path):
     (tmp_path / "cfg.json").write_text((REPO_ROOT / "models" / "tiny-ee" / "config.json").read_text())
     assert resolve_weights(RunConfig(RunSettings(model=str(tmp_path / "cfg.json")))) == "random"
     assert resolve_weights(RunConfig(RunSettings(model="tiny-ee"))) == str(REPO_ROOT / "models" / "tiny-ee")
+    (tmp_path / "ckpt").mkdir()  # a Hugging Face config.json alone, without weights: random too
+    (tmp_path / "ckpt" / "config.json").write_text((tmp_path / "cfg.json").read_text())
+    assert resolve_weights(RunConfig(RunSettings(model=str(tmp_path / "ckpt" / "config.json")))) == "random"
 
 
 def test_mixture_of_experts_is_refused(tmp_path, capsys):
