@@ -39,6 +39,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     summaries, rejections = {}, {}
     policies = [p for p in args.policies.split(",") if p]
     settings = {policy: settings_from_args(args, policy) for policy in policies}  # all checked before any runs
+    if args.out:
+        from drex.outputs import check_out_dir
+
+        for policy in policies:
+            check_out_dir(Path(args.out) / policy, "--out")
     for policy in policies:
         res = simulate(settings[policy], workload, progress=_progress(args))
         summaries[policy] = res.summary
