@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     name = args.command
     try:
         _check_outputs(args)
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a pipe's buffered output: a closed pipe shows here, inside the handler, not at exit
+        return rc
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
         print(f"drex {name}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -39,9 +39,11 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_closed_pipe_ends_quietly():
+@pytest.mark.parametrize("command", [["show", "profiles/cpu/tiny"],  # a few kB: written while drex runs
+                                     ["predict", "profiles/a100/llama2-7b", "--num-tokens", "8"]])  # flushed at exit
+def test_closed_pipe_ends_quietly(command):
     """``drex costmodel show DIR | head``: the reader goes away before drex writes; no BrokenPipeError."""
-    proc = subprocess.Popen([sys.executable, "-m", "drex", "costmodel", "show", str(REPO_ROOT / "profiles/cpu/tiny")],
+    proc = subprocess.Popen([sys.executable, "-m", "drex", "costmodel", *command],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     proc.stdout.close()  # as head does once it has its lines
