@@ -124,6 +124,9 @@ def validate(run_dir, progress: bool = False) -> dict:
     run_dir = Path(run_dir)
     run = json.loads(_read(run_dir, "run.json").read_text())
     real = json.loads(_read(run_dir, "summary.json").read_text())
+    if real.get("interrupted"):
+        raise ValueError(f"{run_dir} is an interrupted drex run: its metrics cover only the requests that finished "
+                         "before Ctrl-C, which a replay of the whole workload cannot match; run it to the end")
     workload = load_trace(_read(run_dir, "workload.csv"))
     log = _DecisionLog()
     sim = Simulation(run_settings(run_dir, run), workload, recorder=log)

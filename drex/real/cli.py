@@ -29,8 +29,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = res.summary
     if s.get("interrupted"):
         done = int((res.requests.status == "finished").sum())
-        print(f"drex run: interrupted; records of the {done} requests that finished are in {args.out}/ (the other "
-              f"{len(res.requests) - done} are marked in requests.csv's status)", file=sys.stderr)
+        cut = int((res.requests.status == "interrupted").sum())
+        print(f"drex run: interrupted; records of the {done} requests that finished are in {args.out}/ ({cut} "
+              f"marked interrupted in requests.csv)", file=sys.stderr)
         return 130
     print(format_table({args.policy: s}))
     for line in rejection_lines(res.requests):

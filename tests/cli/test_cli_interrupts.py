@@ -91,3 +91,5 @@ def test_interrupted_run_keeps_what_finished(tmp_path, capsys, monkeypatch):
     assert (req.status[:2] == "finished").all() and (req.status[2:] == "interrupted").all()
     assert strict_json(out / "summary.json")["interrupted"] is True
     assert (out / "tokens.jsonl").exists() and (out / "run.json").exists()
+    assert main(["validate", str(out)]) == 2
+    assert "interrupted" in capsys.readouterr().err
