@@ -19,7 +19,13 @@ def digest(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_train_needs_out_and_refuses_the_shipped_checkpoint(capsys):
+def test_train_needs_out_and_refuses_the_shipped_checkpoint(capsys, monkeypatch):
+    from drex.lab import train
+
+    def no_training(*a, **k):  # should the check ever break, the test must not train over the shipped model
+        raise AssertionError("training started: the shipped checkpoint was not refused")
+
+    monkeypatch.setattr(train, "run", no_training)
     with pytest.raises(SystemExit) as e:
         main(["train"])
     assert e.value.code == 2 and "--out" in capsys.readouterr().err
@@ -30,7 +36,13 @@ def test_train_needs_out_and_refuses_the_shipped_checkpoint(capsys):
     assert digest(REPO_ROOT / "models" / "tiny-ee") == before
 
 
-def test_profile_without_out_refuses_the_shipped_profile(capsys):
+def test_profile_without_out_refuses_the_shipped_profile(capsys, monkeypatch):
+    from drex.real import profiler
+
+    def no_profile(*a, **k):
+        raise AssertionError("profiling started: the shipped profile was not refused")
+
+    monkeypatch.setattr(profiler, "profile", no_profile)
     before = digest(REPO_ROOT / "profiles" / "cpu" / "tiny")
     assert main(["profile", "--gpu", "cpu", "--model", "tiny", "--quick", "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -38,7 +50,13 @@ def test_profile_without_out_refuses_the_shipped_profile(capsys):
     assert digest(REPO_ROOT / "profiles" / "cpu" / "tiny") == before
 
 
-def test_costmodel_fit_refuses_a_shipped_fit(capsys):
+def test_costmodel_fit_refuses_a_shipped_fit(capsys, monkeypatch):
+    from drex.costmodel import fit
+
+    def no_fit(*a, **k):
+        raise AssertionError("fitting started: the shipped fit was not refused")
+
+    monkeypatch.setattr(fit, "fit_profile", no_fit)
     before = digest(REPO_ROOT / "profiles" / "cpu" / "tiny")
     assert main(["costmodel", "fit", str(REPO_ROOT / "profiles" / "cpu" / "tiny")]) == 2
     assert "--overwrite" in capsys.readouterr().err
