@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     from drex import __version__
 
     parser = argparse.ArgumentParser(prog="drex", description="Serve early-exit LLMs with dynamic rebatching.",
+                                     epilog="drex CMD --help shows a command's flags and their defaults.",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"drex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

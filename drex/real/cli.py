@@ -94,7 +94,11 @@ def add_parsers(sub) -> None:
     # --confidence (from add_run_flags): the exit heads' own by default; beta:A,B or trace:PATH replaces them
     # (random weights give meaningless confidences) while the heads still run and are timed.
     p.set_defaults(func=cmd_run, confidence="model")
-    p = sub.add_parser("profile", help="measure per-layer costs on a device into profiles/<gpu>/<model>/")
+    p = sub.add_parser("profile", help="measure per-layer costs on a device into --out (or profiles/<gpu>/<model>/)",
+                       description="Measure one decoder layer, the exit head and the rebatching work over a grid of "
+                                   "batch, context and prefill sizes: CUDA events on a GPU, wall time on CPU (as drex "
+                                   "run times its steps), the median over several shuffled rounds. Resumable: the "
+                                   "same command continues an interrupted profile. Next: drex costmodel fit OUT.")
     p.add_argument("--gpu", required=True, help="device name: h100, h200, a100 or cpu")
     p.add_argument("--model", required=True, help="model name (e.g. llama2-7b, tiny) or a path to config.json")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
@@ -104,6 +108,6 @@ def add_parsers(sub) -> None:
                    help="output directory (default: profiles/<gpu>/<model>/ beside the package, where the simulator "
                         "reads it, unless a profile is already there)")
     p.add_argument("--force", action="store_true", help="profile even when the device found is not the one named")
-    p.add_argument("--restart", action="store_true", help="discard a partial profile instead of resuming it")
+    p.add_argument("--restart", action="store_true", help="discard what the directory holds (a partial or a complete profile) and measure anew")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)
