@@ -57,22 +57,33 @@ def _check_profile_out(args: argparse.Namespace) -> None:
         return
     out = profile_dir(args.gpu, get_model(args.model).name)
     meta = out / pf.META
-    try:
-        complete = json.loads(meta.read_text()).get("status") == "complete"
-    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: profile() says what is wrong
-        complete = False
+    complete = _complete(out)
     if complete or (is_shipped(out) and not meta.exists()):
         raise ValueError(f"{out} already holds a profile (shipped with drex or measured before); give --out DIR to "
                          f"profile into another directory (or --out {out} --restart to re-measure this one)")
+
+
+def _complete(out) -> bool:
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(out) / "meta.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: profile() says what is wrong
+        return False
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from drex.real.profiler import profile
 
     _check_profile_out(args)
+    was_complete = args.out is not None and not args.restart and _complete(args.out)
     t0 = time.perf_counter()
     out = profile(args.gpu, args.model, args.dtype, args.quick, args.out, args.force, args.restart,
                   progress=not args.no_progress)
+    if was_complete:
+        print(f"{out} already holds this profile, complete: nothing measured, nothing written (--restart "
+              f"re-measures it); next: drex costmodel fit {out}")
+        return 0
     print(f"profile written to {out} in {time.perf_counter() - t0:.1f} s; next: drex costmodel fit {out}")
     return 0
 

@@ -192,11 +192,13 @@ def run_grid(out: Path, meta: dict, points: list[pf.Point], measure: Callable[[p
     done: dict = {}
     if meta_path.exists():
         old = pf.read_meta(out)
-        for key in ("device", "dtype", "model", "grid", "rounds"):
+        for key in ("device", "dtype", "model", "grid", "rounds", "clock"):  # thread-CPU and wall samples never mix
             if _comparable(old.get(key), key) != _comparable(meta.get(key), key):
                 raise ValueError(f"{meta_path}: field {key} differs from this run's; the directory holds another "
                                  "profile (--restart discards it, --out writes elsewhere)")
         done = pf.load_samples(out, units)
+        if len(done) == len(units) and old.get("status") == "complete":
+            return out  # nothing to measure: rewrite nothing either (the files, and a fit of them, stay as they are)
         meta = {**meta, "date_started": old.get("date_started", meta.get("date_started"))}
     elif (out / pf.SAMPLES).exists() or (out / pf.MEASUREMENTS).exists():
         raise ValueError(f"{out} holds measurements without meta.json (--restart discards them)")
