@@ -253,6 +253,11 @@ def run(cfg: TrainConfig, out: Path, log_path: Path | None = None, progress: boo
         print(json.dumps(record), flush=True)
 
     t0 = time.monotonic()
+    if progress:  # the first minute goes into text and tokenizer, before any step
+        import sys
+
+        print("drex train: building the corpus and training the tokenizer (about a minute on one CPU thread)",
+              file=sys.stderr, flush=True)
     corpus = corpus_mod.build_corpus()
     tokenizer = corpus_mod.train_tokenizer([d.text for d in corpus.train], cfg.vocab_size)
     train_streams = encode_streams(tokenizer, corpus.train)
