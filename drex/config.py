@@ -23,9 +23,9 @@ class EEConfig:
 
     def __post_init__(self) -> None:
         if list(self.exits) != sorted(set(self.exits)):
-            raise ValueError(f"exit layers must be distinct and increasing, got {self.exits}")
+            raise ValueError(f"exit layers (--exits) must be distinct and increasing, got {_layers(self.exits)}")
         if any(e <= 0 for e in self.exits):
-            raise ValueError(f"exit layers must be >= 1, got {self.exits}")
+            raise ValueError(f"exit layers (--exits) must be >= 1, got {_layers(self.exits)}")
         if self.metric not in CONFIDENCE_METRICS:
             raise ValueError(f"confidence metric must be one of {CONFIDENCE_METRICS}, got {self.metric!r}")
         if not self.lower_is_better and not 0.0 <= self.threshold <= 1.0:
@@ -34,7 +34,7 @@ class EEConfig:
     def check_model(self, num_layers: int) -> None:
         bad = [e for e in self.exits if e >= num_layers]
         if bad:
-            raise ValueError(f"exit layers {bad} must be below the model's {num_layers} layers")
+            raise ValueError(f"exit layers (--exits) {_layers(bad)} must be below the model's {num_layers} layers")
 
     @property
     def lower_is_better(self) -> bool:
@@ -69,7 +69,8 @@ class SchedulerConfig:
         for name in ("max_batch_size", "chunk_size", "block_size", "max_model_len", "flush_max_wait_steps",
                      "max_lookahead_steps"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                flag = "--" + name.replace("_", "-")  # the flags that set them carry the same names
+                raise ValueError(f"{name.replace('_', ' ')} ({flag}) must be positive, got {getattr(self, name)}")
         if self.profitability not in ("costmodel", "art"):
             raise ValueError(f"profitability must be 'costmodel' or 'art', got {self.profitability!r}")
         if not 0.0 <= self.kv_watermark < 1.0:
@@ -80,3 +81,8 @@ class SchedulerConfig:
     @property
     def flush_rows(self) -> int:
         return self.flush_min_rows or self.max_batch_size
+
+
+def _layers(exits) -> str:
+    """Layer numbers as a user typed them (10,20), not as a Python tuple."""
+    return ",".join(str(e) for e in exits) or "none"

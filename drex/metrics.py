@@ -101,7 +101,36 @@ def write_run(out_dir: str | Path, req: pd.DataFrame, steps: pd.DataFrame, summa
     out.mkdir(parents=True, exist_ok=True)
     req.to_csv(out / "requests.csv", index=False, float_format="%.6f")
     steps.to_csv(out / "steps.csv", index=False, float_format="%.6f")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_json_default) + "\n")
+    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False,
+                                                 default=_json_default) + "\n")
+
+
+def json_safe(x):
+    """NaN and infinities as null: they are not JSON, and strict parsers reject them (a metric of no requests)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)) and not math.isfinite(x):
+        return None
+    return x
+
+
+def rejection_lines(req: pd.DataFrame) -> list[str]:
+    """What a user must be told about requests that were not served: how many, and why (one line per reason,
+    reasons with numbers folded: 'exceeds max_model_len' once, not once per length)."""
+    bad = req[req.status != RequestStatus.FINISHED.value]
+    if not len(bad):
+        return []
+    reasons = bad.reason.fillna("").astype(str)
+    kinds = reasons.str.replace(r"\d+", "N", regex=True)  # one line per kind of reason, not per number
+    lines = [f"{len(bad)} of {len(req)} requests not served:"]
+    for (status, kind), n in bad.groupby([bad.status, kinds]).size().sort_values(ascending=False).items():
+        example = reasons[(bad.status == status) & (kinds == kind)].iloc[0]
+        lines.append(f"  {n} {status}" + (f", e.g. {example}" if example else ""))
+    if len(bad) == len(req):
+        lines.append("warning: no request was served; every latency metric is empty (null in summary.json)")
+    return lines
 
 
 def _json_default(x):

@@ -122,11 +122,15 @@ def from_hf_config(config_path: str | Path, name: str | None = None) -> ModelSha
     if missing:
         raise ValueError(f"{path}: config.json lacks {', '.join(missing)}")
     model_type = str(cfg.get("model_type", "llama"))
+    _refuse_moe(cfg, path, model_type)
     theta = cfg.get("rope_theta")
     if theta is None:
         theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    # A checkpoint is a folder with config.json (and its weights, which the loader checks); any other config
+    # file is a shape only: drex run's --weights auto gives it random weights.
+    weights_dir = path.parent if path.name == "config.json" else None
     return ModelShape(
-        name=name or path.parent.name,
+        name=name or (path.parent.name if path.name == "config.json" else path.stem),
         num_layers=int(cfg["num_hidden_layers"]),
         hidden_size=int(cfg["hidden_size"]),
         intermediate_size=int(cfg["intermediate_size"]),
@@ -139,8 +143,23 @@ def from_hf_config(config_path: str | Path, name: str | None = None) -> ModelSha
         qkv_bias=bool(cfg.get("attention_bias", model_type.startswith("qwen2"))),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         trained_exits=tuple(int(e) for e in cfg.get("drex_exit_layers", ())),
-        path=str(path.parent),
+        path=None if weights_dir is None else str(weights_dir),
     )
+
+
+MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def _refuse_moe(cfg: dict, path: Path, model_type: str) -> None:
+    """Mixture-of-experts layers are not priced (a dense reading would put every expert, or none, in the MLP)."""
+    experts = next(((k, cfg[k]) for k in MOE_KEYS if isinstance(cfg.get(k), int) and cfg[k] > 1), None)
+    if experts is None and "moe" not in model_type.lower() and "mixtral" not in model_type.lower():
+        return
+    active = cfg.get("num_experts_per_tok") or cfg.get("moe_topk")
+    what = f"{experts[0]}={experts[1]}" if experts else f"model_type {model_type}"
+    raise ValueError(f"{path}: a mixture-of-experts model ({what}" + (f", {active} active per token" if active else "")
+                     + "); drex models dense MLPs only, and pricing it as dense would be wrong by the experts' "
+                       "ratio: not supported")
 
 
 def get_model(name_or_path: str) -> ModelShape:
@@ -148,7 +167,7 @@ def get_model(name_or_path: str) -> ModelShape:
     if name_or_path in MODELS:
         return MODELS[name_or_path]
     shipped = SHIPPED_DIR / name_or_path
-    if (shipped / "config.json").exists():
+    if Path(name_or_path).name == name_or_path and (shipped / "config.json").exists():  # a name, not a path
         return from_hf_config(shipped, name=name_or_path)
     path = Path(name_or_path)
     if path.exists():

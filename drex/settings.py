@@ -8,6 +8,7 @@ adds only its own (weights, dtype, KV fill).
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,9 +43,9 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
-            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+            raise ValueError(f"--replicas must be >= 1, got {self.replicas}")
         if self.router not in ROUTERS:
-            raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
+            raise ValueError(f"--router must be one of {', '.join(ROUTERS)}, got {self.router!r}")
 
 
 
@@ -80,26 +81,37 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
         p.add_argument("--policy", default="drex", help=", ".join(POLICIES))
     p.add_argument("--exits", type=parse_exits, default=None,
                    help="exit layers, e.g. 20 or 10,20,30 (default: the model's trained exits, else mid-depth)")
-    p.add_argument("--threshold", type=float, default=0.8)
-    p.add_argument("--metric", default="margin", choices=("margin", "maxprob", "entropy"))
-    p.add_argument("--confidence", default="beta", help="beta[:A,B[/A,B..]] | trace:PATH")
-    p.add_argument("--max-batch-size", type=int, default=256)
+    p.add_argument("--threshold", type=float, default=0.8,
+                   help="confidence a token needs at an exit point to leave there")
+    p.add_argument("--metric", default="margin", choices=("margin", "maxprob", "entropy"),
+                   help="confidence of an exit head's distribution: top-1 minus top-2 probability, top-1 "
+                        "probability, or 1 - normalised entropy")
+    p.add_argument("--confidence", default="beta",
+                   help="where confidences come from: beta[:A,B[/A,B..]] (Beta per exit point) | trace:PATH "
+                        "(a recorded request_id,token_index,exit_layer,confidence CSV)")
+    p.add_argument("--max-batch-size", type=int, default=256, help="most requests running at once per replica")
     p.add_argument("--chunk-size", type=int, default=512, help="token budget per step (chunked prefill)")
-    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--block-size", type=int, default=16, help="tokens per paged-KV block")
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's max position")
-    p.add_argument("--profitability", default="costmodel", choices=("costmodel", "art"))
-    p.add_argument("--no-inline-drain", action="store_true")
-    p.add_argument("--num-requests", type=int, default=None, help="replay only the first N requests")
+    p.add_argument("--profitability", default="costmodel", choices=("costmodel", "art"),
+                   help="drex's rule for when a split pays: the cost model's prediction, or the authors' "
+                        "running-average ART rule")
+    p.add_argument("--no-inline-drain", action="store_true",
+                   help="never run parked rows' deep layers inside a step (drain only by flushing)")
+    p.add_argument("--num-requests", type=int, default=None,
+                   help="replay only the first N requests (default: the whole trace)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="X > 1 compresses time (X times the rate)")
-    p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--router", default="round-robin", choices=ROUTERS)
-    p.add_argument("--num-kv-blocks", type=int, default=None, help="override KV capacity (blocks)")
-    p.add_argument("--cost-model", default="auto", choices=("auto", "roofline"))
+    p.add_argument("--replicas", type=int, default=1, help="model replicas serving the trace together")
+    p.add_argument("--router", default="round-robin", choices=ROUTERS, help="how requests are spread over replicas")
+    p.add_argument("--num-kv-blocks", type=int, default=None,
+                   help="override KV capacity in blocks (default: what the device's memory holds)")
+    p.add_argument("--cost-model", default="auto", choices=("auto", "roofline"),
+                   help="auto: the device's measured profile when one is shipped, else the analytic roofline")
     p.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel GPUs per replica: the profile measured at that degree + all-reduces")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="one seed for every random choice (same seed, same files)")
     add_slo_flags(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
@@ -118,6 +130,9 @@ def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
 def load_workload(args: argparse.Namespace):
     workload = make_workload(args.trace, num_requests=args.num_requests, rate_scale=args.rate_scale,
                              rng=np.random.default_rng(args.seed))
+    if args.num_requests is not None and len(workload) < args.num_requests:
+        print(f"drex: warning: --num-requests {args.num_requests}, but {args.trace} holds only {len(workload)} "
+              f"requests: running all {len(workload)}", file=sys.stderr)
     return with_default_slos(workload, args.slo_ttft_ms, args.slo_tpot_ms)
 
 

@@ -98,10 +98,10 @@ def check_scaling(num_requests: int | None, rate_scale: float) -> None:
     if num_requests is not None and (
         isinstance(num_requests, bool) or not isinstance(num_requests, numbers.Integral) or num_requests < 1
     ):
-        raise ValueError(f"num_requests must be an integer >= 1, got {num_requests!r}")
+        raise ValueError(f"the number of requests (--num-requests) must be an integer >= 1, got {num_requests!r}")
     real = isinstance(rate_scale, numbers.Real) and not isinstance(rate_scale, bool)
     if not (real and math.isfinite(rate_scale) and rate_scale > 0):
-        raise ValueError(f"rate_scale must be a finite number > 0, got {rate_scale!r}")
+        raise ValueError(f"the rate scale (--rate-scale) must be a finite number > 0, got {rate_scale!r}")
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -110,6 +110,8 @@ def _resolve(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ValueError(f"trace {str(name_or_path)!r} is a directory; give a trace file (CSV or JSONL) in it")
     known = ", ".join(sorted(TRACE_NAMES))
     raise ValueError(
         f"unknown trace {str(name_or_path)!r}: no such file, and not a known trace name "

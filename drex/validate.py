@@ -42,6 +42,11 @@ COMPARED = (("throughput_rel_error", "output_throughput"), ("p50_ttft_rel_error"
 def _read(run_dir: Path, name: str) -> Path:
     path = run_dir / name
     if not path.exists():
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"{run_dir}: no such directory (drex validate takes a drex run --out directory)")
+        if name == "run.json" and (run_dir / "summary.json").exists():
+            raise ValueError(f"{run_dir} holds a simulation's records (drex simulate); drex validate replays a real "
+                             "run: give the --out directory of drex run")
         raise FileNotFoundError(f"{path}: missing (is {run_dir} a drex run directory?)")
     return path
 
@@ -115,14 +120,17 @@ def _rel(sim_value, real_value):
     return float((sim_value - real_value) / real_value)
 
 
-def validate(run_dir) -> dict:
+def validate(run_dir, progress: bool = False) -> dict:
     run_dir = Path(run_dir)
     run = json.loads(_read(run_dir, "run.json").read_text())
     real = json.loads(_read(run_dir, "summary.json").read_text())
+    if real.get("interrupted"):
+        raise ValueError(f"{run_dir} is an interrupted drex run: its metrics cover only the requests that finished "
+                         "before Ctrl-C, which a replay of the whole workload cannot match; run it to the end")
     workload = load_trace(_read(run_dir, "workload.csv"))
     log = _DecisionLog()
     sim = Simulation(run_settings(run_dir, run), workload, recorder=log)
-    res = sim.run()
+    res = sim.run(progress)
     out: dict = {}
     for key, metric in COMPARED:
         out[key] = _rel(res.summary.get(metric), real.get(metric))
@@ -171,12 +179,15 @@ def _fmt(x, pct: bool = False) -> str:
 
 
 def cmd_validate(args) -> int:
-    print(format_report(validate(args.run_dir)))
+    import sys
+
+    print(format_report(validate(args.run_dir, progress=not args.no_progress and sys.stderr.isatty())))
     print(f"written to {args.run_dir}/validate.json")
     return 0
 
 
 def add_parsers(sub) -> None:
     v = sub.add_parser("validate", help="replay a drex run in the simulator; write RUN_DIR/validate.json")
-    v.add_argument("run_dir")
+    v.add_argument("run_dir", help="a directory written by drex run --out")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     v.set_defaults(func=cmd_validate)

@@ -117,9 +117,10 @@ def test_unknown_trace_name_lists_known_names():
                                  {"rate_scale": 0}, {"rate_scale": -1.0}, {"rate_scale": math.nan},
                                  {"rate_scale": math.inf}])  # fmt: skip
 def test_bad_num_requests_or_rate_scale(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    flag = "--" + next(iter(bad)).replace("_", "-")  # the message names the flag a user typed
+    with pytest.raises(ValueError, match=flag):
         load_trace("azure-code", **bad)
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    with pytest.raises(ValueError, match=flag):
         make_workload("synthetic:poisson:rate=1,n=5,prompt=fixed:1,output=fixed:1", rng=np.random.default_rng(0), **bad)
 
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 
 def add_parsers(sub) -> None:
     cm = sub.add_parser("costmodel", help="fit a profile, or show its predictions")
     cm_sub = cm.add_subparsers(dest="costmodel_command", required=True)
     f = cm_sub.add_parser("fit", help="fit the cost laws of a profile directory; writes fit.json + fit_report.txt")
-    f.add_argument("dir")
-    f.set_defaults(func=_fit)
+    f.add_argument("dir", help="a profile directory written by drex profile (or import-vidur)")
+    f.add_argument("--overwrite", action="store_true", help="allow replacing the fit of a profile shipped with drex")
+    f.set_defaults(func=_fit, uses_torch=False)
     s = cm_sub.add_parser("show", help="predictions beside the measurements for a few points")
-    s.add_argument("dir")
-    s.set_defaults(func=_show)
+    s.add_argument("dir", help="a fitted profile directory (e.g. profiles/cpu/tiny)")
+    s.set_defaults(func=_show, uses_torch=False)
     v = cm_sub.add_parser("import-vidur", help="a drex profile (fitted) from a Vidur profile folder (mlp.csv "
                           "[+ attention.csv])")
     v.add_argument("dir", help="folder holding Vidur's mlp.csv (and optionally attention.csv)")
@@ -33,11 +35,30 @@ def add_parsers(sub) -> None:
     q.set_defaults(func=_predict, uses_torch=False)
 
 
+def _profile_dir(path: str, shipped_too: bool = False) -> str:
+    """The profile folder named; for reading (show, predict), a shipped one's repository-relative path
+    (profiles/cpu/tiny) works from any directory."""
+    from drex import REPO_ROOT
+
+    p = Path(path)
+    if shipped_too and not p.exists() and not p.is_absolute() and (REPO_ROOT / p).is_dir():
+        return str(REPO_ROOT / p)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such directory")
+    if not p.is_dir():
+        raise ValueError(f"{path}: not a directory (give the profile's directory, e.g. profiles/cpu/tiny)")
+    return path
+
+
 def _fit(args: argparse.Namespace) -> int:
     from drex.costmodel import profile as pf
     from drex.costmodel.fit import fit_profile
     from drex.costmodel.vidur_fit import fit_imported
+    from drex.outputs import refuse_shipped
 
+    _profile_dir(args.dir)
+    if not args.overwrite and (Path(args.dir) / pf.FIT).exists():
+        refuse_shipped(Path(args.dir) / pf.FIT, "fitting", "copy the profile elsewhere, or --overwrite")
     t0 = time.perf_counter()
     imported = (pf.read_meta(args.dir).get("source") or {}).get("kind") == "vidur"  # fitted with its own laws
     _, report = (fit_imported if imported else fit_profile)(args.dir)
@@ -59,12 +80,12 @@ def _import_vidur(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from drex.costmodel.predict import predict_json
 
-    print(predict_json(args.dir, args.num_tokens, args.decode_context, args.prefill_attn))
+    print(predict_json(_profile_dir(args.dir, shipped_too=True), args.num_tokens, args.decode_context, args.prefill_attn))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     from drex.costmodel.show import show
 
-    print(show(args.dir))
+    print(show(_profile_dir(args.dir, shipped_too=True)))
     return 0

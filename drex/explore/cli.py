@@ -100,7 +100,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--ray", default="auto", help="auto (a local Ray instance), off (in-process) or ADDRESS")
     s.add_argument("--capacity", action="store_true", help="one capacity search per configuration instead of one run")
     _search_flags(s)
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     s.set_defaults(func=cmd_sweep, uses_torch=False)
 
     c = sub.add_parser("capacity", help="the highest request rate that meets the SLOs (searches --rate-scale)")

@@ -174,7 +174,7 @@ def write_trace(path: Path, rows) -> None:
 
 
 def sweep(model, tokenizer, sets: list[PromptSet], full: dict, max_new_tokens: int, batch_size: int, metrics,
-          thresholds: dict, kv_fill: str):
+          thresholds: dict, kv_fill: str, bar=None):
     """Quality rows (aggregate, per prompt set, per exit point) of every (metric, threshold) at one KV fill."""
     exit_points, L = model.exit_layers, model.num_layers
     rows, by_set, per_exit = [], [], []
@@ -193,22 +193,30 @@ def sweep(model, tokenizer, sets: list[PromptSet], full: dict, max_new_tokens: i
                 all_ref += ref
                 all_ref_text += ref_text
                 secs += seconds
+                if bar is not None:
+                    bar.update(1)
             r = compare(all_tok, all_exit, secs, all_ref, tokenizer, exit_points, L, all_ref_text)
             rows.append({"metric": metric, "threshold": th, **{k: r[k] for k in QUALITY_COLUMNS[2:]}})
             per_exit += [{"kv_fill": kv_fill, "metric": metric, "threshold": th, "exit_layer": e, "fraction": f}
                          for e, f in r["per_exit"].items()]
-            print(f"{kv_fill:9s} {metric:8s} {th:<5g} exit {r['early_exit_fraction']:.3f} "
-                  f"agree {r['token_agreement']:.3f} rougeL {r['rouge_l']:.3f} {r['output_throughput']:.0f} tok/s",
-                  flush=True)
+            line = (f"{kv_fill:9s} {metric:8s} {th:<5g} exit {r['early_exit_fraction']:.3f} "
+                    f"agree {r['token_agreement']:.3f} rougeL {r['rouge_l']:.3f} {r['output_throughput']:.0f} tok/s")
+            if bar is not None:
+                bar.write(line)  # above the bar, not through it
+            else:
+                print(line, flush=True)
     return rows, by_set, per_exit
 
 
 def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24, num_text: int = 24,
         batch_size: int = 8, metrics=("margin", "maxprob", "entropy"), thresholds: dict | None = None,
         kv_fills=("recompute", "copy"), trace_dir: Path | None = None, trace_tokens: int = 128,
-        trace_prompts: int = 40) -> list[dict]:
+        trace_prompts: int = 40, progress: bool = False) -> list[dict]:
     """The sweep at each KV fill: quality_<fill>.csv each, quality.csv = the first fill's table."""
+    import sys
+
     import torch
+    from tqdm import tqdm
 
     torch.set_num_threads(1)
     out = Path(out)
@@ -219,20 +227,31 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
     sets = heldout_prompts(tokenizer, num_code, num_text)
     thresholds = thresholds or THRESHOLDS
 
+    # The time goes into decoding every prompt set once at full depth, then once per (KV fill, metric,
+    # threshold): each pass costs about as much as the full-depth one, which gives the estimate.
+    num_passes = len(kv_fills) * sum(len(thresholds[m]) for m in metrics) * len(sets)
+    bar = tqdm(total=len(sets) + num_passes, unit="pass", desc="drex quality", disable=not progress,
+               dynamic_ncols=True)
     full = {}
     for ps in sets:
         tokens, exits, seconds = decode(model, ps.ids, max_new_tokens, None, batch_size)
         full[ps.name] = (tokens, [tokenizer.decode(t) for t in tokens], seconds)
+        bar.update(1)
+    per_pass_s = sum(f[2] for f in full.values()) / max(len(sets), 1)
+    print(f"drex quality: {num_passes} early-exit decode passes to go ({num_passes // len(sets)} settings x "
+          f"{len(sets)} prompt sets, {max_new_tokens} tokens each), about {num_passes * per_pass_s / 60:.0f} min at "
+          f"{per_pass_s:.1f} s a pass (fewer: --metrics, --kv-fill, --num-code, --num-text)", file=sys.stderr)
     first_rows, by_set, per_exit = None, [], []
     for fill in kv_fills:
         rows, fill_by_set, fill_exits = sweep(model, tokenizer, sets, full, max_new_tokens, batch_size, metrics,
-                                              thresholds, fill)
+                                              thresholds, fill, bar)
         write_csv(out / f"quality_{fill}.csv", QUALITY_COLUMNS, rows)
         if first_rows is None:
             first_rows = rows
             write_csv(out / "quality.csv", QUALITY_COLUMNS, rows)
         by_set += fill_by_set
         per_exit += fill_exits
+    bar.close()
     write_csv(out / "quality_by_set.csv", ("kv_fill", "prompt_set", *QUALITY_COLUMNS), by_set)
     write_csv(out / "quality_exits.csv", ("kv_fill", "metric", "threshold", "exit_layer", "fraction"), per_exit)
     full_tokens = sum(len(t) for ps in sets for t in full[ps.name][0])

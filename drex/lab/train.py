@@ -57,17 +57,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if list(self.exits) != sorted(set(self.exits)) or not all(0 < e < self.num_layers for e in self.exits):
-            raise ValueError(f"exits must be increasing layers in (0, {self.num_layers}), got {self.exits}")
+            raise ValueError(f"--exits must be increasing layers in (0, {self.num_layers}), got "
+                             f"{','.join(map(str, self.exits))}")
         if len(self.exit_loss_weights) != len(self.exits) + 1:
             raise ValueError(f"need {len(self.exits) + 1} exit loss weights (exits + last layer), "
                              f"got {len(self.exit_loss_weights)}")
         if len(self.mix) != len(SOURCES) or min(self.mix) < 0 or sum(self.mix) <= 0:
-            raise ValueError(f"mix needs {len(SOURCES)} non-negative weights, got {self.mix}")
+            raise ValueError(f"--mix needs {len(SOURCES)} non-negative weights, got {','.join(map(str, self.mix))}")
         for name in ("steps", "batch_size", "seq_len", "vocab_size", "eval_every", "eval_windows"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.save_dtype not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"save_dtype must be float16, bfloat16 or float32, got {self.save_dtype!r}")
+            raise ValueError(f"--save-dtype must be float16, bfloat16 or float32, got {self.save_dtype!r}")
 
     @property
     def loss_layers(self) -> tuple[int, ...]:
@@ -237,7 +238,7 @@ def save_checkpoint(model, tokenizer, cfg: TrainConfig, out: Path, extra: dict) 
     tokenizer.save(str(out / "tokenizer.json"))
 
 
-def run(cfg: TrainConfig, out: Path, log_path: Path | None = None) -> dict:
+def run(cfg: TrainConfig, out: Path, log_path: Path | None = None, progress: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -252,6 +253,11 @@ def run(cfg: TrainConfig, out: Path, log_path: Path | None = None) -> dict:
         print(json.dumps(record), flush=True)
 
     t0 = time.monotonic()
+    if progress:  # the first minute goes into text and tokenizer, before any step
+        import sys
+
+        print("drex train: building the corpus and training the tokenizer (about a minute on one CPU thread)",
+              file=sys.stderr, flush=True)
     corpus = corpus_mod.build_corpus()
     tokenizer = corpus_mod.train_tokenizer([d.text for d in corpus.train], cfg.vocab_size)
     train_streams = encode_streams(tokenizer, corpus.train)
@@ -282,7 +288,15 @@ def run(cfg: TrainConfig, out: Path, log_path: Path | None = None) -> dict:
             save_checkpoint(model, tokenizer, cfg, out, {"corpus_sha256_16": corpus.fingerprint(), "step": done,
                                                           "heldout_final": evals[-1]["heldout"]})
 
-    train_steps(model, train_streams, cfg, rng, on_step=on_step)
+    from tqdm import tqdm
+
+    # One CPU thread: the default 600 steps take minutes; the bar (stderr) says how many.
+    with tqdm(total=cfg.steps, unit="step", desc="drex train", disable=not progress, dynamic_ncols=True) as bar:
+        def step_and_bar(step: int, losses: dict[int, float]) -> None:
+            on_step(step, losses)
+            bar.update(1)
+
+        train_steps(model, train_streams, cfg, rng, on_step=step_and_bar)
     final = evals[-1]["heldout"]
     emit({"event": "done", "train_s": round(time.monotonic() - t_train, 1), "out": str(out)})
     log.close()

@@ -176,7 +176,7 @@ class Bench:
         num_blocks = n * -(-max_len // BLOCK_SIZE) + 1
         sched = Scheduler(shape, EEConfig(), cfg, RooflineCostModel(shape, "cpu", 4), num_blocks)
         logits = torch.randn(n, self.shape.vocab_size, generator=self.gen).to(self.device)
-        clock = time.perf_counter if self.cuda else time.thread_time  # the executor syncs CUDA at step end
+        clock = time.perf_counter  # wall time, as a real run's executor times a step (it syncs CUDA at step end)
         prompts = {i: synthetic_prompt(0, i, prompt, self.shape.vocab_size) for i in range(n)}
         ex = RealExecutor(sched, _NoLayers(self.model, shape, logits), num_blocks, BLOCK_SIZE, n, max_len, prompts,
                           {i: max_len - prompt - 1 for i in range(n)}, clock=clock)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 
-from drex.metrics import format_table
+from drex.metrics import format_table, rejection_lines
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -19,10 +21,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(settings_from_args(args, args.policy), weights=args.weights, dtype=args.dtype,
                     kv_fill=args.kv_fill, confidence=args.confidence)
     workload = load_workload(args)
-    res = run_real(cfg, workload)
+    span_s = workload[-1].arrival_s - workload[0].arrival_s if workload else 0.0
+    print(f"drex run: serving {len(workload)} requests in real time; their arrivals span {span_s:.0f} s of the trace "
+          f"(--rate-scale X replays them X times faster; Ctrl-C stops and keeps what finished)", file=sys.stderr)
+    res = run_real(cfg, workload, progress=not args.no_progress and sys.stderr.isatty())
     write_real_run(args.out, cfg, res, args.trace)
     s = res.summary
+    if s.get("interrupted"):
+        done = int((res.requests.status == "finished").sum())
+        cut = int((res.requests.status == "interrupted").sum())
+        print(f"drex run: interrupted; records of the {done} requests that finished are in {args.out}/ ({cut} "
+              f"marked interrupted in requests.csv)", file=sys.stderr)
+        return 130
     print(format_table({args.policy: s}))
+    for line in rejection_lines(res.requests):
+        print(line, file=sys.stderr)
     copied = ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in s["copied_bytes_by_kind"].items()) or "nothing"
     print(f"kv fill {s['kv_fill']}: {s['kv_fill_s'] * 1e3:.1f} ms, {s['kv_copy_bytes'] / 2**20:.2f} MiB copied, "
           f"{s['recompute_token_layers']} token-layers recomputed | copied by rebatching and fill: {copied}")
@@ -32,12 +45,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_profile_out(args: argparse.Namespace) -> None:
+    """Without --out a profile goes where the simulator reads it; a complete profile there (the shipped
+    ones) is never re-measured or rewritten unless --out names it."""
+    from drex.costmodel import profile as pf
+    from drex.costmodel.load import profile_dir
+    from drex.models import get_model
+    from drex.outputs import is_shipped
+
+    if args.out is not None:
+        return
+    out = profile_dir(args.gpu, get_model(args.model).name)
+    meta = out / pf.META
+    complete = _complete(out)
+    if complete or (is_shipped(out) and not meta.exists()):
+        raise ValueError(f"{out} already holds a profile (shipped with drex or measured before); give --out DIR to "
+                         f"profile into another directory (or --out {out} --restart to re-measure this one)")
+
+
+def _complete(out) -> bool:
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(out) / "meta.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: profile() says what is wrong
+        return False
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from drex.real.profiler import profile
 
+    _check_profile_out(args)
+    was_complete = args.out is not None and not args.restart and _complete(args.out)
     t0 = time.perf_counter()
     out = profile(args.gpu, args.model, args.dtype, args.quick, args.out, args.force, args.restart,
                   progress=not args.no_progress)
+    if was_complete:
+        print(f"{out} already holds this profile, complete: nothing measured, nothing written (--restart "
+              f"re-measures it); next: drex costmodel fit {out}")
+        return 0
     print(f"profile written to {out} in {time.perf_counter() - t0:.1f} s; next: drex costmodel fit {out}")
     return 0
 
@@ -50,22 +96,29 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("run", help="serve a trace in real time on a real early-exit model (same flags as simulate)")
     add_run_flags(p)
     p.add_argument("--weights", default="auto",
-                   help="checkpoint directory (config.json + safetensors) | random | auto (the model's own, else random)")
-    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES)
+                   help="checkpoint directory (config.json + safetensors) | random | auto (the checkpoint beside the "
+                        "model's config.json when there is one, else random)")
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES, help="weights, activations and KV cache format")
     p.add_argument("--kv-fill", default="copy", choices=KV_FILLS,
                    help="fill skipped layers' KV of exited tokens by state copy or by recompute")
     p.add_argument("--out", required=True, help="run directory: requests/steps/confidence CSVs, summary.json, ...")
     # --confidence (from add_run_flags): the exit heads' own by default; beta:A,B or trace:PATH replaces them
     # (random weights give meaningless confidences) while the heads still run and are timed.
     p.set_defaults(func=cmd_run, confidence="model")
-    p = sub.add_parser("profile", help="measure per-layer costs on a device into profiles/<gpu>/<model>/")
+    p = sub.add_parser("profile", help="measure per-layer costs on a device into --out (or profiles/<gpu>/<model>/)",
+                       description="Measure one decoder layer, the exit head and the rebatching work over a grid of "
+                                   "batch, context and prefill sizes: CUDA events on a GPU, wall time on CPU (as drex "
+                                   "run times its steps), the median over several shuffled rounds. Resumable: the "
+                                   "same command continues an interrupted profile. Next: drex costmodel fit OUT.")
     p.add_argument("--gpu", required=True, help="device name: h100, h200, a100 or cpu")
     p.add_argument("--model", required=True, help="model name (e.g. llama2-7b, tiny) or a path to config.json")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                    help="weights and activations (default: fp32 on cpu, bf16 on GPU)")
     p.add_argument("--quick", action="store_true", help="small grid (CI, smoke tests)")
-    p.add_argument("--out", default=None, help="output directory (default profiles/<gpu>/<model>/)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: profiles/<gpu>/<model>/ beside the package, where the simulator "
+                        "reads it, unless a profile is already there)")
     p.add_argument("--force", action="store_true", help="profile even when the device found is not the one named")
-    p.add_argument("--restart", action="store_true", help="discard a partial profile instead of resuming it")
+    p.add_argument("--restart", action="store_true", help="discard what the directory holds (a partial or a complete profile) and measure anew")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)

@@ -43,8 +43,9 @@ class Budget:
     def for_run(cls, quick: bool, cuda: bool) -> Budget:
         if cuda:
             return cls(rounds=2, warmup=3, min_reps=10, max_reps=100, min_time_s=0.05 if quick else 0.1)
-        # One sample per round of anything slower than min_time_s: five rounds still give five samples.
-        return cls(rounds=5, warmup=1, min_reps=1, max_reps=30, min_time_s=0.025 if quick else 0.05)
+        # Wall time is noisy on a shared machine: several samples per round, five rounds apart in time, so the
+        # median has ten (quick) or fifteen samples even of the slowest point.
+        return cls(rounds=5, warmup=1, min_reps=2 if quick else 3, max_reps=30, min_time_s=0.025 if quick else 0.05)
 
 
 # -- the device ----------------------------------------------------------------------------------
@@ -116,10 +117,12 @@ def time_calls(fn: Callable[[], object], budget: Budget, cuda: bool, inner: int 
     """Samples of fn's time, and the wall times beside them: each sample times ``inner`` back-to-back
     calls and divides.
 
-    GPU: CUDA events (fn's launches are asynchronous). CPU: the calling thread's CPU time
-    (CLOCK_THREAD_CPUTIME_ID; torch runs single-threaded in it), because on a shared 2-core machine a
-    50 ms op's wall time doubles whenever another process shares the core, while its CPU time does not;
-    the wall-clock (perf_counter) times are kept beside it. A ``time_scale`` attribute on fn scales both;
+    GPU: CUDA events (fn's launches are asynchronous). CPU: wall-clock time (perf_counter), as a real run
+    times its steps: a profile in thread CPU time leaves out what a step waits for (memory, the scheduler
+    of a shared core) and the real run's measured throughput falls short of the simulated one. A loaded
+    machine then makes some samples slow; the profile's statistic is the median over several rounds, each
+    visiting the points in a shuffled order, so load that comes and goes widens p10-p90 instead of moving
+    the median (meta.json's ``clock`` and ``statistic`` say so). A ``time_scale`` attribute on fn scales both;
     a ``self_timed`` one says fn returns its own time.
     """
     scale = getattr(fn, "time_scale", 1.0) / inner
@@ -141,11 +144,11 @@ def time_calls(fn: Callable[[], object], budget: Budget, cuda: bool, inner: int 
             return start.elapsed_time(end) / 1e3 * scale, (time.perf_counter() - w0) * scale
     else:
         def one() -> tuple[float, float]:
-            w0, c0 = time.perf_counter(), time.thread_time()
+            w0 = time.perf_counter()
             for _ in range(inner):
                 fn()
-            c1, w1 = time.thread_time(), time.perf_counter()
-            return (c1 - c0) * scale, (w1 - w0) * scale
+            w = (time.perf_counter() - w0) * scale
+            return w, w
 
     for _ in range(budget.warmup):
         one()
@@ -189,11 +192,13 @@ def run_grid(out: Path, meta: dict, points: list[pf.Point], measure: Callable[[p
     done: dict = {}
     if meta_path.exists():
         old = pf.read_meta(out)
-        for key in ("device", "dtype", "model", "grid", "rounds"):
+        for key in ("device", "dtype", "model", "grid", "rounds", "clock"):  # thread-CPU and wall samples never mix
             if _comparable(old.get(key), key) != _comparable(meta.get(key), key):
                 raise ValueError(f"{meta_path}: field {key} differs from this run's; the directory holds another "
                                  "profile (--restart discards it, --out writes elsewhere)")
         done = pf.load_samples(out, units)
+        if len(done) == len(units) and old.get("status") == "complete":
+            return out  # nothing to measure: rewrite nothing either (the files, and a fit of them, stay as they are)
         meta = {**meta, "date_started": old.get("date_started", meta.get("date_started"))}
     elif (out / pf.SAMPLES).exists() or (out / pf.MEASUREMENTS).exists():
         raise ValueError(f"{out} holds measurements without meta.json (--restart discards them)")
@@ -249,7 +254,10 @@ def make_meta(requested: str, device_name: str, dtype: str, shape: ModelShape, p
         "grid": {"quick": quick, **pf.grid_summary(points)},
         "budget": {"rounds": budget.rounds, "warmup": budget.warmup, "min_reps": budget.min_reps, "max_reps": budget.max_reps,
                    "min_time_s": budget.min_time_s},
-        "clock": "thread_cpu_time" if device_name.startswith("cpu") else "cuda_events",
+        "clock": "wall_perf_counter" if device_name.startswith("cpu") else "cuda_events",
+        "statistic": ("median over all rounds' samples (rounds visit the points in shuffled orders, so load on "
+                      "the machine shows as a wide p10-p90, not as a shifted median); measured in wall time, as "
+                      "drex run times its steps"),
         "layers_built": layers_built,
         "date_started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -25,7 +25,7 @@ import torch
 from drex.config import EEConfig
 from drex.confidence import make_confidence_source
 from drex.core.blocks import num_kv_blocks
-from drex.core.request import Request
+from drex.core.request import Request, RequestStatus
 from drex.core.scheduler import Scheduler
 from drex.devices import get_device
 from drex.dtypes import DTYPE_BYTES, check_dtype
@@ -36,6 +36,9 @@ from drex.real.init import torch_dtype
 from drex.real.model import EEModel
 from drex.settings import RunSettings, build_cost_model
 
+
+
+INTERRUPTED = "interrupted"  # requests.csv status of a request a Ctrl-C cut short
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,18 @@ def build_model(cfg: RunConfig, exits: tuple[int, ...]) -> EEModel:
     dtype, device = torch_dtype(cfg.dtype), cfg.torch_device
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {cfg.sim.device} needs CUDA, which this machine lacks (use --device cpu)")
-    weights = cfg.weights
-    if weights == "auto":
-        weights = shape.path or "random"
+    weights = resolve_weights(cfg)
     if weights == "random":
         return EEModel.random(shape, dtype=dtype, device=device, seed=cfg.sim.seed, exit_layers=exits)
     return EEModel.from_pretrained(weights, dtype=dtype, device=device, exit_layers=exits)
+
+
+def resolve_weights(cfg: RunConfig) -> str:
+    """``auto``: the checkpoint of the model's config.json when its folder holds weights, else random weights."""
+    if cfg.weights == "auto":
+        folder = get_model(cfg.sim.model).path
+        return folder if folder is not None and any(Path(folder).glob("*.safetensors")) else "random"
+    return cfg.weights
 
 
 def default_num_blocks(cfg: RunConfig, workload, shape, dtype_bytes: int) -> int:
@@ -98,7 +107,7 @@ def warm_up(executor: RealExecutor) -> None:
 
 
 def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = None, model: EEModel | None = None,
-             cost=None) -> RunResult:
+             cost=None, progress: bool = False) -> RunResult:
     """Serve ``workload`` in real time. ``prompts`` (request id -> token ids) default to synthetic ones;
     ``model`` and ``cost`` override the ones cfg names (tests share one model with a reference decoder)."""
     sim = cfg.sim
@@ -124,34 +133,20 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     requests = [Request(w.request_id, w.arrival_s, w.prompt_tokens, w.output_tokens, w.slo_ttft_ms, w.slo_tpot_ms)
                 for w in workload]
     t_start = time.monotonic()  # the clock starts at the first arrival (time 0 of the trace)
-    clock = executor.clock
-    i = 0
-    sched_s = 0.0
-    while True:
-        now = clock()
-        while i < len(requests) and requests[i].arrival_s <= now:
-            sched.add_request(requests[i], requests[i].arrival_s)
-            i += 1
-        t = clock()
-        plan = sched.schedule(now)
-        sched_s += clock() - t
-        if plan is None:
-            if i < len(requests):
-                time.sleep(max(0.0, requests[i].arrival_s - clock()))
-                continue
-            if sched.has_work():
-                raise RuntimeError("scheduler has work but planned no step")
-            break
-        nxt = requests[i].arrival_s if i < len(requests) else math.inf
-        start = clock()
-        result = executor.execute(plan, start, nxt)
-        t = clock()
-        sched.complete(plan, result, start)
-        sched_s += clock() - t
-    wall_s = clock()
+    try:
+        sched_s = _serve(sched, executor, requests, progress)
+        interrupted = False
+    except KeyboardInterrupt:  # Ctrl-C: keep what finished; the rest is marked interrupted below
+        sched_s, interrupted = math.nan, True
+    wall_s = executor.clock()
 
-    check_accounted(requests, "run")
+    if not interrupted:
+        check_accounted(requests, "run")
     req_df = request_records(requests)
+    if interrupted:
+        cut = ~req_df.status.isin([RequestStatus.FINISHED.value, RequestStatus.REJECTED.value])
+        req_df.loc[cut, "status"] = INTERRUPTED
+        req_df.loc[cut, "reason"] = "the run was interrupted (Ctrl-C) before this request finished"
     steps = pd.DataFrame(sched.log.columns())
     extra_cols = pd.DataFrame(executor.step_records)
     if len(extra_cols) == len(steps):
@@ -159,11 +154,52 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     itl = np.concatenate(sched.itl_s or [np.array([])])
     extra = run_fields([sched], blocks, cost.name, source.name if source is not None else "model", sim,
                        shape.name)
-    extra |= {"backend": "real", "torch_device": cfg.torch_device, "dtype": cfg.dtype, "weights": cfg.weights,
-              "run_wall_s": wall_s, "scheduler_s": sched_s,
+    extra |= {"backend": "real", "torch_device": cfg.torch_device, "dtype": cfg.dtype, "weights": resolve_weights(cfg),
+              "run_wall_s": wall_s, "scheduler_s": sched_s, "interrupted": interrupted,
               "step_time_s": float(steps["duration_ms"].sum() / 1e3) if len(steps) else 0.0}
     extra |= executor.stats()
     return RunResult(req_df, steps, summarize(req_df, steps, itl, extra), executor, list(workload))
+
+
+def _serve(sched: Scheduler, executor: RealExecutor, requests: list[Request], progress: bool) -> float:
+    """The real-time loop: admit arrivals, plan, execute, complete. Returns the seconds spent scheduling."""
+    from tqdm import tqdm
+
+    clock = executor.clock
+    i = 0
+    sched_s = 0.0
+    bar = tqdm(total=len(requests), unit="req", desc="drex run", disable=not progress, dynamic_ncols=True)
+    shown_s = 0.0
+    try:
+        while True:
+            now = clock()
+            while i < len(requests) and requests[i].arrival_s <= now:
+                sched.add_request(requests[i], requests[i].arrival_s)
+                i += 1
+            if progress and now - shown_s > 0.25:  # counting the finished is O(n): a few times a second
+                shown_s = now
+                bar.n = sum(r.status.done for r in requests)
+                bar.set_postfix_str(f"arrived {i}/{len(requests)}, trace time {now:.0f} s", refresh=True)
+            t = clock()
+            plan = sched.schedule(now)
+            sched_s += clock() - t
+            if plan is None:
+                if i < len(requests):
+                    time.sleep(max(0.0, min(requests[i].arrival_s - clock(), 0.25 if progress else math.inf)))
+                    continue
+                if sched.has_work():
+                    raise RuntimeError("scheduler has work but planned no step")
+                break
+            nxt = requests[i].arrival_s if i < len(requests) else math.inf
+            start = clock()
+            result = executor.execute(plan, start, nxt)
+            t = clock()
+            sched.complete(plan, result, start)
+            sched_s += clock() - t
+        bar.n = len(requests)
+    finally:
+        bar.close()
+    return sched_s
 
 
 def run_config_json(cfg: RunConfig, trace: str, num_kv_blocks: int) -> dict:

@@ -7,16 +7,26 @@ import sys
 from pathlib import Path
 
 from drex.core.policies import POLICIES
-from drex.metrics import format_table, write_run
+from drex.metrics import format_table, rejection_lines, write_run
 from drex.settings import add_run_flags, load_workload, settings_from_args
 from drex.sim.simulator import simulate
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _tell_rejections(res, policy: str | None = None) -> None:
+    for line in rejection_lines(res.requests):
+        print((f"{policy}: " if policy else "") + line, file=sys.stderr)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     workload = load_workload(args)
-    res = simulate(settings_from_args(args, args.policy), workload, progress=not args.no_progress and sys.stderr.isatty())
+    res = simulate(settings_from_args(args, args.policy), workload, progress=_progress(args))
     write_run(args.out, res.requests, res.steps, res.summary)
     print(format_table({args.policy: res.summary}))
+    _tell_rejections(res)
     print(f"cost model: {res.summary['cost_model']}; {len(workload)} requests in {res.summary['sim_wall_s']:.2f} s "
           f"wall; records in {args.out}/")
     return 0
@@ -26,10 +36,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.plot and not args.out:
         raise ValueError("--plot draws from the runs' records: give --out DIR too")
     workload = load_workload(args)
-    summaries = {}
-    for policy in args.policies.split(","):
-        res = simulate(settings_from_args(args, policy), workload, progress=False)
+    summaries, rejections = {}, {}
+    policies = [p for p in args.policies.split(",") if p]
+    settings = {policy: settings_from_args(args, policy) for policy in policies}  # all checked before any runs
+    if args.out:
+        from drex.outputs import check_out_dir
+
+        for policy in policies:
+            check_out_dir(Path(args.out) / policy, "--out")
+    for policy in policies:
+        res = simulate(settings[policy], workload, progress=_progress(args))
         summaries[policy] = res.summary
+        rejections[policy] = rejection_lines(res.requests)
         if args.out:
             write_run(Path(args.out) / policy, res.requests, res.steps, res.summary)
     first = next(iter(summaries.values()))
@@ -37,6 +55,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"{first['exits']} threshold {args.threshold} | confidence {first['confidence_source']} | "
           f"cost model {first['cost_model']}")
     print(format_table(summaries))
+    for policy, lines in rejections.items():  # the same requests fail under every policy, usually: say it once
+        if lines and (policy == policies[0] or lines != rejections[policies[0]]):
+            print("\n".join((f"{policy}: " if len(set(map(tuple, rejections.values()))) > 1 else "") + line
+                            for line in lines), file=sys.stderr)
     if args.plot:
         from drex.plots import plot_path
 
@@ -49,11 +71,17 @@ def add_parsers(sub) -> None:
     add_run_flags(p)
     p.add_argument("--out", required=True, help="directory for requests.csv, steps.csv, summary.json")
     p.set_defaults(func=cmd_simulate, uses_torch=False)
-    c = sub.add_parser("compare", help="simulate every policy on the same workload and print them side by side")
+    c = sub.add_parser("compare", help="simulate every policy on the same workload and print them side by side",
+                       description="Simulate every policy on the same workload and print them side by side. Its "
+                                   "defaults differ from drex simulate's: --trace azure-conv --num-requests 1000 "
+                                   "(decode-heavy conversations, where early exit matters).")
     add_run_flags(c, policy=False)
-    c.add_argument("--policies", default=",".join(POLICIES))
+    c.add_argument("--policies", default=",".join(POLICIES), help="comma-separated policies to compare")
     c.add_argument("--out", default=None, help="optional directory: one sub-directory of records per policy")
     c.add_argument("--plot", action="store_true", help="also draw the policies side by side into --out (drex plot)")
     # Decode-heavy conversation traffic: where early exit matters (azure-code is prefill-bound).
     c.set_defaults(func=cmd_compare, trace="azure-conv", num_requests=1000, uses_torch=False)
+    for action in c._actions:  # its help must show compare's default, not simulate's "the whole trace"
+        if action.dest == "num_requests":
+            action.help = "replay only the first N requests (default: %(default)s)"
     return None

@@ -70,9 +70,11 @@ def test_resume_after_interruption_gives_the_same_file(tmp_path):
     assert [(r["op"], r["num_rows"], r["context"], r["chunk"], r["num_layers"]) for r in prof.rows] == \
         [p.key for p in points]
     assert all(r["reps"] == 9 for r in prof.rows)  # three rounds of three samples, no duplicates
-    # Rerunning a complete profile measures nothing and changes nothing.
+    # Rerunning a complete profile measures nothing and writes nothing (a shipped profile stays untouched).
+    stamps = {f.name: f.stat().st_mtime_ns for f in resumed.iterdir()}
     run_grid(resumed, _meta(points), points, lambda p: pytest.fail("re-measured"), rounds=3, progress=False)
     assert (resumed / pf.MEASUREMENTS).read_bytes() == (full / pf.MEASUREMENTS).read_bytes()
+    assert {f.name: f.stat().st_mtime_ns for f in resumed.iterdir()} == stamps
 
 
 def test_samples_are_shuffled_per_round_but_fixed():

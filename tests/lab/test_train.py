@@ -87,7 +87,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     (dict(exits=(3,)), "exits"),
     (dict(exit_loss_weights=(1.0,)), "loss weights"),
     (dict(mix=(1.0, -1.0, 0.0)), "mix"),
-    (dict(save_dtype="int8"), "save_dtype"),
+    (dict(save_dtype="int8"), "save.dtype"),
 ])
 def test_bad_config_is_refused(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -42,7 +42,7 @@ def test_profile_command_end_to_end(tmp_path, monkeypatch):
     assert [r["op"] for r in prof.rows] == [p.op for p in POINTS]
     assert all(r["reps"] == 2 and r["median_s"] > 0 for r in prof.rows)
     meta = prof.meta
-    assert meta["device"]["requested"] == "cpu" and meta["dtype"] == "fp32" and meta["clock"] == "thread_cpu_time"
+    assert meta["device"]["requested"] == "cpu" and meta["dtype"] == "fp32" and meta["clock"] == "wall_perf_counter"
     assert meta["model"]["hidden_size"] == SHAPE.hidden_size and meta["versions"]["torch"] == torch.__version__
     from drex.costmodel.fit import fit_profile
 

@@ -44,7 +44,9 @@ def test_beta_source_replaces_the_model_confidences(beta_run):
     # Uniform confidences against threshold 0.5: about half the tokens want to leave at the exit (lazy lets
     # them only when the whole batch does, so fewer do).
     assert 0.35 < (conf.confidence > 0.5).mean() < 0.65
-    assert 0.05 < summary["early_exit_fraction"] < 0.65
+    # How many exit depends on which requests share a step, i.e. on real timing: only "some, not most" is stable
+    # (a loaded machine gave 0.044 against the 0.05 bound this had, before and after issue 9's changes).
+    assert 0.0 < summary["early_exit_fraction"] < 0.65
     assert json.loads((beta_run / "run.json").read_text())["confidence"] == "beta:1,1"
 
 

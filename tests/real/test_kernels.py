@@ -62,26 +62,52 @@ def test_paged_decode_attention_bf16_is_upcast_inside_the_kernel():
     torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_kv_copy_scatter_matches_torch(dtype):
+def _kv_copy_case(dtype):
     gen = torch.Generator().manual_seed(1)
     k = torch.randn(5, 40, 2, 8, generator=gen).to(DEVICE, dtype)  # [L, slots, Hkv, D]
     v = torch.randn(5, 40, 2, 8, generator=gen).to(DEVICE, dtype)
     slots = torch.tensor([3, 17, 39, 8], device=DEVICE)
     exits = torch.tensor([1, 4, 2, 3], dtype=torch.int32, device=DEVICE)
+    return k, v, slots, exits
+
+
+def _assert_kv_copy_semantics(k0, v0, k, v, slots, exits):
+    """Against the tensors *before* the copy (k0, v0): at each copied slot, layers >= its exit hold layer
+    exit-1's K and V, layers below the exit keep their own; every other slot is untouched, in K and in V."""
+    for s, e in zip(slots.tolist(), exits.tolist()):
+        for layer in range(k0.shape[0]):
+            src = e - 1 if layer >= e else layer
+            assert torch.equal(k[layer, s], k0[src, s]), f"K slot {s} layer {layer} (exit {e})"
+            assert torch.equal(v[layer, s], v0[src, s]), f"V slot {s} layer {layer} (exit {e})"
+    untouched = torch.ones(k0.shape[1], dtype=torch.bool)
+    untouched[slots.cpu()] = False
+    untouched = untouched.to(k0.device)
+    assert torch.equal(k[:, untouched], k0[:, untouched]) and torch.equal(v[:, untouched], v0[:, untouched])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kv_copy_scatter_matches_torch(dtype):
+    k, v, slots, exits = _kv_copy_case(dtype)
+    k0, v0 = k.clone(), v.clone()
     k_ref, v_ref = k.clone(), v.clone()
     kv_copy_torch(k_ref, v_ref, slots, exits)
     kv_copy_triton(k, v, slots, exits)
     assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
-    # the semantics: deep layers hold layer e-1's K/V at that slot; shallow layers and other slots untouched
-    for s, e in zip(slots.tolist(), exits.tolist()):
-        for layer in range(5):
-            src = e - 1 if layer >= e else layer
-            assert torch.equal(k_ref[layer, s], k_ref[src, s])
-    untouched = torch.ones(40, dtype=torch.bool)
-    untouched[slots.cpu()] = False
-    fresh = torch.randn(5, 40, 2, 8, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
-    assert torch.equal(k_ref[:, untouched.to(DEVICE)], fresh[:, untouched.to(DEVICE)])
+    _assert_kv_copy_semantics(k0, v0, k_ref, v_ref, slots, exits)
+
+
+def test_kv_copy_check_catches_wrong_copies():
+    """The semantics check fails on a copy that writes a shallow layer, or that copies K but not V (the old
+    check compared shallow layers with themselves and looked at K only)."""
+    k, v, slots, exits = _kv_copy_case(torch.float32)
+    k0, v0 = k.clone(), v.clone()
+    kv_copy_torch(k, v, slots, exits)
+    shallow = k.clone()
+    shallow[0, slots[1]] = k0[2, slots[1]]  # slot 17 exits at 4: layer 0 must keep its own K
+    with pytest.raises(AssertionError):
+        _assert_kv_copy_semantics(k0, v0, shallow, v, slots, exits)
+    with pytest.raises(AssertionError):
+        _assert_kv_copy_semantics(k0, v0, k, v0.clone(), slots, exits)  # K copied, V not
 
 
 @pytest.mark.gpu

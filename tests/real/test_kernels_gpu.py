@@ -1,6 +1,6 @@
 """Triton kernels on CUDA at a 7B model's shape, in fp16 and bf16, against their torch twins.
 
-Skipped without CUDA; benchmarks/gpu/run.sh runs them on the GPU machine (tests/test_real_kernels.py
+Skipped without CUDA; benchmarks/gpu/run.sh runs them on the GPU machine (tests/real/test_kernels.py
 checks the same kernels at small shapes under TRITON_INTERPRET=1 on CPU).
 """
 

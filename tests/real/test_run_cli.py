@@ -55,4 +55,7 @@ def test_run_rejects_simulator_only_flags(tmp_path, capsys):
     assert main(["run", "--trace", "azure-code", "--replicas", "2", "--out", str(tmp_path)]) == 2
     assert "one real replica" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "nothing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["validate", str(tmp_path / "empty")]) == 2
     assert "run.json" in capsys.readouterr().err
