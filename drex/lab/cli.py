@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from drex.config import EEConfig
-from drex.lab import quality, train
+from drex.lab import quality, train, train_exits
 
 
 def _tuple(kind):
@@ -27,7 +27,29 @@ def add_parsers(sub) -> None:
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("train-exits", help="train early exits (adapters + confidence estimators) over a frozen "
+                                          "pretrained model by self-distillation (smollm2 -> models/smollm2-ee)")
+    p.add_argument("--out", default="models/smollm2-ee", help="directory for exits.safetensors + config.json")
+    p.add_argument("--log", default=None, help="JSON-lines log (default OUT/train_log.jsonl)")
+    p.add_argument("--default-threshold", type=float, default=0.9, help="the learned metric's default threshold")
+    _config_flags(p, train_exits.ExitTrainConfig())
+    p.set_defaults(func=_cmd_train_exits)
     add_quality_parser(sub)
+
+
+def _config_flags(p, defaults) -> None:
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, tuple):
+            p.add_argument(flag, type=_tuple(type(value[0])), default=value, help=f"comma-separated (default {value})")
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
+
+
+def _cmd_train_exits(args) -> int:
+    cfg = train_exits.ExitTrainConfig(**{k: getattr(args, k) for k in asdict(train_exits.ExitTrainConfig())})
+    train_exits.run(cfg, Path(args.out), args.log, args.default_threshold)
+    return 0
 
 
 def _cmd_train(args) -> int:

@@ -68,12 +68,12 @@ def build_model(cfg: RunConfig, exits: tuple[int, ...]) -> EEModel:
     dtype, device = torch_dtype(cfg.dtype), cfg.torch_device
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {cfg.sim.device} needs CUDA, which this machine lacks (use --device cpu)")
-    weights = cfg.weights
+    weights, extra = cfg.weights, None
     if weights == "auto":
-        weights = shape.path or "random"
+        weights, extra = shape.path or "random", shape.extra_weights
     if weights == "random":
         return EEModel.random(shape, dtype=dtype, device=device, seed=cfg.sim.seed, exit_layers=exits)
-    return EEModel.from_pretrained(weights, dtype=dtype, device=device, exit_layers=exits)
+    return EEModel.from_pretrained(weights, dtype=dtype, device=device, exit_layers=exits, extra=extra)
 
 
 def default_num_blocks(cfg: RunConfig, workload, shape, dtype_bytes: int) -> int:
