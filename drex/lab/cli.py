@@ -67,7 +67,11 @@ def add_quality_parser(sub) -> None:
     p.add_argument("--num-code", type=int, default=24, help="HumanEval prompts (held-out tasks)")
     p.add_argument("--num-text", type=int, default=24, help="held-out text windows (plays + stdlib)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--metrics", default="margin,maxprob,entropy")
+    p.add_argument("--metrics", default="margin,maxprob,entropy",
+                   help="comma-separated; learned: the trained estimators (smollm2-ee)")
+    p.add_argument("--thresholds", default=None,
+                   help="comma-separated thresholds for every metric listed (default: each metric's own sweep)")
+    p.add_argument("--no-bertscore", action="store_true", help="skip the BERTScore column (MiniLM encoder)")
     p.add_argument("--traces", default=None, help="also write confidence traces <model>-{humaneval,text}.csv here")
     p.add_argument("--trace-tokens", type=int, default=128)
     p.add_argument("--trace-prompts", type=int, default=40, help="prompts per trace (HumanEval, text)")
@@ -92,7 +96,14 @@ def _cmd_quality(args) -> int:
     metrics = tuple(m for m in args.metrics.split(",") if m)
     unknown = [m for m in metrics if m not in quality.THRESHOLDS]
     if unknown:
-        raise ValueError(f"unknown confidence metric(s) {unknown}: margin, maxprob or entropy")
+        raise ValueError(f"unknown confidence metric(s) {unknown}: {', '.join(quality.THRESHOLDS)}")
+    thresholds = None
+    if args.thresholds:
+        try:
+            values = tuple(float(t) for t in args.thresholds.split(",") if t)
+        except ValueError:
+            raise ValueError(f"--thresholds takes numbers like 0.5,0.9, got {args.thresholds!r}") from None
+        thresholds = {m: values for m in metrics}
     fills = tuple(f for f in args.kv_fill.split(",") if f)
     if not fills or any(f not in ("copy", "recompute") for f in fills):
         raise ValueError(f"--kv-fill takes copy and/or recompute, got {args.kv_fill!r}")
@@ -101,9 +112,10 @@ def _cmd_quality(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not args.skip_sweep:
-        quality.run(args.model, Path(args.out), args.max_new_tokens, args.num_code, args.num_text, args.batch_size, metrics,
-            kv_fills=fills, trace_dir=Path(args.traces) if args.traces else None, trace_tokens=args.trace_tokens,
-            trace_prompts=args.trace_prompts)
+        quality.run(args.model, Path(args.out), args.max_new_tokens, args.num_code, args.num_text, args.batch_size,
+                    metrics, thresholds, kv_fills=fills, trace_dir=Path(args.traces) if args.traces else None,
+                    trace_tokens=args.trace_tokens, trace_prompts=args.trace_prompts,
+                    bertscore=not args.no_bertscore)
     if args.policies:
         from drex.lab.policy_quality import POLICY_COLUMNS, compare_policies
 

@@ -8,6 +8,17 @@ import time
 from drex.metrics import format_table
 
 
+def real_prompts(trace: str, model: str, workload) -> dict[int, list[int]] | None:
+    """Token ids of a real-prompt trace (humaneval), by request id; None: the run draws synthetic ids."""
+    from drex.prompts import humaneval_prompts, is_humaneval
+    from drex.settings import tokenizer_dir
+
+    if not is_humaneval(trace):
+        return None
+    ids = humaneval_prompts(tokenizer_dir(model))
+    return {w.request_id: list(ids[w.request_id]) for w in workload}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from drex.real.run import RunConfig, run_real, write_real_run
     from drex.settings import load_workload, settings_from_args
@@ -19,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(settings_from_args(args, args.policy), weights=args.weights, dtype=args.dtype,
                     kv_fill=args.kv_fill, confidence=args.confidence)
     workload = load_workload(args)
-    res = run_real(cfg, workload)
+    res = run_real(cfg, workload, prompts=real_prompts(args.trace, args.model, workload))
     write_real_run(args.out, cfg, res, args.trace)
     s = res.summary
     print(format_table({args.policy: s}))

@@ -49,6 +49,10 @@ class RealExecutor:
         self.sched, self.model, self.kv_fill, self.clock = scheduler, model, kv_fill, clock
         self.num_layers = model.num_layers
         self.metric = scheduler.ee.metric
+        lacking = [e for e in scheduler.exits if self.metric == "learned" and not model.has_estimator(e)]
+        if lacking:
+            raise ValueError(f"metric 'learned' needs a trained confidence estimator at every exit; exits {lacking} "
+                             "have none (a model like smollm2-ee has them)")
         # Replaces the exit heads' confidences (drex run --confidence beta:...): random weights' are meaningless.
         self.source = confidence_source
         shape, dtype, device = model.shape, model.dtype, model.device
@@ -164,12 +168,10 @@ class RealExecutor:
             if not asking:
                 continue
             idx = batch.first_tokens([("d", j) for j in asking])  # their rows in h
-            logits = model.exit_logits(h[idx], e)
-            conf = confidence(logits, self.metric).cpu().numpy()  # computed either way: the step's cost includes it
+            conf, exit_tokens = self._exit_confidence(h[idx], e)
             if self.source is not None:
                 conf = self.source.confidence(np.array([dec[j] for j in asking]),
                                               np.array([step_plan.decode_token_index[j] for j in asking]), i)
-            argmax = logits.argmax(-1).tolist()
             conf_all = np.full((1, n), np.nan)
             conf_all[0, asking] = conf
             d = sched.decide_at_exit(step_plan, i, conf_all, active[None, :].copy(), self.clock())
@@ -181,6 +183,7 @@ class RealExecutor:
                 self.decisions.append((dec[j], step_plan.decode_token_index[j], e, int(acts[j])))
 
             exiting = [k for k, j in enumerate(asking) if acts[j] == EXIT]
+            argmax = exit_tokens(exiting)
             for k in exiting:
                 tokens[asking[k]] = argmax[k]
                 self._emit(dec[asking[k]], argmax[k], e)
@@ -208,6 +211,27 @@ class RealExecutor:
         if copies and self.recompute is None:
             self._copy_fill(copies)
         return out, offset
+
+    def _exit_confidence(self, h, e: int):
+        """Confidences [n] of the rows h at exit e, and a function: row positions that exit -> {position: token}.
+
+        With the learned metric only the exit's small estimator runs over every row and the LM head only
+        over the rows that leave; otherwise the full exit logits of every row give both (computed either
+        way: the step's cost includes them even when ``--confidence`` replaces the value).
+        """
+        model = self.model
+        if self.metric == "learned":
+            x = model.exit_hidden(h, e)
+            conf = model.estimate(x, e).cpu().numpy()
+
+            def tokens(exiting):
+                if not exiting:
+                    return {}
+                return dict(zip(exiting, model.head_logits(x[exiting], e).argmax(-1).tolist()))
+            return conf, tokens
+        logits = model.exit_logits(h, e)
+        argmax = logits.argmax(-1).tolist()
+        return confidence(logits, self.metric).cpu().numpy(), lambda exiting: {k: argmax[k] for k in exiting}
 
     def _start_step(self, plan: StepPlan, s: int):
         """Step s of a run: KV recompute owed by its decode rows, its plan and record, the batch, embeddings."""

@@ -93,3 +93,37 @@ def test_policies_report_involuntary_exits(model, policy):
         assert s["involuntary_stays"] > 0
     if policy == "latency-only":  # tokens leave early, yet every row runs full depth: no KV to fill
         assert s["early_exit_fraction"] > 0 and s["kv_copy_bytes"] == 0
+
+
+def test_learned_estimator_exits_exactly_and_heads_only_exiting_rows():
+    learned = EEModel.random(TINY, seed=11, exit_layers=(2,))
+    head = learned.add_exit_head(2, norm=True, lm_head=False, adapter_rank=8, estimator_width=16)
+    with torch.no_grad():
+        head.adapter.up.weight.normal_(std=0.1)  # not the identity: the exit token goes through the adapter
+    ee = EEConfig(exits=(2,), threshold=0.5, metric="learned")
+    rows_headed = []
+    plain = learned.head_logits
+
+    def counting(x, e):
+        if e == 2:
+            rows_headed.append(x.shape[0])
+        return plain(x, e)
+
+    workload, prompts = _workload(24, seed=5)
+    learned.head_logits = counting
+    res = _run(learned, "drex", workload, prompts, cost=ProportionalCost(), ee=ee)
+    learned.head_logits = plain
+    s = res.summary
+    assert s["completed"] == 24 and 0.05 < s["early_exit_fraction"] < 0.95
+    asked = int((res.executor.decisions and len(res.executor.decisions)))
+    assert sum(rows_headed) < asked  # the LM head ran for the exiting rows only, the estimator for all
+    for r in workload:
+        alone = greedy_decode(learned, [prompts[r.request_id]], r.output_tokens, ee=ee, block_size=8)
+        assert res.executor.outputs[r.request_id] == alone.tokens[0], r
+        assert res.executor.exit_layers[r.request_id] == alone.exit_layers[0], r
+
+
+def test_learned_metric_without_estimator_is_a_clear_error(model):
+    workload, prompts = _workload(2, seed=6)
+    with pytest.raises(ValueError, match="trained confidence estimator"):
+        _run(model, "drex", workload, prompts, ee=EEConfig(exits=(2,), threshold=0.5, metric="learned"))
