@@ -303,6 +303,11 @@ class EEModel(nn.Module):
         head = self._head(exit_layer)
         return ((head.lm_head if head is not None else None) or self.lm_head)(x).float()
 
+    def shares_top_head(self, exit_layer: int) -> bool:
+        """Whether the exit reads its normed state with the top's LM head (so both can run as one pass)."""
+        head = self._head(exit_layer)
+        return head is None or head.lm_head is None
+
     def has_estimator(self, exit_layer: int) -> bool:
         head = self._head(exit_layer)
         return head is not None and head.estimator is not None
