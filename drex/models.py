@@ -36,6 +36,7 @@ class ModelShape:
     extra_weights: str | None = None
     default_threshold: float | None = None  # the exit threshold a trained model was validated at
     default_metric: str | None = None
+    base: str | None = None  # the model whose weights (and measured profile) an exits-only model builds on
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "vocab_size"):
@@ -170,7 +171,7 @@ def _shipped_exits(name: str, directory: Path) -> ModelShape:
     cfg = read_json_object(directory / "config.json", "model config not found")
     base = get_model(str(cfg["drex_base"]))
     weights = directory / "exits.safetensors"
-    return replace(base, name=name, trained_exits=tuple(int(e) for e in cfg.get("drex_exit_layers", ())),
+    return replace(base, name=name, base=base.name, trained_exits=tuple(int(e) for e in cfg.get("drex_exit_layers", ())),
                    extra_weights=str(weights) if weights.exists() else None,
                    default_threshold=cfg.get("drex_default_threshold"), default_metric=cfg.get("drex_default_metric"))
 
