@@ -29,7 +29,8 @@ class SimExecutor:
         self.keeps_batch = decider.policy.keeps_batch
         # Learned exits (the real executor's): a small estimator decides at each exit and the exited rows'
         # tokens join the top's one LM-head pass, so the exit points charge no head and the top one per token.
-        self.deferred_heads = decider.ee.metric == "learned" and not self.keeps_batch
+        ee = getattr(decider, "ee", None)
+        self.deferred_heads = ee is not None and ee.metric == "learned" and not self.keeps_batch
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
