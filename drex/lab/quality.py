@@ -42,7 +42,7 @@ THRESHOLDS = {
     "margin": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
     "maxprob": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98),
     "entropy": (4.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.75, 0.5, 0.3, 0.1),  # nats; lower is surer
-    "learned": (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),  # the exit's estimator: P(its token is the full model's)
+    "learned": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),  # the exit's estimator: P(its token is the full model's)
 }
 QUALITY_COLUMNS = ("metric", "threshold", "early_exit_fraction", "token_agreement", "rouge_l", "bertscore",
                    "output_throughput")
