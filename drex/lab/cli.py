@@ -32,6 +32,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default="models/smollm2-ee", help="directory for exits.safetensors + config.json")
     p.add_argument("--log", default=None, help="JSON-lines log (default OUT/train_log.jsonl)")
     p.add_argument("--default-threshold", type=float, default=0.9, help="the learned metric's default threshold")
+    p.add_argument("--adapters-from", default=None,
+                   help="an exits.safetensors whose adapters and exit norms are kept; only estimators are trained")
     _config_flags(p, train_exits.ExitTrainConfig())
     p.set_defaults(func=_cmd_train_exits)
     add_quality_parser(sub)
@@ -48,7 +50,7 @@ def _config_flags(p, defaults) -> None:
 
 def _cmd_train_exits(args) -> int:
     cfg = train_exits.ExitTrainConfig(**{k: getattr(args, k) for k in asdict(train_exits.ExitTrainConfig())})
-    train_exits.run(cfg, Path(args.out), args.log, args.default_threshold)
+    train_exits.run(cfg, Path(args.out), args.log, args.default_threshold, args.adapters_from)
     return 0
 
 

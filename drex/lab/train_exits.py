@@ -150,26 +150,53 @@ def exit_labels(model: EEModel, e: int, h, top_ids, chunk: int = 512):
 
 
 def train_estimator(model: EEModel, e: int, x, y, cfg: ExitTrainConfig, gen, log) -> None:
+    """BCE on (exit token == full model's token), early-stopped on a fifth held apart: a few thousand tokens
+    overfit within a few hundred steps, and an overconfident estimator exits wrong tokens."""
     est = model.exit_heads[str(e)].estimator
-    opt = torch.optim.AdamW(est.parameters(), lr=3e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(est.parameters(), lr=1e-3, weight_decay=1e-2)
     n = x.shape[0]
     perm = torch.randperm(n, generator=gen)
     val, tr = perm[: n // 5], perm[n // 5:]
+
+    def logit(rows):
+        return est.fc2(F.silu(est.fc1(x[rows]))).squeeze(-1)
+
+    best, best_step, best_state = float("inf"), 0, None
     for step in range(cfg.estimator_steps):
-        b = tr[torch.randint(0, len(tr), (512,), generator=gen)]
-        p = est.fc2(F.silu(est.fc1(x[b]))).squeeze(-1)
-        loss = F.binary_cross_entropy_with_logits(p, y[b])
+        b = tr[torch.randint(0, len(tr), (256,), generator=gen)]
+        loss = F.binary_cross_entropy_with_logits(logit(b), y[b])
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if step % 10 == 0:
+            with torch.no_grad():
+                val_bce = F.binary_cross_entropy_with_logits(logit(val), y[val]).item()
+            if val_bce < best:
+                best, best_step = val_bce, step
+                best_state = {k: v.clone() for k, v in est.state_dict().items()}
+            elif step - best_step >= 200:
+                break
+    est.load_state_dict(best_state)
+    _log(log, event="estimator_stop", exit=e, best_step=best_step, val_bce=round(best, 4), last_step=step)
     with torch.no_grad():
         pv = est(x[val])
     for thr in (0.5, 0.7, 0.8, 0.9, 0.95):
         sel = pv > thr
         _log(log, event="estimator", exit=e, threshold=thr, exit_fraction=round(sel.float().mean().item(), 3),
              agreement_of_exited=round(y[val][sel].mean().item(), 3) if sel.any() else None)
-    _log(log, event="estimator_done", exit=e, val_tokens=len(val), base_agreement=round(y[val].mean().item(), 3),
-         final_bce=round(loss.item(), 4))
+    _log(log, event="estimator_done", exit=e, val_tokens=len(val), base_agreement=round(y[val].mean().item(), 3))
+
+
+def _load_parts(model: EEModel, e: int, path: str) -> None:
+    """An earlier run's adapter and exit norm for exit e (the estimator is trained again)."""
+    from safetensors.torch import load_file
+
+    saved = load_file(path)
+    prefix = f"exit_heads.{e}."
+    with torch.no_grad():
+        for name, p in model.exit_heads[str(e)].named_parameters():
+            if not name.startswith("estimator"):
+                p.copy_(saved[prefix + name])
 
 
 def save_exits(model: EEModel, cfg: ExitTrainConfig, out: Path, default_threshold: float) -> None:
@@ -182,7 +209,10 @@ def save_exits(model: EEModel, cfg: ExitTrainConfig, out: Path, default_threshol
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def run(cfg: ExitTrainConfig, out: Path, log_path: str | None = None, default_threshold: float = 0.9) -> None:
+def run(cfg: ExitTrainConfig, out: Path, log_path: str | None = None, default_threshold: float = 0.9,
+        adapters_from: str | None = None) -> None:
+    """Train (or, with ``adapters_from``, load an exits.safetensors' adapters and norms and retrain only the
+    estimators) and write ``out``."""
     from tokenizers import Tokenizer
 
     torch.manual_seed(cfg.seed)
@@ -199,16 +229,20 @@ def run(cfg: ExitTrainConfig, out: Path, log_path: str | None = None, default_th
         windows = build_windows(cfg, model, tok, rng, log)
         order = rng.permutation(len(windows))
         est_w = [windows[i] for i in order[: cfg.estimator_windows]]
-        fit_w = [windows[i] for i in order[cfg.estimator_windows:]]
-        h, top_ids, top_lp = collect(model, fit_w, cfg.exits, cfg.top_k)
+        fit_w = [] if adapters_from else [windows[i] for i in order[cfg.estimator_windows:]]
+        h, top_ids, top_lp = collect(model, fit_w, cfg.exits, cfg.top_k) if fit_w else (None, None, None)
         h_est, ids_est, _ = collect(model, est_w, cfg.exits, 1)
-        _log(log, event="collected", fit_tokens=int(top_ids.shape[0]), estimator_tokens=int(ids_est.shape[0]),
+        _log(log, event="collected", fit_tokens=0 if top_ids is None else int(top_ids.shape[0]),
+             estimator_tokens=int(ids_est.shape[0]),
              seconds=round(time.perf_counter() - t0, 1))
         for e in cfg.exits:
             model.add_exit_head(e, norm=True, lm_head=False, adapter_rank=cfg.adapter_rank,
                                 estimator_width=cfg.estimator_width)
             _, before = exit_labels(model, e, h_est[e], ids_est)
-            train_adapter(model, e, h[e], top_ids, top_lp, cfg, gen, log)
+            if adapters_from:
+                _load_parts(model, e, adapters_from)
+            else:
+                train_adapter(model, e, h[e], top_ids, top_lp, cfg, gen, log)
             x, y = exit_labels(model, e, h_est[e], ids_est)
             _log(log, event="exit_agreement", exit=e, before=round(before.mean().item(), 3),
                  after=round(y.mean().item(), 3))
