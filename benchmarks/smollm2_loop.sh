@@ -22,7 +22,7 @@ fi
 if [[ $what == runs || $what == all ]]; then
     for policy in ${POLICIES:-off drex latency-only lazy eager}; do
         drex run --model smollm2-ee --device cpu --trace humaneval --num-requests 32 --max-batch-size 16 \
-            --policy "$policy" --out "$out/$policy" --no-progress
+            --policy "$policy" --kv-fill "${KV_FILL:-recompute}" --out "$out/$policy" --no-progress
         drex validate "$out/$policy"
         mkdir -p "$res/$policy"
         cp "$out/$policy/summary.json" "$out/$policy/validate.json" "$out/$policy/run.json" "$res/$policy/"
