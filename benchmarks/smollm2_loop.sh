@@ -17,7 +17,7 @@ mkdir -p "$res"
 drex model fetch smollm2
 if [[ $what == profile || $what == all ]]; then
     drex profile --gpu cpu --model smollm2 --quick --restart --no-progress   # wall time, as drex run times steps
-    drex costmodel fit profiles/cpu/smollm2
+    drex costmodel fit profiles/cpu/smollm2 --timing wall   # drex run times steps by the wall clock
 fi
 if [[ $what == runs || $what == all ]]; then
     for policy in ${POLICIES:-off drex latency-only lazy eager}; do

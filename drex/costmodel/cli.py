@@ -12,6 +12,9 @@ def add_parsers(sub) -> None:
     cm_sub = cm.add_subparsers(dest="costmodel_command", required=True)
     f = cm_sub.add_parser("fit", help="fit the cost laws of a profile directory; writes fit.json + fit_report.txt")
     f.add_argument("dir")
+    f.add_argument("--timing", default="cpu", choices=("cpu", "wall"),
+                   help="fit the profiler's own clock (cpu: thread time on a CPU) or the wall times kept beside it "
+                        "(wall: as drex run times its steps on a shared CPU)")
     f.set_defaults(func=_fit)
     s = cm_sub.add_parser("show", help="predictions beside the measurements for a few points")
     s.add_argument("dir")
@@ -40,7 +43,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     imported = (pf.read_meta(args.dir).get("source") or {}).get("kind") == "vidur"  # fitted with its own laws
-    _, report = (fit_imported if imported else fit_profile)(args.dir)
+    _, report = fit_imported(args.dir) if imported else fit_profile(args.dir, args.timing)
     print(report, end="")
     print(f"fit written to {args.dir}/fit.json in {time.perf_counter() - t0:.2f} s")
     return 0
