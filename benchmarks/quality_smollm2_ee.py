@@ -45,7 +45,7 @@ def plot(by_set_csv: Path, out_png: Path) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "drex.cli", "quality", "--model", "smollm2-ee", "--out", tmp,
-               "--metrics", "learned,margin", "--thresholds", "0.8,0.9,0.95,0.98,0.99", "--max-new-tokens", "64", "--num-code", "16", "--num-text", "8",
+               "--metrics", "learned,margin", "--thresholds", "0.9,0.95,0.99", "--max-new-tokens", "64", "--num-code", "12", "--num-text", "4",
                "--batch-size", "8", "--kv-fill", "recompute"]
         subprocess.run(cmd, check=True, cwd=ROOT)
         for name, dest in (("quality.csv", "quality_smollm2_ee.csv"),
