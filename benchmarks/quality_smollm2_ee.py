@@ -1,9 +1,9 @@
 """Quality of smollm2-ee's exits against the full model, and its figure (issue 12).
 
-    python benchmarks/quality_smollm2_ee.py        # ~10 minutes on a free core; needs `drex model fetch smollm2`
+    python benchmarks/quality_smollm2_ee.py        # ~5 minutes on a free core; needs `drex model fetch smollm2`
 
-Runs ``drex quality --model smollm2-ee`` on held-out HumanEval prompts (tasks the exits never trained on)
-and held-out text, 64 greedy tokens each, KV fill by recompute (state copy, drex run's default, derails a real model: see the model card), for the learned
+Runs ``drex quality --model smollm2-ee`` on 12 held-out HumanEval prompts (tasks the exits never trained on)
+and 4 held-out text windows, 64 greedy tokens each, thresholds 0.9 / 0.95 / 0.99, KV fill by recompute (state copy, drex run's default, derails a real model: see the model card), for the learned
 estimator and the softmax margin; writes benchmarks/quality_smollm2_ee.csv (all prompts),
 benchmarks/quality_smollm2_ee_by_set.csv (HumanEval and text apart), _meta.json, and the figure
 benchmarks/quality_smollm2_ee.png.
