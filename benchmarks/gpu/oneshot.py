@@ -233,7 +233,7 @@ def run_stages(d: Driver, plan: Plan, only: set[str]) -> None:
     if "tests" in only:
         (w / "tests").mkdir(exist_ok=True)
         d.stage("tests", b["tests"], [d.py("-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
-                                           "tests/test_real_kernels.py", "tests/test_real_kernels_gpu.py",
+                                           "tests/real/test_kernels.py", "tests/real/test_kernels_gpu.py",
                                            f"--junitxml={w / 'tests' / 'junit.xml'}")])
     if "profile" in only:
         d.stage("profile", b["profile"], [d.drex("profile", "--gpu", dev, "--model", plan.model, "--dtype",
