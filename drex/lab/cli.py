@@ -69,8 +69,9 @@ def add_quality_parser(sub) -> None:
     p.add_argument("--num-code", type=int, default=24, help="HumanEval prompts (held-out tasks)")
     p.add_argument("--num-text", type=int, default=24, help="held-out text windows (plays + stdlib)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--metrics", default="margin,maxprob,entropy",
-                   help="comma-separated; learned: the trained estimators (smollm2-ee)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated; learned: the trained estimators (default: learned,margin for a model "
+                        "with estimators such as smollm2-ee, else margin,maxprob,entropy)")
     p.add_argument("--thresholds", default=None,
                    help="comma-separated thresholds for every metric listed (default: each metric's own sweep)")
     p.add_argument("--no-bertscore", action="store_true", help="skip the BERTScore column (MiniLM encoder)")
@@ -95,6 +96,11 @@ def add_quality_parser(sub) -> None:
 
 
 def _cmd_quality(args) -> int:
+    if args.metrics is None:
+        from drex.models import get_model
+
+        learned = get_model(args.model).default_metric == "learned"
+        args.metrics = "learned,margin" if learned else "margin,maxprob,entropy"
     metrics = tuple(m for m in args.metrics.split(",") if m)
     unknown = [m for m in metrics if m not in quality.THRESHOLDS]
     if unknown:
