@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONFIDENCE_METRICS = ("margin", "maxprob", "entropy")
+CONFIDENCE_METRICS = ("margin", "maxprob", "entropy", "learned")  # learned: a trained estimator's P(agree)
 LOWER_IS_BETTER = frozenset({"entropy"})  # confidence metrics where a smaller value means surer
 
 

@@ -6,6 +6,7 @@ builds its layers from the same object.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,6 +32,11 @@ class ModelShape:
     trained_exits: tuple[int, ...] = field(default=())
     path: str | None = None  # local checkpoint directory, when the shape came from one
     gated_mlp: bool = True  # SwiGLU (gate + up + down); False: plain up + down (Phi-2's GELU MLP)
+    # Trained exit parts stored apart from the base weights (models/smollm2-ee/exits.safetensors).
+    extra_weights: str | None = None
+    default_threshold: float | None = None  # the exit threshold a trained model was validated at
+    default_metric: str | None = None
+    base: str | None = None  # the model whose weights (and measured profile) an exits-only model builds on
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "vocab_size"):
@@ -160,19 +166,50 @@ def _refuse_moe(cfg: dict, path: Path, model_type: str) -> None:
     raise ValueError(f"{path}: a mixture-of-experts model ({what}" + (f", {active} active per token" if active else "")
                      + "); drex models dense MLPs only, and pricing it as dense would be wrong by the experts' "
                        "ratio: not supported")
+# Models fetched and converted into the cache by ``drex model fetch NAME`` (drex.real.gguf_convert).
+FETCHED = ("smollm2",)
+
+
+def cache_dir() -> Path:
+    """Where fetched models are converted to, outside the repository: $DREX_CACHE, else ~/.cache/drex."""
+    return Path(os.environ.get("DREX_CACHE") or "~/.cache/drex").expanduser()
+
+
+def _fetched(name: str) -> ModelShape:
+    directory = cache_dir() / name
+    if not (directory / "config.json").exists():
+        raise ValueError(f"model {name} is not fetched yet: run `drex model fetch {name}` "
+                         f"(converts it once into {directory})")
+    return from_hf_config(directory, name=name)
+
+
+def _shipped_exits(name: str, directory: Path) -> ModelShape:
+    """A shipped exits-only model: trained exit parts over a fetched base (config.json names ``drex_base``)."""
+    cfg = read_json_object(directory / "config.json", "model config not found")
+    base = get_model(str(cfg["drex_base"]))
+    weights = directory / "exits.safetensors"
+    return replace(base, name=name, base=base.name, trained_exits=tuple(int(e) for e in cfg.get("drex_exit_layers", ())),
+                   extra_weights=str(weights) if weights.exists() else None,
+                   default_threshold=cfg.get("drex_default_threshold"), default_metric=cfg.get("drex_default_metric"))
 
 
 def get_model(name_or_path: str) -> ModelShape:
-    """A table name, a shipped checkpoint name (models/<name>), or a path to config.json / its directory."""
+    """A table name, a fetched model (smollm2), a shipped checkpoint name (models/<name>), or a path to
+    config.json / its directory."""
     if name_or_path in MODELS:
         return MODELS[name_or_path]
+    if name_or_path in FETCHED:
+        return _fetched(name_or_path)
     shipped = SHIPPED_DIR / name_or_path
     if Path(name_or_path).name == name_or_path and (shipped / "config.json").exists():  # a name, not a path
+        if "drex_base" in read_json_object(shipped / "config.json", "model config not found"):
+            return _shipped_exits(name_or_path, shipped)
         return from_hf_config(shipped, name=name_or_path)
     path = Path(name_or_path)
     if path.exists():
         return from_hf_config(path)
-    known = ", ".join(sorted(MODELS) + sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / "config.json").exists()))
+    shipped_names = sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / "config.json").exists())
+    known = ", ".join(sorted(MODELS) + list(FETCHED) + shipped_names)
     raise ValueError(f"unknown model {name_or_path!r}: not a known name ({known}) nor a path to a config.json")
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from drex.config import EEConfig, SchedulerConfig
+from drex.config import CONFIDENCE_METRICS, EEConfig, SchedulerConfig
 from drex.core.policies import POLICIES
 from drex.devices import get_device
 from drex.models import ModelShape, get_model
@@ -74,18 +75,21 @@ def parse_exits(text: str) -> tuple[int, ...]:
 
 def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     """Flags shared by simulate, compare and the real backend's run."""
-    p.add_argument("--trace", default="azure-code", help="azure-code | azure-conv | mooncake | PATH | synthetic:SPEC")
+    p.add_argument("--trace", default="azure-code",
+                   help="azure-code | azure-conv | mooncake | PATH | synthetic:SPEC | humaneval[:rate=R,output=N]")
     p.add_argument("--model", default="tiny", help="model name (tiny, llama2-7b, ...) or path to config.json")
     p.add_argument("--device", default="cpu", help="h100 | h200 | a100 | b200 | rtx3090ti | rtx5090 | cpu")
     if policy:
         p.add_argument("--policy", default="drex", help=", ".join(POLICIES))
     p.add_argument("--exits", type=parse_exits, default=None,
                    help="exit layers, e.g. 20 or 10,20,30 (default: the model's trained exits, else mid-depth)")
-    p.add_argument("--threshold", type=float, default=0.8,
-                   help="confidence a token needs at an exit point to leave there")
-    p.add_argument("--metric", default="margin", choices=("margin", "maxprob", "entropy"),
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence a token needs at an exit point to leave there (default: the trained model's "
+                        "own, e.g. smollm2-ee's; else 0.8)")
+    p.add_argument("--metric", default=None, choices=CONFIDENCE_METRICS,
                    help="confidence of an exit head's distribution: top-1 minus top-2 probability, top-1 "
-                        "probability, or 1 - normalised entropy")
+                        "probability, entropy (lower is surer), or learned: the exit's trained estimator, the LM head "
+                        "only for rows that leave (default: the trained model's own, else margin)")
     p.add_argument("--confidence", default="beta",
                    help="where confidences come from: beta[:A,B[/A,B..]] (Beta per exit point) | trace:PATH "
                         "(a recorded request_id,token_index,exit_layer,confidence CSV)")
@@ -122,14 +126,29 @@ def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
     sched = SchedulerConfig(policy=policy, max_batch_size=args.max_batch_size, chunk_size=args.chunk_size,
                             block_size=args.block_size, max_model_len=args.max_model_len or shape.max_position,
                             profitability=args.profitability, inline_drain=not args.no_inline_drain)
-    return RunSettings(model=args.model, device=args.device, ee=EEConfig(exits, args.threshold, args.metric),
+    threshold = args.threshold if args.threshold is not None else (shape.default_threshold or 0.8)
+    metric = args.metric or shape.default_metric or "margin"
+    return RunSettings(model=args.model, device=args.device, ee=EEConfig(exits, threshold, metric),
                        scheduler=sched, confidence=args.confidence, replicas=args.replicas, router=args.router,
                        seed=args.seed, num_kv_blocks=args.num_kv_blocks, cost_model=args.cost_model, tp=args.tp)
 
 
+def tokenizer_dir(model: str) -> str | None:
+    """Where a model's tokenizer.json is (real prompts need it): its checkpoint, else the fetched smollm2's."""
+    from drex.models import cache_dir
+
+    for d in (get_model(model).path, cache_dir() / "smollm2"):
+        if d is not None and (Path(d) / "tokenizer.json").exists():
+            return str(d)
+    return None
+
+
 def load_workload(args: argparse.Namespace):
+    from drex.prompts import is_humaneval
+
+    tok = tokenizer_dir(args.model) if is_humaneval(args.trace) else None
     workload = make_workload(args.trace, num_requests=args.num_requests, rate_scale=args.rate_scale,
-                             rng=np.random.default_rng(args.seed))
+                             rng=np.random.default_rng(args.seed), tokenizer=tok)
     if args.num_requests is not None and len(workload) < args.num_requests:
         print(f"drex: warning: --num-requests {args.num_requests}, but {args.trace} holds only {len(workload)} "
               f"requests: running all {len(workload)}", file=sys.stderr)

@@ -81,8 +81,8 @@ class _DecisionLog:
 class _Replay:
     """Stands in for the scheduler inside a SimExecutor: answers each exit with the real run's decision."""
 
-    def __init__(self, exits, num_layers: int, policy):
-        self.exits, self.num_layers, self.policy = exits, num_layers, policy
+    def __init__(self, exits, num_layers: int, policy, ee):
+        self.exits, self.num_layers, self.policy, self.ee = exits, num_layers, policy, ee
         self.decisions: list = []
 
     def decide_at_exit(self, plan, i, conf, active, now):
@@ -99,7 +99,7 @@ class _NoConfidence:
 def reprice_steps(run_dir: Path, sim: Simulation) -> pd.DataFrame:
     """Measured vs predicted duration of every real step."""
     sched = sim.replicas[0].sched
-    replay = _Replay(sched.exits, sched.num_layers, sched.policy)
+    replay = _Replay(sched.exits, sched.num_layers, sched.policy, sched.ee)
     executor = SimExecutor(replay, sim.cost, _NoConfidence())
     names = {f.name for f in dataclasses.fields(StepPlan)}
     rows = []

@@ -14,6 +14,9 @@ def add_parsers(sub) -> None:
     f = cm_sub.add_parser("fit", help="fit the cost laws of a profile directory; writes fit.json + fit_report.txt")
     f.add_argument("dir", help="a profile directory written by drex profile (or import-vidur)")
     f.add_argument("--overwrite", action="store_true", help="allow replacing the fit of a profile shipped with drex")
+    f.add_argument("--timing", default="cpu", choices=("cpu", "wall"),
+                   help="fit the profiler's own clock (cpu: thread time on a CPU) or the wall times kept beside it "
+                        "(wall: as drex run times its steps on a shared CPU)")
     f.set_defaults(func=_fit, uses_torch=False)
     s = cm_sub.add_parser("show", help="predictions beside the measurements for a few points")
     s.add_argument("dir", help="a fitted profile directory (e.g. profiles/cpu/tiny)")
@@ -61,7 +64,7 @@ def _fit(args: argparse.Namespace) -> int:
         refuse_shipped(Path(args.dir) / pf.FIT, "fitting", "copy the profile elsewhere, or --overwrite")
     t0 = time.perf_counter()
     imported = (pf.read_meta(args.dir).get("source") or {}).get("kind") == "vidur"  # fitted with its own laws
-    _, report = (fit_imported if imported else fit_profile)(args.dir)
+    _, report = fit_imported(args.dir) if imported else fit_profile(args.dir, args.timing)
     print(report, end="")
     print(f"fit written to {args.dir}/fit.json in {time.perf_counter() - t0:.2f} s")
     return 0

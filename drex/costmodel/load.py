@@ -71,6 +71,8 @@ def load_cost_model(device: str, shape: ModelShape, dtype_bytes: int = 2, root: 
     fitted, else the analytic roofline; one GPU's share of a layer (``tensor_parallel`` adds the all-reduces)."""
     get_device(device)  # an unknown device is an error before anything else
     path = profile_dir(device, shape.name, root)
+    if shape.base is not None and not (path / pf.META).exists():  # smollm2-ee runs on smollm2's measured layers
+        path = profile_dir(device, shape.base, root)
     if tp > 1:
         path = path / f"tp{tp}"
     if (path / pf.META).exists() and (path / pf.FIT).exists():

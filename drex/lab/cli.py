@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from drex.config import EEConfig
-from drex.lab import quality, train
+from drex.lab import quality, train, train_exits
 
 
 def _tuple(kind, flag: str):
@@ -58,7 +58,31 @@ def add_parsers(sub) -> None:
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"{what} (default: {value})")
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("train-exits", help="train early exits (adapters + confidence estimators) over a frozen "
+                                          "pretrained model by self-distillation (smollm2 -> models/smollm2-ee)")
+    p.add_argument("--out", default="models/smollm2-ee", help="directory for exits.safetensors + config.json")
+    p.add_argument("--log", default=None, help="JSON-lines log (default OUT/train_log.jsonl)")
+    p.add_argument("--default-threshold", type=float, default=0.9, help="the learned metric's default threshold")
+    p.add_argument("--adapters-from", default=None,
+                   help="an exits.safetensors whose adapters and exit norms are kept; only estimators are trained")
+    _config_flags(p, train_exits.ExitTrainConfig())
+    p.set_defaults(func=_cmd_train_exits)
     add_quality_parser(sub)
+
+
+def _config_flags(p, defaults) -> None:
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, tuple):
+            p.add_argument(flag, type=_tuple(type(value[0]), flag), default=value, help=f"comma-separated (default {value})")
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
+
+
+def _cmd_train_exits(args) -> int:
+    cfg = train_exits.ExitTrainConfig(**{k: getattr(args, k) for k in asdict(train_exits.ExitTrainConfig())})
+    train_exits.run(cfg, Path(args.out), args.log, args.default_threshold, args.adapters_from)
+    return 0
 
 
 def _cmd_train(args) -> int:
@@ -89,8 +113,12 @@ def add_quality_parser(sub) -> None:
     p.add_argument("--num-code", type=int, default=24, help="HumanEval prompts (held-out tasks)")
     p.add_argument("--num-text", type=int, default=24, help="held-out text windows (plays + stdlib)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
-    p.add_argument("--metrics", default="margin,maxprob,entropy",
-                   help="confidence metrics to sweep (each over its own thresholds), comma-separated")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated; learned: the trained estimators (default: learned,margin for a model "
+                        "with estimators such as smollm2-ee, else margin,maxprob,entropy)")
+    p.add_argument("--thresholds", default=None,
+                   help="comma-separated thresholds for every metric listed (default: each metric's own sweep)")
+    p.add_argument("--no-bertscore", action="store_true", help="skip the BERTScore column (MiniLM encoder)")
     p.add_argument("--traces", default=None, help="also write confidence traces <model>-{humaneval,text}.csv here")
     p.add_argument("--trace-tokens", type=int, default=128, help="tokens per prompt in the confidence traces")
     p.add_argument("--trace-prompts", type=int, default=40, help="prompts per trace (HumanEval, text)")
@@ -115,10 +143,22 @@ def add_quality_parser(sub) -> None:
 def _cmd_quality(args) -> int:
     import sys
 
+    if args.metrics is None:
+        from drex.models import get_model
+
+        learned = get_model(args.model).default_metric == "learned"
+        args.metrics = "learned,margin" if learned else "margin,maxprob,entropy"
     metrics = tuple(m for m in args.metrics.split(",") if m)
     unknown = [m for m in metrics if m not in quality.THRESHOLDS]
     if unknown:
-        raise ValueError(f"unknown confidence metric(s) {', '.join(unknown)}: margin, maxprob or entropy")
+        raise ValueError(f"unknown confidence metric(s) {', '.join(unknown)}: {', '.join(quality.THRESHOLDS)}")
+    thresholds = None
+    if args.thresholds:
+        try:
+            values = tuple(float(t) for t in args.thresholds.split(",") if t)
+        except ValueError:
+            raise ValueError(f"--thresholds takes numbers like 0.5,0.9, got {args.thresholds!r}") from None
+        thresholds = {m: values for m in metrics}
     fills = tuple(f for f in args.kv_fill.split(",") if f)
     if not fills or any(f not in ("copy", "recompute") for f in fills):
         raise ValueError(f"--kv-fill takes copy and/or recompute, got {args.kv_fill!r}")
@@ -130,9 +170,10 @@ def _cmd_quality(args) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not args.skip_sweep:
-        quality.run(args.model, Path(args.out), args.max_new_tokens, args.num_code, args.num_text, args.batch_size, metrics,
-            kv_fills=fills, trace_dir=Path(args.traces) if args.traces else None, trace_tokens=args.trace_tokens,
-            trace_prompts=args.trace_prompts, progress=progress)
+        quality.run(args.model, Path(args.out), args.max_new_tokens, args.num_code, args.num_text, args.batch_size,
+                    metrics, thresholds, kv_fills=fills, trace_dir=Path(args.traces) if args.traces else None,
+                    trace_tokens=args.trace_tokens, trace_prompts=args.trace_prompts, progress=progress,
+                    bertscore=not args.no_bertscore)
     if args.policies:
         from drex.lab.policy_quality import POLICY_COLUMNS, compare_policies
 

@@ -15,6 +15,8 @@ decision, can be what changes the output.
 - ``token_agreement``: output positions holding the full model's token;
 - ``rouge_l``: mean ROUGE-L F1 (``rouge-score``) of each output text against the
   full model's output text;
+- ``bertscore``: mean BERTScore F1 of the same pairs with the offline MiniLM encoder
+  (``drex.lab.bertscore``; empty when its package is not installed);
 - ``output_throughput``: output tokens per second of the decode (CPU, one thread).
 
 It also records the confidence traces the simulator replays: per request, per
@@ -40,8 +42,10 @@ THRESHOLDS = {
     "margin": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
     "maxprob": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98),
     "entropy": (4.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.75, 0.5, 0.3, 0.1),  # nats; lower is surer
+    "learned": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),  # the exit's estimator: P(its token is the full model's)
 }
-QUALITY_COLUMNS = ("metric", "threshold", "early_exit_fraction", "token_agreement", "rouge_l", "output_throughput")
+QUALITY_COLUMNS = ("metric", "threshold", "early_exit_fraction", "token_agreement", "rouge_l", "bertscore",
+                   "output_throughput")
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,14 @@ def _model_dir(name_or_path: str) -> Path:
 
 
 def load_model(name_or_path: str):
-    """(EEModel fp32 on CPU, tokenizer, checkpoint dir) for a shipped name or a checkpoint directory."""
+    """(EEModel fp32 on CPU, tokenizer, checkpoint dir) for a shipped name, a fetched model with trained exits
+    (smollm2-ee) or a checkpoint directory."""
     from drex.lab.corpus import load_tokenizer
+    from drex.models import get_model
     from drex.real.model import EEModel
 
     directory = _model_dir(name_or_path)
-    model = EEModel.from_pretrained(directory)
+    model = EEModel.from_pretrained(directory, extra=get_model(name_or_path).extra_weights)
     tokenizer = load_tokenizer(directory)
     if tokenizer.get_vocab_size() > model.shape.vocab_size:
         raise ValueError(f"{directory}: tokenizer has {tokenizer.get_vocab_size()} tokens, the model "
@@ -127,16 +133,19 @@ def decode(model, prompts: list[list[int]], max_new_tokens: int, ee: EEConfig | 
     return tokens, exits, time.perf_counter() - t0
 
 
-def compare(tokens, exits, seconds, reference, tokenizer, exit_points, num_layers, reference_texts=None) -> dict:
-    """The quality row of one decode against the full-depth reference."""
+def compare(tokens, exits, seconds, reference, tokenizer, exit_points, num_layers, reference_texts=None,
+            scorer=None) -> dict:
+    """The quality row of one decode against the full-depth reference (BERTScore when ``scorer`` is given)."""
     flat_exit = np.concatenate([np.asarray(e) for e in exits])
     agree = np.concatenate([np.asarray(t) == np.asarray(r) for t, r in zip(tokens, reference)])
     refs = reference_texts or [tokenizer.decode(r) for r in reference]
-    rouge = rouge_l([tokenizer.decode(t) for t in tokens], refs)
+    texts = [tokenizer.decode(t) for t in tokens]
+    rouge = rouge_l(texts, refs)
     return {
         "early_exit_fraction": float((flat_exit < num_layers).mean()),
         "token_agreement": float(agree.mean()),
         "rouge_l": float(np.mean(rouge)),
+        "bertscore": float(np.mean(scorer.score(texts, refs))) if scorer is not None else None,
         "output_throughput": float(flat_exit.size / seconds),
         "per_exit": {int(e): float((flat_exit == e).mean()) for e in exit_points},
     }
@@ -174,7 +183,7 @@ def write_trace(path: Path, rows) -> None:
 
 
 def sweep(model, tokenizer, sets: list[PromptSet], full: dict, max_new_tokens: int, batch_size: int, metrics,
-          thresholds: dict, kv_fill: str, bar=None):
+          thresholds: dict, kv_fill: str, bar=None, scorer=None):
     """Quality rows (aggregate, per prompt set, per exit point) of every (metric, threshold) at one KV fill."""
     exit_points, L = model.exit_layers, model.num_layers
     rows, by_set, per_exit = [], [], []
@@ -185,7 +194,7 @@ def sweep(model, tokenizer, sets: list[PromptSet], full: dict, max_new_tokens: i
             for ps in sets:
                 tokens, exits, seconds = decode(model, ps.ids, max_new_tokens, ee, batch_size, kv_fill)
                 ref, ref_text, _ = full[ps.name]
-                r = compare(tokens, exits, seconds, ref, tokenizer, exit_points, L, ref_text)
+                r = compare(tokens, exits, seconds, ref, tokenizer, exit_points, L, ref_text, scorer)
                 by_set.append({"kv_fill": kv_fill, "prompt_set": ps.name, "metric": metric, "threshold": th,
                                **{k: r[k] for k in QUALITY_COLUMNS[2:]}})
                 all_tok += tokens
@@ -195,12 +204,14 @@ def sweep(model, tokenizer, sets: list[PromptSet], full: dict, max_new_tokens: i
                 secs += seconds
                 if bar is not None:
                     bar.update(1)
-            r = compare(all_tok, all_exit, secs, all_ref, tokenizer, exit_points, L, all_ref_text)
+            r = compare(all_tok, all_exit, secs, all_ref, tokenizer, exit_points, L, all_ref_text, scorer)
             rows.append({"metric": metric, "threshold": th, **{k: r[k] for k in QUALITY_COLUMNS[2:]}})
             per_exit += [{"kv_fill": kv_fill, "metric": metric, "threshold": th, "exit_layer": e, "fraction": f}
                          for e, f in r["per_exit"].items()]
             line = (f"{kv_fill:9s} {metric:8s} {th:<5g} exit {r['early_exit_fraction']:.3f} "
-                    f"agree {r['token_agreement']:.3f} rougeL {r['rouge_l']:.3f} {r['output_throughput']:.0f} tok/s")
+                    f"agree {r['token_agreement']:.3f} rougeL {r['rouge_l']:.3f} "
+                    f"bertscore {r['bertscore'] if r['bertscore'] is not None else float('nan'):.3f} "
+                    f"{r['output_throughput']:.0f} tok/s")
             if bar is not None:
                 bar.write(line)  # above the bar, not through it
             else:
@@ -211,7 +222,7 @@ def sweep(model, tokenizer, sets: list[PromptSet], full: dict, max_new_tokens: i
 def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24, num_text: int = 24,
         batch_size: int = 8, metrics=("margin", "maxprob", "entropy"), thresholds: dict | None = None,
         kv_fills=("recompute", "copy"), trace_dir: Path | None = None, trace_tokens: int = 128,
-        trace_prompts: int = 40, progress: bool = False) -> list[dict]:
+        trace_prompts: int = 40, progress: bool = False, bertscore: bool = True) -> list[dict]:
     """The sweep at each KV fill: quality_<fill>.csv each, quality.csv = the first fill's table."""
     import sys
 
@@ -226,6 +237,7 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
         raise ValueError(f"{directory}: config.json lists no drex_exit_layers; nothing can exit early")
     sets = heldout_prompts(tokenizer, num_code, num_text)
     thresholds = thresholds or THRESHOLDS
+    scorer = _scorer() if bertscore else None
 
     # The time goes into decoding every prompt set once at full depth, then once per (KV fill, metric,
     # threshold): each pass costs about as much as the full-depth one, which gives the estimate.
@@ -244,7 +256,7 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
     first_rows, by_set, per_exit = None, [], []
     for fill in kv_fills:
         rows, fill_by_set, fill_exits = sweep(model, tokenizer, sets, full, max_new_tokens, batch_size, metrics,
-                                              thresholds, fill, bar)
+                                              thresholds, fill, bar, scorer)
         write_csv(out / f"quality_{fill}.csv", QUALITY_COLUMNS, rows)
         if first_rows is None:
             first_rows = rows
@@ -273,6 +285,19 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
             write_trace(Path(trace_dir) / f"{directory.name}-{ps.name}.csv",
                         confidence_trace(model, ps.ids, tokens))
     return first_rows
+
+
+def _scorer():
+    """The offline BERTScore encoder, or None (with a note) when its package is not installed."""
+    import sys
+
+    from drex.lab.bertscore import BertScorer
+
+    try:
+        return BertScorer()
+    except FileNotFoundError as e:
+        print(f"drex quality: no BERTScore column: {e}", file=sys.stderr)
+        return None
 
 
 def write_csv(path: Path, columns, rows) -> None:

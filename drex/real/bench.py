@@ -216,6 +216,12 @@ class _NoLayers:
     def exit_logits(self, h: torch.Tensor, exit_layer: int) -> torch.Tensor:
         return self._logits[: h.shape[0]]
 
+    def exit_hidden(self, h: torch.Tensor, exit_layer: int) -> torch.Tensor:
+        return h
+
+    def head_logits(self, x: torch.Tensor, exit_layer: int) -> torch.Tensor:
+        return self._logits[: x.shape[0]]
+
 
 def _halved(fn: Callable[[], object]) -> Callable[[], object]:
     """Mark a callable whose time counts twice the operation the cost model prices."""

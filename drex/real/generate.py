@@ -73,7 +73,8 @@ def greedy_decode(model: EEModel, prompts: list[list[int]], max_new_tokens, ee: 
             if e == num_layers:
                 leave = [True] * len(rows)
             else:
-                conf = confidence(logits, ee.metric).tolist()
+                conf = (model.estimate(model.exit_hidden(h, e), e) if ee.metric == "learned"
+                        else confidence(logits, ee.metric)).tolist()
                 for r, c in zip(rows, conf):
                     confs[r][e] = c
                 leave = [ee.clears(c) for c in conf]

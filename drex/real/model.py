@@ -142,13 +142,43 @@ class DecoderLayer(nn.Module):
         return self.mlp_block(self.attn_block(h, meta, cache))
 
 
-class ExitHead(nn.Module):
-    """A separately trained exit head; a part left as None falls back to the shared one."""
+class Adapter(nn.Module):
+    """A residual bottleneck on an exit's hidden state: h + up(silu(down(norm(h)))); zero ``up`` = identity."""
 
-    def __init__(self, shape: ModelShape, norm: bool = True, lm_head: bool = True):
+    def __init__(self, hidden: int, rank: int, eps: float):
+        super().__init__()
+        self.norm = RMSNorm(hidden, eps)
+        self.down = nn.Linear(hidden, rank, bias=False)
+        self.up = nn.Linear(rank, hidden, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(F.silu(self.down(self.norm(h))))
+
+
+class Estimator(nn.Module):
+    """P(this exit's token is the full model's) from the exit's normed hidden state: a two-layer MLP, so
+    deciding costs ~hidden*width per row instead of an LM-head pass (hidden*vocab)."""
+
+    def __init__(self, hidden: int, width: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, width)
+        self.fc2 = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc2(F.silu(self.fc1(x))).float()).squeeze(-1)
+
+
+class ExitHead(nn.Module):
+    """A separately trained exit head; a part left as None falls back to the shared one (or is absent:
+    no adapter, no estimator)."""
+
+    def __init__(self, shape: ModelShape, norm: bool = True, lm_head: bool = True, adapter_rank: int = 0,
+                 estimator_width: int = 0):
         super().__init__()
         self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps) if norm else None
         self.lm_head = nn.Linear(shape.hidden_size, shape.vocab_size, bias=False) if lm_head else None
+        self.adapter = Adapter(shape.hidden_size, adapter_rank, shape.rms_norm_eps) if adapter_rank else None
+        self.estimator = Estimator(shape.hidden_size, estimator_width) if estimator_width else None
 
 
 class EEModel(nn.Module):
@@ -205,11 +235,12 @@ class EEModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype=torch.float32, device="cpu",
-                        exit_layers: tuple[int, ...] | None = None) -> "EEModel":
-        """A local Hugging Face Llama / Qwen2 checkpoint directory (config.json + *.safetensors)."""
+                        exit_layers: tuple[int, ...] | None = None, extra: str | Path | None = None) -> "EEModel":
+        """A local Hugging Face Llama / Qwen2 checkpoint directory (config.json + *.safetensors); ``extra``:
+        a safetensors file of trained exit parts loaded over it."""
         from drex.real.weights import load_pretrained
 
-        return load_pretrained(cls, path, dtype=dtype, device=device, exit_layers=exit_layers)
+        return load_pretrained(cls, path, dtype=dtype, device=device, exit_layers=exit_layers, extra=extra)
 
     def save_pretrained(self, path: str | Path) -> None:
         """config.json (with ``drex_exit_layers``) + model.safetensors under Hugging Face names."""
@@ -217,14 +248,24 @@ class EEModel(nn.Module):
 
         save_pretrained(self, path)
 
-    def add_exit_head(self, exit_layer: int, norm: bool = True, lm_head: bool = True) -> ExitHead:
-        """A separate head for one exit, initialised from the shared norm / LM head."""
-        head = ExitHead(self.shape, norm, lm_head).to(device=self.norm.weight.device, dtype=self.norm.weight.dtype)
+    def add_exit_head(self, exit_layer: int, norm: bool = True, lm_head: bool = True, adapter_rank: int = 0,
+                      estimator_width: int = 0) -> ExitHead:
+        """A separate head for one exit, initialised from the shared norm / LM head (an adapter as identity)."""
+        head = ExitHead(self.shape, norm, lm_head, adapter_rank, estimator_width).to(
+            device=self.norm.weight.device, dtype=self.norm.weight.dtype)
         with torch.no_grad():
             if head.norm is not None:
                 head.norm.weight.copy_(self.norm.weight)
             if head.lm_head is not None:
                 head.lm_head.weight.copy_(self.lm_head.weight)
+            if head.adapter is not None:
+                head.adapter.norm.weight.fill_(1.0)
+                nn.init.normal_(head.adapter.down.weight, std=head.adapter.down.weight.shape[1] ** -0.5)
+                head.adapter.up.weight.zero_()
+            if head.estimator is not None:
+                for lin in (head.estimator.fc1, head.estimator.fc2):
+                    nn.init.normal_(lin.weight, std=lin.weight.shape[1] ** -0.5)
+                    lin.bias.zero_()
         self.exit_heads[str(exit_layer)] = head
         return head
 
@@ -247,14 +288,40 @@ class EEModel(nn.Module):
             h = layer(h, meta, cache)
         return h
 
+    def _head(self, exit_layer: int) -> ExitHead | None:
+        return self.exit_heads[str(exit_layer)] if str(exit_layer) in self.exit_heads else None
+
+    def exit_hidden(self, h: torch.Tensor, exit_layer: int) -> torch.Tensor:
+        """The normed hidden state the LM head reads at an exit (its adapter, then its norm)."""
+        head = self._head(exit_layer)
+        if head is not None and head.adapter is not None:
+            h = head.adapter(h)
+        return ((head.norm if head is not None else None) or self.norm)(h)
+
+    def head_logits(self, x: torch.Tensor, exit_layer: int) -> torch.Tensor:
+        """Logits [..., V] (fp32) from an exit's normed hidden state ``exit_hidden``."""
+        head = self._head(exit_layer)
+        return ((head.lm_head if head is not None else None) or self.lm_head)(x).float()
+
+    def shares_top_head(self, exit_layer: int) -> bool:
+        """Whether the exit reads its normed state with the top's LM head (so both can run as one pass)."""
+        head = self._head(exit_layer)
+        return head is None or head.lm_head is None
+
+    def has_estimator(self, exit_layer: int) -> bool:
+        head = self._head(exit_layer)
+        return head is not None and head.estimator is not None
+
+    def estimate(self, x: torch.Tensor, exit_layer: int) -> torch.Tensor:
+        """The exit's learned confidence [...] from its normed hidden state, without the LM head."""
+        head = self._head(exit_layer)
+        if head is None or head.estimator is None:
+            raise ValueError(f"exit {exit_layer} has no trained confidence estimator (metric 'learned')")
+        return head.estimator(x)
+
     def exit_logits(self, h: torch.Tensor, exit_layer: int) -> torch.Tensor:
         """Logits [..., V] (fp32) after layers [0, exit_layer); exit_layer == num_layers is the top."""
-        norm, lm_head = self.norm, self.lm_head
-        head = self.exit_heads[str(exit_layer)] if str(exit_layer) in self.exit_heads else None
-        if head is not None:
-            norm = head.norm or norm
-            lm_head = head.lm_head or lm_head
-        return lm_head(norm(h)).float()
+        return self.head_logits(self.exit_hidden(h, exit_layer), exit_layer)
 
     def forward_train(self, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
         """Causal full-sequence pass, no cache: {exit layer: logits [B, T, V]} for every exit and the top."""

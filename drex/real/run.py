@@ -72,9 +72,10 @@ def build_model(cfg: RunConfig, exits: tuple[int, ...]) -> EEModel:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {cfg.sim.device} needs CUDA, which this machine lacks (use --device cpu)")
     weights = resolve_weights(cfg)
+    extra = shape.extra_weights if cfg.weights == "auto" and weights != "random" else None  # trained exits
     if weights == "random":
         return EEModel.random(shape, dtype=dtype, device=device, seed=cfg.sim.seed, exit_layers=exits)
-    return EEModel.from_pretrained(weights, dtype=dtype, device=device, exit_layers=exits)
+    return EEModel.from_pretrained(weights, dtype=dtype, device=device, exit_layers=exits, extra=extra)
 
 
 def resolve_weights(cfg: RunConfig) -> str:

@@ -10,6 +10,7 @@ No network: a missing or unreadable file is an error that names the file.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,13 +26,13 @@ def _our_name(hf_name: str) -> str:
     return hf_name[len("model."):] if hf_name.startswith("model.") else hf_name
 
 
-def read_safetensors(directory: Path) -> dict[str, tuple[Path, object]]:
-    """name -> (file, open handle) over every *.safetensors file of a checkpoint directory."""
+def read_safetensors(directory: Path, only: Path | None = None) -> dict[str, tuple[Path, object]]:
+    """name -> (file, open handle) over every *.safetensors file of a checkpoint directory (or the one ``only``)."""
     from safetensors import safe_open
 
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{directory}: no *.safetensors weight files")
+    files = [only] if only is not None else sorted(directory.glob("*.safetensors"))
+    if not files or not files[0].exists():
+        raise FileNotFoundError(f"{only or directory}: no *.safetensors weight files")
     index: dict[str, tuple[Path, object]] = {}
     for f in files:
         try:
@@ -44,7 +45,25 @@ def read_safetensors(directory: Path) -> dict[str, tuple[Path, object]]:
     return index
 
 
-def load_pretrained(cls, path, dtype=torch.float32, device="cpu", exit_layers=None):
+def _head_sizes(index, names) -> dict[int, dict]:
+    """exit layer -> add_exit_head keyword arguments, from the exit_heads.* tensors present (and their shapes)."""
+    heads: dict[int, dict] = {}
+    for n in names:
+        if not n.startswith("exit_heads."):
+            continue
+        _, layer, part = n.split(".")[:3]
+        kw = heads.setdefault(int(layer), {"norm": False, "lm_head": False, "adapter_rank": 0, "estimator_width": 0})
+        if part in ("norm", "lm_head"):
+            kw[part] = True
+        elif n.endswith("adapter.down.weight"):
+            kw["adapter_rank"] = index[names[n]][1].get_slice(names[n]).get_shape()[0]
+        elif n.endswith("estimator.fc1.weight"):
+            kw["estimator_width"] = index[names[n]][1].get_slice(names[n]).get_shape()[0]
+    return heads
+
+
+def load_pretrained(cls, path, dtype=torch.float32, device="cpu", exit_layers=None, extra=None):
+    """A checkpoint directory; ``extra``: a safetensors file of trained exit parts over it (smollm2-ee)."""
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
@@ -52,23 +71,23 @@ def load_pretrained(cls, path, dtype=torch.float32, device="cpu", exit_layers=No
         raise FileNotFoundError(f"{directory / 'config.json'}: missing (a checkpoint needs config.json + *.safetensors)")
     shape = from_hf_config(directory)
     index = read_safetensors(directory)
+    if extra is not None:
+        index |= read_safetensors(Path(extra).parent, only=Path(extra))
     names = {_our_name(n): n for n in index if not n.endswith(_IGNORED_SUFFIXES)}
     if any(n.endswith("o_proj.bias") for n in names):
         raise ValueError(f"{directory}: o_proj bias is not supported (Llama attention_bias=True); "
                          "drex models q/k/v bias only (Qwen2)")
 
-    head_parts: dict[int, set[str]] = {}
-    for n in names:
-        if n.startswith("exit_heads."):
-            _, layer, part = n.split(".")[:3]
-            head_parts.setdefault(int(layer), set()).add(part)
+    head_parts = _head_sizes(index, names)
+    if extra is not None:
+        shape = replace(shape, trained_exits=tuple(sorted(head_parts)))
     if exit_layers is None:
         exit_layers = tuple(sorted(set(shape.trained_exits) | set(head_parts)))
 
     with uninitialised(dtype, device):
         model = cls(shape, exit_layers)
-        for layer, parts in sorted(head_parts.items()):
-            model.add_exit_head(layer, norm="norm" in parts, lm_head="lm_head" in parts)
+        for layer, kw in sorted(head_parts.items()):
+            model.add_exit_head(layer, **kw)
     tie = shape.tie_embeddings or ("lm_head.weight" not in names and "embed_tokens.weight" in names)
     if tie:
         model.lm_head.weight = model.embed_tokens.weight

@@ -52,7 +52,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             write_run(Path(args.out) / policy, res.requests, res.steps, res.summary)
     first = next(iter(summaries.values()))
     print(f"{len(workload)} requests of {args.trace} | model {first['model']} on {args.device} | exits "
-          f"{first['exits']} threshold {args.threshold} | confidence {first['confidence_source']} | "
+          f"{first['exits']} threshold {first['threshold']} | confidence {first['confidence_source']} | "
           f"cost model {first['cost_model']}")
     print(format_table(summaries))
     for policy, lines in rejections.items():  # the same requests fail under every policy, usually: say it once

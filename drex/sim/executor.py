@@ -27,6 +27,10 @@ class SimExecutor:
         self.num_layers = decider.num_layers
         self.exits = decider.exits
         self.keeps_batch = decider.policy.keeps_batch
+        # Learned exits (the real executor's): a small estimator decides at each exit and the exited rows'
+        # tokens join the top's one LM-head pass, so the exit points charge no head and the top one per token.
+        ee = getattr(decider, "ee", None)
+        self.deferred_heads = ee is not None and ee.metric == "learned" and not self.keeps_batch
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
@@ -62,7 +66,11 @@ class SimExecutor:
             joined = lo >= out.drain_layer
             rows[joined, -1] += drain_rows
             c[joined, -1] += float(sum(plan.drain_context))
-        head_rows = [h[:k] for h in head_rows] + [(depth >= L).sum(axis=1) + pre_last]
+        top_rows = (depth >= L).sum(axis=1) + pre_last
+        if self.deferred_heads:
+            head_rows = [np.zeros_like(h[:k]) for h in head_rows] + [top_rows + out.exited.sum(axis=1)]
+        else:
+            head_rows = [h[:k] for h in head_rows] + [top_rows]
         kv_rows, kv_layers = self._kv_fill(out)
         dur = step_s(cost, (hi - lo)[:, None], rows, c, pre_attn, head_rows, n + len(plan.prefill),
                      out.buffered.sum(axis=1), kv_rows, kv_layers)

@@ -65,3 +65,31 @@ def test_fit_json_round_trips(tmp_path):
     loaded = json.loads((tmp_path / pf.FIT).read_text())
     assert loaded["laws"] == json.loads(json.dumps(fit["laws"]))
     assert loaded["measurements_sha256"] == pf.file_sha256(tmp_path / pf.MEASUREMENTS)
+
+
+@pytest.mark.slow
+def test_wall_timing_fits_the_wall_clock(tmp_path):
+    """A shared CPU: samples (thread time) stay put, wall times are 1.6x; --timing wall predicts the wall."""
+    from drex.costmodel.fit import wall_rows
+
+    rows = [{"median_s": 1.0, "p10_s": 0.9, "p90_s": 1.1, "wall_median_s": 1.6}]
+    assert wall_rows(rows)[0]["median_s"] == pytest.approx(1.6) and wall_rows(rows)[0]["p90_s"] == pytest.approx(1.76)
+    synthetic_profile(tmp_path)
+    measurements = tmp_path / pf.MEASUREMENTS
+    text = measurements.read_text().splitlines()
+    cols = text[0].split(",")
+    w = cols.index("wall_median_s")
+    out = [text[0]]
+    for line in text[1:]:
+        cells = line.split(",")
+        cells[w] = repr(1.6 * float(cells[cols.index("median_s")]))
+        out.append(",".join(cells))
+    measurements.write_text("\n".join(out) + "\n")
+    cpu_fit, _ = fit_profile(tmp_path)
+    cpu = load_fitted(tmp_path).layer_s(np.array([8.0]), np.array([8 * 256.0]), np.array([0.0]))
+    wall_fit, report = fit_profile(tmp_path, timing="wall")
+    wall = load_fitted(tmp_path).layer_s(np.array([8.0]), np.array([8 * 256.0]), np.array([0.0]))
+    assert wall_fit["timing"] == "wall" and cpu_fit["timing"] == "cpu" and "fitted to wall time" in report
+    np.testing.assert_allclose(wall, 1.6 * cpu, rtol=0.03)
+    with pytest.raises(ValueError, match="timing"):
+        fit_profile(tmp_path, timing="gpu")

@@ -93,3 +93,40 @@ def test_policies_report_involuntary_exits(model, policy):
         assert s["involuntary_stays"] > 0
     if policy == "latency-only":  # tokens leave early, yet every row runs full depth: no KV to fill
         assert s["early_exit_fraction"] > 0 and s["kv_copy_bytes"] == 0
+
+
+def test_learned_estimator_exits_exactly_with_one_head_pass_per_step(monkeypatch):
+    import drex.real.run
+
+    learned = EEModel.random(TINY, seed=11, exit_layers=(2,))
+    head = learned.add_exit_head(2, norm=True, lm_head=False, adapter_rank=8, estimator_width=16)
+    with torch.no_grad():
+        head.adapter.up.weight.normal_(std=0.1)  # not the identity: the exit token goes through the adapter
+    ee = EEConfig(exits=(2,), threshold=0.5, metric="learned")
+    calls = []  # (exit layer, rows) of every LM-head pass
+    plain = learned.head_logits
+
+    def counting(x, e):
+        calls.append((e, x.shape[0]))
+        return plain(x, e)
+
+    workload, prompts = _workload(24, seed=5)
+    monkeypatch.setattr(drex.real.run, "warm_up", lambda ex: None)  # its reference decode would be counted
+    learned.head_logits = counting
+    res = _run(learned, "drex", workload, prompts, cost=ProportionalCost(), ee=ee)
+    learned.head_logits = plain
+    s = res.summary
+    assert s["completed"] == 24 and 0.05 < s["early_exit_fraction"] < 0.95
+    # One shared-head pass per step, at the top, over exactly the rows that got a token: never per exit.
+    assert {e for e, _ in calls} == {TINY.num_layers}
+    assert sum(n for _, n in calls) == sum(r.output_tokens for r in workload)
+    for r in workload:
+        alone = greedy_decode(learned, [prompts[r.request_id]], r.output_tokens, ee=ee, block_size=8)
+        assert res.executor.outputs[r.request_id] == alone.tokens[0], r
+        assert res.executor.exit_layers[r.request_id] == alone.exit_layers[0], r
+
+
+def test_learned_metric_without_estimator_is_a_clear_error(model):
+    workload, prompts = _workload(2, seed=6)
+    with pytest.raises(ValueError, match="trained confidence estimator"):
+        _run(model, "drex", workload, prompts, ee=EEConfig(exits=(2,), threshold=0.5, metric="learned"))
