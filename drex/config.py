@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONFIDENCE_METRICS = ("margin", "maxprob", "entropy")
+PROFITABILITY = ("costmodel", "art", "knobs")
 LOWER_IS_BETTER = frozenset({"entropy"})  # confidence metrics where a smaller value means surer
 
 
@@ -54,7 +55,14 @@ class SchedulerConfig:
     chunk_size: int = 512  # Sarathi token budget per step (prefill chunks + decodes)
     block_size: int = 16  # tokens per KV block
     max_model_len: int = 16384
-    profitability: str = "costmodel"  # or "art"
+    profitability: str = "costmodel"  # "costmodel" (drex's own decision), "art" (the authors'), "knobs"
+    # "knobs": the tunable family best-in-hindsight searches: split when at least this fraction of the active
+    # rows wants to exit, then let the others go on at once (split_continue) or park them.
+    split_fraction: float = 0.5
+    split_continue: bool = False
+    # Parking's latency bound (no TPOT SLO): a row may spend at most (x - 1) decode steps parked per step it
+    # decoded, so that parking inflates its time per output token by at most x. inf: unbounded.
+    max_tpot_inflation: float = 1.25
     # Rebatching buffer flush rules (the authors' set; the cost model may flush earlier).
     flush_min_rows: int = 0  # 0: max_batch_size
     flush_age_alpha: float = 0.1  # |buffer| * (1 + age_steps * alpha) >= max_batch_size
@@ -68,8 +76,12 @@ class SchedulerConfig:
                      "max_lookahead_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.profitability not in ("costmodel", "art"):
-            raise ValueError(f"profitability must be 'costmodel' or 'art', got {self.profitability!r}")
+        if self.profitability not in PROFITABILITY:
+            raise ValueError(f"profitability must be one of {PROFITABILITY}, got {self.profitability!r}")
+        if not 0.0 <= self.split_fraction <= 1.0:
+            raise ValueError(f"split_fraction must be in [0, 1], got {self.split_fraction}")
+        if not self.max_tpot_inflation >= 1.0:
+            raise ValueError(f"max_tpot_inflation must be >= 1, got {self.max_tpot_inflation}")
         if self.flush_min_rows < 0 or self.flush_age_alpha < 0:
             raise ValueError("flush_min_rows and flush_age_alpha must be >= 0")
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
 from drex.core import profitability as prof
-from drex.core.policies import ExitContext, Policy, PolicyDecision
+from drex.core.policies import GO, HOLD, PARK, ExitContext, Policy, PolicyDecision
 from drex.core.rebatch import RebatchBuffer
 from drex.core.request import Request
 from drex.core.step import StepPlan
@@ -38,21 +38,36 @@ class ExitDecider:
         L, cost = self.num_layers, self.cost
         base, base_attn, _ = prefill_work(plan.prefill)
 
-        def split_pays(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:
+        def split_pays(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:  # the authors' rule (art)
+            rows = active[steps].sum(axis=1)
+            return rows - stay.sum(axis=1) > self.art.art(rows)
+
+        def split_action(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:
+            """HOLD, PARK or GO per step: the action the cost model says saves the most device time."""
             act = active[steps]
             rows = act.sum(axis=1)
             staying = stay.sum(axis=1)
             exiting = rows - staying
-            if self.cfg.profitability == "art":
-                return exiting > self.art.art(rows)
+            can_park = self._can_park_rows(plan, stay, steps, now, e)
+            if self.cfg.profitability == "knobs":
+                go = exiting >= self.cfg.split_fraction * rows
+                if self.cfg.split_continue:
+                    return np.where(go, GO, HOLD).astype(np.int8)
+                return np.where(go & can_park, PARK, HOLD).astype(np.int8)
             c = ctx[steps]
+            context, stay_context = (c * act).sum(axis=1), (c * stay).sum(axis=1)
+            go_s = prof.continue_saving_s(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
             flush_rows = self.buffer.predicted_flush_rows(e, staying, steps, step_id)
-            saving = prof.split_saving_s(cost, e, L, rows, exiting, (c * act).sum(axis=1), (c * stay).sum(axis=1),
-                                         flush_rows, base, base_attn)
-            pays = saving > 0
-            if self._slo_rows(plan):  # a parked row must still make its next-token deadline
-                pays &= self._can_park(plan, stay, now, e)
-            return pays
+            # Rows already parked here: parking more blocks their drain, so the new ones wait for a flush.
+            parked = self.buffer.get(e)
+            drained = self.cfg.inline_drain and not parked
+            wait = 1 if drained else max(self.buffer.flush_in(parked, step_id) if parked
+                                         else self.cfg.flush_max_wait_steps, 1)
+            park_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
+                                         base_attn, parked_steps=wait, drained=drained)
+            park_s = np.where(can_park, park_s, -np.inf)
+            best = np.where(park_s > go_s, PARK, GO)
+            return np.where(np.maximum(park_s, go_s) > 0, best, HOLD).astype(np.int8)
 
         def drain_pays(steps: np.ndarray) -> np.ndarray:
             if not plan.drain_ids or plan.drain_layer != e:
@@ -62,8 +77,25 @@ class ExitDecider:
                                          len(plan.drain_ids), sum(plan.drain_context), base, base_attn)
             return saving > 0
 
+        action = None if self.cfg.profitability == "art" else split_action
         return self.policy.decide(ExitContext(e, L, wants, confidence, active, self.ee.threshold, higher,
-                                              split_pays, drain_pays))
+                                              split_pays, drain_pays, action))
+
+    def _can_park_rows(self, plan: StepPlan, stay: np.ndarray, steps: np.ndarray, now: float,
+                       layer: int) -> np.ndarray:
+        """Per step: every staying row may park (its TPOT-inflation budget allows one more parked step, and
+        its TPOT SLO, if any, survives the wait)."""
+        rows = [self.live[i] for i in plan.decode_ids]
+        x = self.cfg.max_tpot_inflation
+        ok = np.ones(len(steps), dtype=bool)
+        if np.isfinite(x):
+            parked = np.array([r.num_parked_steps for r in rows], dtype=float)
+            generated = np.array([r.num_generated for r in rows], dtype=float)[None, :] + np.asarray(steps)[:, None]
+            within = parked[None, :] + 1 <= (x - 1) * generated
+            ok &= ~(stay & ~within).any(axis=1)
+        if self._slo_rows(plan):  # a parked row must still make its next-token deadline
+            ok &= self._can_park(plan, stay, now, layer)
+        return ok
 
     def _slo_rows(self, plan: StepPlan) -> bool:
         return any(self.live[i].slo_tpot_ms is not None for i in plan.decode_ids)

@@ -33,6 +33,13 @@ class RebatchBuffer(dict):
         r.buffered_step = step_id
         self.setdefault(layer, []).append(r)
 
+    def take(self, layer: int, step_id: int) -> list[Request]:
+        """Remove the rows parked at layer as they rejoin at step_id, counting the steps each spent parked."""
+        rows = self.pop(layer)
+        for r in rows:
+            r.num_parked_steps += max(step_id - r.buffered_step, 1)
+        return rows
+
     def flush_in(self, rows: list[Request], step_id: int) -> int:
         """Steps until the buffer's size and age rules flush these rows (<= 0: now).
 

@@ -243,7 +243,7 @@ class Scheduler:
         n_exited = n_buffered = 0
         layer_end = L
         if plan.kind == "flush":
-            self._rejoin(self.buffer.pop(plan.flush_layer), ends[0])
+            self._rejoin(self.buffer.take(plan.flush_layer, self.step_id), ends[0])
             self.num_flushes += 1
         for ch in plan.prefill:
             r = self.live[ch.request_id]
@@ -307,7 +307,7 @@ class Scheduler:
         if out.buffered[-1].any():
             self.num_rebatches += 1
         if out.drain_layer >= 0:
-            self._rejoin(self.buffer.pop(out.drain_layer), float(ends[k - 1]))
+            self._rejoin(self.buffer.take(out.drain_layer, self.step_id + k - 1), float(ends[k - 1]))
             self.num_drains += 1
 
     def _apply_full_depth(self, rows: list[Request], ends: np.ndarray) -> None:
