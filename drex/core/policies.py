@@ -59,6 +59,7 @@ class Policy:
     uses_exits: bool = True  # False: exit heads never run
     keeps_batch: bool = False  # True: exiting rows still run full depth (latency-only)
     rebatches: bool = False  # has a rebatching buffer
+    ideal: bool = False  # an upper bound, not a schedule: the simulator prices it as free, perfect rebatching
 
 
 POLICIES: dict[str, Policy] = {}
@@ -119,6 +120,16 @@ def average(ctx: ExitContext) -> PolicyDecision:
 @register("latency-only", keeps_batch=True)
 def latency_only(ctx: ExitContext) -> PolicyDecision:
     """Confident rows emit their token now; the batch still runs full depth (no compute saved)."""
+    exit_rows = ctx.wants & ctx.active
+    actions = np.where(exit_rows, EXIT, CONTINUE).astype(np.int8)
+    none = np.zeros_like(exit_rows)
+    return PolicyDecision(actions, none, none.copy(), np.zeros(exit_rows.shape[0], dtype=bool))
+
+
+@register("bound", ideal=True)
+def bound(ctx: ExitContext) -> PolicyDecision:
+    """Idealised upper bound (simulator only): every token exits at its first confident exit point, and the
+    simulator charges it only the layers it ran, at the full batch's cost per row-layer (see SimExecutor)."""
     exit_rows = ctx.wants & ctx.active
     actions = np.where(exit_rows, EXIT, CONTINUE).astype(np.int8)
     none = np.zeros_like(exit_rows)

@@ -44,6 +44,9 @@ class RealExecutor:
     def __init__(self, scheduler, model: EEModel, num_blocks: int, block_size: int, max_rows: int,
                  max_model_len: int, prompts: dict[int, list[int]], output_tokens: dict[int, int],
                  kv_fill: str = "copy", clock=time.monotonic, confidence_source=None):
+        if scheduler.policy.ideal:
+            raise ValueError(f"policy {scheduler.policy.name!r} is an upper bound priced by the simulator; "
+                             "it cannot run on a real model")
         if kv_fill not in KV_FILLS:
             raise ValueError(f"kv fill must be one of {KV_FILLS}, got {kv_fill!r}")
         self.sched, self.model, self.kv_fill, self.clock = scheduler, model, kv_fill, clock

@@ -27,6 +27,7 @@ class SimExecutor:
         self.num_layers = decider.num_layers
         self.exits = decider.exits
         self.keeps_batch = decider.policy.keeps_batch
+        self.ideal = decider.policy.ideal
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
@@ -49,6 +50,8 @@ class SimExecutor:
             d = self.decider.decide_at_exit(plan, i, conf, active, now)
             out.record(e, d.actions, d.forced, d.stayed, d.drain, self.keeps_batch)
         k = out.num_steps
+        if self.ideal:
+            return self._ideal(plan, out, now, until, pre_tokens, pre_attn, pre_last)
         ctx = np.asarray(plan.decode_context, dtype=float)[None, :] + np.arange(k)[:, None]
         depth = np.where(out.computing, L, out.reach)
         drain_rows = len(plan.drain_ids) if out.drain_layer >= 0 else 0
@@ -90,6 +93,31 @@ class SimExecutor:
                      [n + pre_last], n + len(plan.prefill))
         dur = dur[:_steps_before(dur, now, until)]
         return StepResult(dur, StepOutcome.plain(len(dur), n, L) if n else None)
+
+    def _ideal(self, plan: StepPlan, out: StepOutcome, now: float, until: float, pre_tokens: int,
+               pre_attn: float, pre_last: int) -> StepResult:
+        """The bound's price: per-token early exit with free, perfect rebatching.
+
+        The step is priced at full depth (every row, prefill tokens included, as ``off`` would run it); a
+        decode token that exited at layer e is then refunded, for each of the L - e layers it skipped, the
+        decode rows' per-row share of that layer (what they add beside the step's prefill tokens, divided
+        by their number; with no prefill, weights included): as if the deep layers ran in batches as full
+        as the shallow ones, refilled for free. Exit heads, parking and KV fill cost nothing; nobody waits.
+        """
+        cost, L = self.cost, self.num_layers
+        k, n = out.num_steps, len(plan.decode_ids)
+        ctx = float(sum(plan.decode_context)) + n * np.arange(k)
+        per_layer = cost.layer_s(np.full(k, float(n + pre_tokens)), ctx, pre_attn)
+        decode_share = (per_layer - cost.layer_s(float(pre_tokens), 0.0, pre_attn)) / n
+        full = L * per_layer + cost.head_s(np.full(k, float(n + pre_last))) + cost.step_overhead_s(
+            n + len(plan.prefill))
+        skipped = np.where(out.computing, 0, L - out.reach).sum(axis=1)
+        dur = np.asarray(full - decode_share * skipped, dtype=float)
+        cut = _steps_before(dur, now, until)
+        if cut < k:
+            out.truncate(cut)
+            dur = dur[:cut]
+        return StepResult(dur, out)
 
     def _kv_fill(self, out: StepOutcome):
         """State copy for tokens that exited: their K/V into every skipped layer, one scatter per step.

@@ -21,8 +21,9 @@ from simkit import TINY_LAYERS, FreeHeadRoofline, burst_workload, poisson_worklo
 # --- the rule at one exit point ---------------------------------------------------------------
 
 
-def test_registry_holds_exactly_the_six_policies():
+def test_registry_holds_exactly_the_seven_policies():
     assert set(POLICIES) == set(POLICY_NAMES)
+    assert [n for n in POLICY_NAMES if get_policy(n).ideal] == ["bound"]
     assert [n for n in POLICY_NAMES if get_policy(n).rebatches] == ["drex"]
     assert [n for n in POLICY_NAMES if get_policy(n).keeps_batch] == ["latency-only"]
     assert [n for n in POLICY_NAMES if not get_policy(n).uses_exits] == ["off"]
