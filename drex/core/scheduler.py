@@ -183,6 +183,8 @@ class Scheduler:
             return 1  # an admission may happen at the next step
         if self.cfg.profitability == "art" and self.policy.rebatches:
             return 1  # the running averages move every step
+        if self.policy.rebatches and any(r.slo_tpot_ms is not None for r in decode):
+            return 1  # whether a row may park depends on the clock and its last token time, which move every step
         k = min(self.cfg.max_lookahead_steps, min(r.remaining_tokens for r in decode))
         if self.buffer:
             k = min(k, self.buffer.steps_until_flush(self.step_id))
