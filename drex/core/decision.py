@@ -14,6 +14,7 @@ from drex.config import EEConfig, SchedulerConfig
 from drex.core import profitability as prof
 from drex.core.policies import GO, HOLD, PARK, ExitContext, Policy, PolicyDecision
 from drex.core.rebatch import RebatchBuffer
+from drex.core.step import CONTINUE, EXIT
 from drex.core.request import Request
 from drex.core.step import StepPlan
 from drex.costmodel.base import CostModel
@@ -80,6 +81,22 @@ class ExitDecider:
         action = None if self.cfg.profitability == "art" else split_action
         return self.policy.decide(ExitContext(e, L, wants, confidence, active, self.ee.threshold, higher,
                                               split_pays, drain_pays, action))
+
+    def decide_flush(self, plan: StepPlan, exit_index: int, confidence: np.ndarray,
+                     active: np.ndarray) -> PolicyDecision:
+        """A flush meets an exit point deeper than its layer: its confident rows exit there (a split whose
+        other rows go on at once) when the cost model says that beats holding them all to the top."""
+        e, L = self.exits[exit_index], self.num_layers
+        wants = self.ee.clears(confidence) & active
+        ctx = np.asarray(plan.flush_context, dtype=float)[None, :]
+        rows, exiting = active.sum(axis=1), wants.sum(axis=1)
+        stay = active & ~wants
+        saving = prof.continue_saving_s(self.cost, e, L, rows, exiting, (ctx * active).sum(axis=1),
+                                        (ctx * stay).sum(axis=1))
+        split = (exiting > 0) & ((exiting == rows) | (saving > 0))
+        actions = np.where(split[:, None] & wants, EXIT, CONTINUE).astype(np.int8)
+        none = np.zeros_like(wants)
+        return PolicyDecision(actions, none, ~split[:, None] & wants, np.zeros(len(split), dtype=bool))
 
     def _can_park_rows(self, plan: StepPlan, stay: np.ndarray, steps: np.ndarray, now: float,
                        layer: int) -> np.ndarray:

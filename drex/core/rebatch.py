@@ -81,14 +81,21 @@ class RebatchBuffer(dict):
         for layer, rows in sorted(self.items()):
             if due(rows):
                 return StepPlan(step_id, "flush", flush_ids=[r.request_id for r in rows], flush_layer=layer,
-                                flush_context=[r.context_len for r in rows])
+                                flush_context=[r.context_len for r in rows],
+                                flush_token_index=[r.num_generated for r in rows])
         return None
 
-    def attach_drain(self, plan: StepPlan) -> None:
-        """Offer the shallowest layer's parked rows to a decode plan: they may join it at their layer."""
+    def attach_drain(self, plan: StepPlan, deepest_exit: int) -> None:
+        """Offer the shallowest layer's parked rows to a decode plan: they may join it at their layer.
+
+        Only rows parked at the deepest exit point: a drained row joins the live rows and runs to the top, so
+        one parked shallower goes through a flush instead, where it meets every deeper exit point.
+        """
         if not (self.cfg.inline_drain and self and plan.decode_ids):
             return
         layer = min(self)
+        if layer < deepest_exit:
+            return
         rows = self[layer]
         plan.drain_ids = [r.request_id for r in rows]
         plan.drain_layer = layer

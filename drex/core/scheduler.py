@@ -156,7 +156,7 @@ class Scheduler:
                         decode_token_index=[r.num_generated for r in decode])
         if kind == "decode":
             plan.num_steps = self._lookahead(decode)
-        self.buffer.attach_drain(plan)
+        self.buffer.attach_drain(plan, max(self.exits, default=0))
         return plan
 
     def _grow(self, r: Request, num_tokens: int) -> bool:
@@ -222,7 +222,10 @@ class Scheduler:
 
         confidence and active are [k, n] (k planned steps, n decode rows).
         """
-        d = self.decider.decide(plan, exit_index, confidence, active, now, self.step_id)
+        if plan.kind == "flush":
+            d = self.decider.decide_flush(plan, exit_index, confidence, active)
+        else:
+            d = self.decider.decide(plan, exit_index, confidence, active, now, self.step_id)
         if self.recorder is not None:
             self.recorder.decided(plan, self.exits[exit_index], active, d.actions)
         return d
@@ -245,7 +248,10 @@ class Scheduler:
         n_exited = n_buffered = 0
         layer_end = L
         if plan.kind == "flush":
-            self._rejoin(self.buffer.take(plan.flush_layer, self.step_id), ends[0])
+            rows = self.buffer.take(plan.flush_layer, self.step_id)
+            fo = result.outcome  # where each flushed row exited (None: all at the top)
+            self._rejoin(rows, ends[0], None if fo is None else fo.reach[0].tolist(),
+                         None if fo is None else fo.exited[0].tolist(), None if fo is None else fo.stayed[0].tolist())
             self.num_flushes += 1
         for ch in plan.prefill:
             r = self.live[ch.request_id]
@@ -326,14 +332,16 @@ class Scheduler:
             if r.num_generated >= r.output_tokens:
                 self._finish(r)
 
-    def _rejoin(self, rows: list[Request], time_s: float) -> None:
-        """Buffered rows ran [e, L): each emits its token and rejoins the running set."""
+    def _rejoin(self, rows: list[Request], time_s: float, layers=None, exited=None, stayed=None) -> None:
+        """Buffered rows ran on from their layer (to the top, or to a deeper exit point in a flush): each
+        emits its token and rejoins the running set."""
         self.itl_s.append(np.array([time_s - r.last_token_s for r in rows]))
-        for r in rows:
+        for j, r in enumerate(rows):
             r.status = RequestStatus.RUNNING
             r.buffer_layer = -1
             self.running.append(r)
-            self._emit(r, 1, time_s, self.num_layers, 0, 0, 0)
+            self._emit(r, 1, time_s, self.num_layers if layers is None else layers[j], int(bool(exited and exited[j])),
+                       0, int(bool(stayed and stayed[j])))
 
     def _emit(self, r: Request, count: int, last_time_s: float, sum_layers: int, early: int, forced: int,
               stayed: int) -> None:

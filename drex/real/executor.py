@@ -293,20 +293,67 @@ class RealExecutor:
     # -- a flush: parked rows through [e, L) -------------------------------------------------------------
 
     def _flush(self, plan: StepPlan) -> StepResult:
+        """Parked rows run on from their layer, meeting every deeper exit point (where they may exit)."""
         t0 = self.clock()
-        self.plans.append(_plan_record(plan))
+        record = _plan_record(plan)
+        self.plans.append(record)
+        n, L = len(plan.flush_ids), self.num_layers
         rows = [self._row(rid) for rid in plan.flush_ids]
         h = self.pool.take(rows)
-        meta = self.cache.meta(rows, plan.flush_context, [1] * len(rows))
-        h = self.model.run_layers(h, meta, self.cache, plan.flush_layer, self.num_layers)
-        top = self.model.exit_logits(h, self.num_layers).argmax(-1).tolist()
-        for rid, tok in zip(plan.flush_ids, top):
-            self._emit(rid, tok, self.num_layers)
+        batch = _Batch([("d", j) for j in range(n)], list(rows), list(plan.flush_context), [1] * n)
+        batch.meta = self.cache.meta(batch.rows, batch.starts, batch.lens)
+        deeper = [(i, e) for i, e in enumerate(self.sched.exits) if e > plan.flush_layer]
+        out = StepOutcome(1, n, L) if deeper else None
+        tokens: list[int | None] = [None] * n
+        copies: list[tuple[int, int, int]] = []
+        active, computing = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+        layer = plan.flush_layer
+        for i, e in deeper:
+            h = self.model.run_layers(h, batch.meta, self.cache, layer, e)
+            layer = e
+            asking = [j for j in range(n) if active[j]]
+            idx = batch.first_tokens([("d", j) for j in asking])
+            logits = self.model.exit_logits(h[idx], e)
+            conf = confidence(logits, self.metric).cpu().numpy()
+            if self.source is not None:
+                conf = self.source.confidence(np.array([plan.flush_ids[j] for j in asking]),
+                                              np.array([plan.flush_token_index[j] for j in asking]), i)
+            conf_all = np.full((1, n), np.nan)
+            conf_all[0, asking] = conf
+            d = self.sched.decide_at_exit(plan, i, conf_all, active[None, :].copy(), self.clock())
+            out.record(e, d.actions, d.forced, d.stayed, d.drain, False)
+            acts = d.actions[0]
+            record["decisions"].append([i, acts.tolist(), d.forced[0].tolist(), d.stayed[0].tolist(), False])
+            argmax = logits.argmax(-1).tolist()
+            exiting = [k for k, j in enumerate(asking) if acts[j] == EXIT]
+            for k in exiting:
+                j = asking[k]
+                tokens[j] = argmax[k]
+                self._emit(plan.flush_ids[j], argmax[k], e)
+            for k, j in enumerate(asking):
+                self.confidences.append((plan.flush_ids[j], plan.flush_token_index[j], e, float(conf[k])))
+                self.decisions.append((plan.flush_ids[j], plan.flush_token_index[j], e, int(acts[j])))
+            active[[j for j in asking if acts[j] != CONTINUE]] = False
+            if exiting:
+                computing[[asking[k] for k in exiting]] = False
+                fill = [k for k in exiting if self._needs_fill(plan.flush_ids[asking[k]])]
+                if self.recompute is not None and fill:
+                    self.recompute.add([rows[asking[k]] for k in fill], h[[idx[k] for k in fill]], e,
+                                       [plan.flush_context[asking[k]] for k in fill])
+                copies += [(rows[asking[k]], plan.flush_context[asking[k]], e) for k in fill]
+                h = self._regroup(batch, h, computing, [], [])
+                if not batch.tags:
+                    break
+        if batch.tags:
+            h = self.model.run_layers(h, batch.meta, self.cache, layer, L)
+            self._finish_top(h, batch, tokens, plan.flush_ids)
+        if copies and self.recompute is None:
+            self._copy_fill(copies)
         self._sync()
         dur = self.clock() - t0
         self._record_step("flush")
         self.plans[-1]["duration_s"] = dur
-        return StepResult(np.array([dur]), copied_bytes=self.step_records[-1]["copied_bytes"])
+        return StepResult(np.array([dur]), outcome=out, copied_bytes=self.step_records[-1]["copied_bytes"])
 
     def _record_step(self, kind: str) -> None:
         by_kind = self.meter.take_step()

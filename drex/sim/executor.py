@@ -31,7 +31,7 @@ class SimExecutor:
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
-            return self._flush(plan)
+            return self._flush(plan, now)
         cost, L = self.cost, self.num_layers
         k, n = plan.num_steps, len(plan.decode_ids)
         pre_tokens, pre_attn, pre_last = prefill_work(plan.prefill)
@@ -131,12 +131,35 @@ class SimExecutor:
         rows = exited.sum(axis=1)
         return rows, skipped.sum(axis=1) / np.maximum(rows, 1)
 
-    def _flush(self, plan: StepPlan) -> StepResult:
+    def _flush(self, plan: StepPlan, now: float) -> StepResult:
+        """Parked rows run on from their layer; at each deeper exit point they may exit (decided like a step's)."""
+        cost, L, e0 = self.cost, self.num_layers, plan.flush_layer
         n = len(plan.flush_ids)
-        dur = step_s(self.cost, np.array([self.num_layers - plan.flush_layer]), np.array([n]),
-                     np.array([float(sum(plan.flush_context))]), 0.0, [n], n, n)
-        return StepResult(np.array([float(dur)]))
-
+        ctx = np.asarray(plan.flush_context, dtype=float)
+        deeper = [(i, e) for i, e in enumerate(self.exits) if e > e0]
+        if not deeper:
+            dur = step_s(cost, np.array([L - e0]), np.array([n]), np.array([float(ctx.sum())]), 0.0, [n], n, n)
+            return StepResult(np.array([float(dur)]))
+        out = StepOutcome(1, n, L)
+        ids = np.asarray(plan.flush_ids, dtype=np.int64)
+        tok = np.asarray(plan.flush_token_index, dtype=np.int64)[None, :]
+        head_rows = []
+        for i, e in deeper:
+            if not out.active.any():
+                break
+            head_rows.append(out.active.sum(axis=1))
+            conf = self.source.confidence(ids, tok, i)
+            d = self.decider.decide_at_exit(plan, i, conf, out.active, now)
+            out.record(e, d.actions, d.forced, d.stayed, d.drain, False)
+        depth = np.where(out.computing, L, out.reach)[0]
+        bounds = np.array(sorted({e0, L, *(e for _, e in deeper)}))
+        lo, hi = bounds[:-1], bounds[1:]
+        going = depth[None, :] >= hi[:, None]
+        kv_rows, kv_layers = self._kv_fill(out)
+        dur = step_s(cost, (hi - lo)[:, None], going.sum(axis=1)[:, None].astype(float),
+                     (going * ctx[None, :]).sum(axis=1)[:, None], 0.0,
+                     [h for h in head_rows] + [np.array([(depth >= L).sum()])], n, np.array([n]), kv_rows, kv_layers)
+        return StepResult(np.asarray(dur, dtype=float).reshape(1), out)
 
 def _steps_before(dur: np.ndarray, now: float, until: float) -> int:
     """Steps of a run to keep: up to the one in which the next arrival lands (the scheduler sees it right after)."""

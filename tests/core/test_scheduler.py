@@ -62,7 +62,7 @@ class Invariants:
             self.parked += int(out.buffered[-1].sum())
             early = (out.exited & ~out.buffered).sum(axis=0)
             forced, stayed = out.forced.sum(axis=0), out.stayed.sum(axis=0)
-            for j, rid in enumerate(plan.decode_ids):
+            for j, rid in enumerate(plan.flush_ids if plan.kind == "flush" else plan.decode_ids):
                 self.early[rid] += int(early[j])
                 self.forced[rid] += int(forced[j])
                 self.stayed[rid] += int(stayed[j])
