@@ -48,6 +48,10 @@ POLICIES = {"off": [], "lazy": [], "latency-only": [], "eager": [], "art": ["--p
             "drex": [], "bound": []}
 
 
+# Cells without best-in-hindsight's search (to fit the grid in its hour on a shared machine; none now).
+NO_BIH: tuple[str, ...] = ()
+
+
 def cells() -> list[dict]:
     base = dict(trace="azure-conv", model="llama2-13b", device="h200", conf=60, load="saturated", exits="mid",
                 max_batch=256, tp=1)
@@ -141,6 +145,12 @@ def _run_task(task):
         return {"flags": flags, "error": f"{type(e).__name__}: {e}"}
 
 
+def _cached(task) -> dict:
+    flags, work = task
+    path = Path(work) / f"{hashlib.sha1(json.dumps(flags).encode()).hexdigest()[:16]}.json"
+    return json.loads(path.read_text()) if path.exists() else {"flags": flags, "error": "not run"}
+
+
 def offered_rate(trace: str) -> float:
     from drex.workload import make_workload
 
@@ -161,6 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/drex_policy_grid")
     ap.add_argument("--only", default=None, help="comma-separated cell names")
     ap.add_argument("--no-bih", action="store_true", help="skip best-in-hindsight's 32 runs per cell")
+    ap.add_argument("--collect-only", action="store_true", help="run nothing: tabulate the cached runs")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     from tqdm import tqdm
@@ -173,12 +184,13 @@ def main(argv=None) -> int:
     sat_off = {c["name"]: base_flags({**c, "load": "saturated"}, SATURATED_RATE[c["trace"]]) + ["--policy", "off"]
                for c in todo}
     with Pool(args.jobs) as pool:
-        offs = dict(zip(sat_off, tqdm(pool.imap(_run_task, [(f, str(work)) for f in sat_off.values()]),
+        fn = _cached if args.collect_only else _run_task
+        offs = dict(zip(sat_off, tqdm(pool.imap(fn, [(f, str(work)) for f in sat_off.values()]),
                                       total=len(sat_off), desc="off saturated", file=sys.stderr)))
-        tasks, index = [], []
+        tasks, index, bih_tasks, bih_index = [], [], [], []
         for c in todo:
             rate = SATURATED_RATE[c["trace"]]
-            if c["load"] == "half":
+            if c["load"] == "half" and "error" not in offs[c["name"]]:
                 rate = 0.5 * offs[c["name"]]["summary"]["output_throughput"] / offered_rate(c["trace"])
             c["rate_scale"] = rate
             flags = base_flags(c, rate)
@@ -186,14 +198,21 @@ def main(argv=None) -> int:
             if c["exits"] == "three":
                 L = int(exits_of(c)[0].split(",")[1]) * 2
                 runs += [(f"drex@{e}", ["--exits", str(e)]) for e in (L // 4, L // 2, 3 * L // 4)]
-            if not args.no_bih:
-                runs += [(f"bih:{name}", extra) for name, extra in bih_family(c["max_batch"])]
             for p, extra in runs:
-                pol = "drex" if p in ("art", "bih") or p.startswith(("bih:", "drex@")) else p
+                pol = "drex" if p == "art" or p.startswith("drex@") else p
                 tasks.append((flags + ["--policy", pol] + extra, str(work)))
                 index.append((c["name"], p))
-        results = list(tqdm(pool.imap(_run_task, tasks, chunksize=1), total=len(tasks), desc="policy grid",
-                            file=sys.stderr))
+            if not args.no_bih and c["name"] not in NO_BIH:
+                for name, extra in bih_family(c["max_batch"]):
+                    bih_tasks.append((flags + ["--policy", "drex"] + extra, str(work)))
+                    bih_index.append((c["name"], f"bih:{name}"))
+        # Every cell's policies first, then best-in-hindsight's searches: a cut run still covers every cell.
+        tasks, index = tasks + bih_tasks, index + bih_index
+        if args.collect_only:
+            results = [_cached(t) for t in tasks]
+        else:
+            results = list(tqdm(pool.imap(_run_task, tasks, chunksize=1), total=len(tasks), desc="policy grid",
+                                file=sys.stderr))
     table = summarise(todo, index, results)
     write(table, Path(args.out), time.time() - t0)
     return 0
@@ -205,7 +224,9 @@ def summarise(todo, index, results) -> pd.DataFrame:
         by_cell.setdefault(cell, {})[p] = rec
     rows = []
     for c in todo:
-        recs = by_cell[c["name"]]
+        recs = {p: r for p, r in by_cell[c["name"]].items() if r.get("error") != "not run"}
+        if any(p not in recs or "error" in recs[p] for p in ("off", "drex")):
+            continue
         off = recs["off"]["summary"]
         slo_ttft = float(np.nanpercentile(recs["off"]["ttft_ms"], 90))
         slo_tpot = 1.25 * float(np.nanpercentile(recs["off"]["tpot_ms"], 90))
@@ -233,6 +254,8 @@ def summarise(todo, index, results) -> pd.DataFrame:
         row["drex_p99_tpot_ratio"] = d["p99_tpot_ms"] / off["p99_tpot_ms"]
         rows.append(row)
     t = pd.DataFrame(rows)
+    if t.empty:
+        return t
     for p in list(POLICIES) + ["bih"]:
         if f"{p}_tput" in t:
             t[f"{p}/off"] = t[f"{p}_tput"] / t["off_tput"]
@@ -249,6 +272,9 @@ def summarise(todo, index, results) -> pd.DataFrame:
 
 def write(t: pd.DataFrame, out: Path, wall_s: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if t.empty:
+        print("no cell has its off and drex runs yet", file=sys.stderr)
+        return
     t.to_csv(out / "policy_grid.csv", index=False, float_format="%.6g")
     cols = ["name", "conf", "load", "exits", "max_batch", "early_exit_fraction", "off_tput"]
     cols += [f"{p}/off" for p in ("lazy", "latency-only", "eager", "art", "drex", "bih", "bound") if f"{p}/off" in t]

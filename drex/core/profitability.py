@@ -71,9 +71,10 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     and (c) each parked row misses ``parked_steps`` decode steps: it is absent
     from the next shallow pass, a lost row-step worth the part of this step's
     cost (prefill tokens included) that does not shrink with its rows,
-    T(b)/b - dT/db. (c) is what running averages miss: when decode is
+    T(b)/b less what the next step saves without the row (its shallow layers,
+    e/L of dT/db). (c) is what running averages miss: when decode is
     memory-bound, T barely depends on b, and (c) turns the rule into "split
-    when more than half want to exit"; when compute-bound it vanishes.
+    when more than half want to exit".
 
     Counts may be arrays (one entry per planned step). base_tokens are prefill
     tokens of the same step, which run the deep layers whatever the decode rows do.
@@ -103,7 +104,9 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
         share = staying / flush_rows * flush
     park = 2 * cost.buffer_s(staying)  # park now, fetch at flush
     kv_fill = cost.kv_copy_s(exiting, deep)
-    fixed_per_row = np.maximum(full / np.maximum(rows, 1) - (full_plus - full), 0.0)
+    # A lost row-step: a token fewer for this step's cost, less what the next step saves without the row,
+    # which is only its shallow layers [0, e) (its deep ones run anyway, in the flush or drain that carries it).
+    fixed_per_row = np.maximum(full / np.maximum(rows, 1) - exit_layer / num_layers * (full_plus - full), 0.0)
     lost = staying * parked_steps * fixed_per_row
     return hold - (share + park + kv_fill + lost)
 
