@@ -30,6 +30,7 @@ import torch
 
 from drex.core.step import BUFFER, CONTINUE, EXIT, StepOutcome, StepPlan, StepResult
 from drex.real import KV_FILLS
+from drex.real.batch import Batch, concat_outcomes, plan_record
 from drex.real.buffer import CopyMeter, HiddenPool, nbytes
 from drex.real.kvcache import PagedKVCache, RecomputeFill
 from drex.real.model import EEModel, confidence
@@ -138,7 +139,7 @@ class RealExecutor:
             offsets.append(np.where(np.isnan(offset), durations[-1], offset))
             if out.buffered.any() or out.drain_layer >= 0 or self.clock() >= until:
                 break
-        result = StepResult(np.asarray(durations, dtype=float), _concat(outcomes) if outcomes else None)
+        result = StepResult(np.asarray(durations, dtype=float), concat_outcomes(outcomes) if outcomes else None)
         if outcomes and self.sched.policy.keeps_batch:
             result.token_offset_s = np.vstack(offsets)
         result.copied_bytes = sum(r["copied_bytes"] for r in self.step_records[-len(durations):])
@@ -225,10 +226,10 @@ class RealExecutor:
         positions = [c + s for c in plan.decode_context]
         step_plan = dataclasses.replace(plan, decode_context=positions, num_steps=1,
                                         decode_token_index=[t + s for t in plan.decode_token_index])
-        record = _plan_record(step_plan)
+        record = plan_record(step_plan)
         self.plans.append(record)
         ids = [self.outputs[rid][-1] for rid in dec]  # decode rows have >= 1 output token
-        batch = _Batch([("d", j) for j in range(n)], list(dec_rows), list(positions), [1] * n)
+        batch = Batch([("d", j) for j in range(n)], list(dec_rows), list(positions), [1] * n)
         for ch in plan.prefill:
             batch.add(("c", ch), self._row(ch.request_id), ch.start, ch.num_tokens)
             ids.extend(self._seq(ch.request_id)[ch.start:ch.start + ch.num_tokens])
@@ -244,7 +245,7 @@ class RealExecutor:
         self.kv_fill_s += self.clock() - t
         self.meter.add("kv_copy", nb)
 
-    def _regroup(self, batch: "_Batch", h, computing, drained: list[int], drain_context) -> torch.Tensor:
+    def _regroup(self, batch: "Batch", h, computing, drained: list[int], drain_context) -> torch.Tensor:
         """Keep the rows still computing (and all prefill chunks), append drained rows from the pool.
 
         Only hidden-state rows move (counted); the new AttnMeta is index tensors into the same KV.
@@ -270,7 +271,7 @@ class RealExecutor:
         """A request's last token (just emitted) needs no KV in the skipped layers: nobody will attend to it."""
         return len(self.outputs[rid]) < self.output_tokens[rid]
 
-    def _finish_top(self, h, batch: "_Batch", tokens, dec) -> None:
+    def _finish_top(self, h, batch: "Batch", tokens, dec) -> None:
         """Top-of-model tokens: decode rows that ran full depth, drained rows, prompts' last chunks."""
         want, who = [], []
         for k, (kind, ref) in enumerate(batch.tags):
@@ -295,12 +296,12 @@ class RealExecutor:
     def _flush(self, plan: StepPlan) -> StepResult:
         """Parked rows run on from their layer, meeting every deeper exit point (where they may exit)."""
         t0 = self.clock()
-        record = _plan_record(plan)
+        record = plan_record(plan)
         self.plans.append(record)
         n, L = len(plan.flush_ids), self.num_layers
         rows = [self._row(rid) for rid in plan.flush_ids]
         h = self.pool.take(rows)
-        batch = _Batch([("d", j) for j in range(n)], list(rows), list(plan.flush_context), [1] * n)
+        batch = Batch([("d", j) for j in range(n)], list(rows), list(plan.flush_context), [1] * n)
         batch.meta = self.cache.meta(batch.rows, batch.starts, batch.lens)
         deeper = [(i, e) for i, e in enumerate(self.sched.exits) if e > plan.flush_layer]
         out = StepOutcome(1, n, L) if deeper else None
@@ -372,54 +373,3 @@ class RealExecutor:
                 "buffer_pool_bytes": nbytes(self.pool.h),
                 "copied_bytes_by_kind": {k: int(v) for k, v in sorted(total.items())},
                 "kv_cache_bytes": nbytes(self.cache.k) + nbytes(self.cache.v)}
-
-
-class _Batch:
-    """The sequences running through the current layer segment, in the order of h's rows.
-
-    A tag names each: ("d", j) decode row j of the plan, ("c", chunk) a prefill chunk, ("r", rid) a drained row.
-    """
-
-    def __init__(self, tags, rows, starts, lens):
-        self.tags, self.rows, self.starts, self.lens = tags, rows, starts, lens
-        self.meta = None
-
-    def add(self, tag, row: int, start: int, num_tokens: int) -> None:
-        self.tags.append(tag)
-        self.rows.append(row)
-        self.starts.append(start)
-        self.lens.append(num_tokens)
-
-    def keep(self, idx: list[int]) -> None:
-        for name in ("tags", "rows", "starts", "lens"):
-            values = getattr(self, name)
-            setattr(self, name, [values[k] for k in idx])
-
-    def first_tokens(self, tags) -> list[int]:
-        """Index in h of each tagged sequence's first token."""
-        where = {tag: k for k, tag in enumerate(self.tags)}
-        return [self.meta.token_start[where[tag]] for tag in tags]
-
-
-_NOT_RECORDED = ("block_tables", "released_ids")
-
-
-def _plan_record(plan: StepPlan) -> dict:
-    """The plan as plans.jsonl keeps it (what drex validate re-prices), without the executor's memory bookkeeping."""
-    rec = {f.name: getattr(plan, f.name) for f in dataclasses.fields(StepPlan) if f.name not in _NOT_RECORDED}
-    rec["num_steps"] = 1
-    rec["prefill"] = [[c.request_id, c.start, c.num_tokens, c.last] for c in plan.prefill]
-    rec["decisions"] = []  # [exit index, actions, forced, stayed, drain] per exit point asked
-    return rec
-
-
-def _concat(outs: list[StepOutcome]) -> StepOutcome:
-    """One outcome for a run of single steps, as if decided as one k-step plan."""
-    if len(outs) == 1:
-        return outs[0]
-    first = outs[0]
-    merged = StepOutcome(len(outs), first.reach.shape[1], first.num_layers)
-    for name in ("reach", "exited", "buffered", "forced", "stayed", "active", "computing"):
-        setattr(merged, name, np.concatenate([getattr(o, name) for o in outs]))
-    merged.drain_layer = outs[-1].drain_layer
-    return merged
