@@ -49,24 +49,27 @@ class ExitDecider:
             rows = act.sum(axis=1)
             staying = stay.sum(axis=1)
             exiting = rows - staying
-            can_park = self._can_park_rows(plan, stay, steps, now, e)
             if self.cfg.profitability == "knobs":
                 go = exiting >= self.cfg.split_fraction * rows
                 if self.cfg.split_continue:
                     return np.where(go, GO, HOLD).astype(np.int8)
-                return np.where(go & can_park, PARK, HOLD).astype(np.int8)
+                return np.where(go & self._can_park_rows(plan, stay, steps, now, e), PARK, HOLD).astype(np.int8)
             c = ctx[steps]
             context, stay_context = (c * act).sum(axis=1), (c * stay).sum(axis=1)
             go_s = prof.continue_saving_s(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
             flush_rows = self.buffer.predicted_flush_rows(e, staying, steps, step_id)
-            # Rows already parked here: parking more blocks their drain, so the new ones wait for a flush.
+            # Rows already parked here: parking more blocks their drain, so the new ones wait for a flush (as
+            # rows parked above the deepest exit point always do).
             parked = self.buffer.get(e)
-            drained = self.cfg.inline_drain and not parked
+            drained = self.cfg.inline_drain and not parked and e == self.exits[-1]
             wait = 1 if drained else max(self.buffer.flush_in(parked, step_id) if parked
                                          else self.cfg.flush_max_wait_steps, 1)
             park_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
                                          base_attn, parked_steps=wait, drained=drained)
-            park_s = np.where(can_park, park_s, -np.inf)
+            wants_park = park_s > np.maximum(go_s, 0.0)
+            if wants_park.any():  # only where parking would win: its budget and SLO test walk the rows
+                can = self._can_park_rows(plan, stay[wants_park], steps[wants_park], now, e)
+                park_s[np.flatnonzero(wants_park)[~can]] = -np.inf
             best = np.where(park_s > go_s, PARK, GO)
             return np.where(np.maximum(park_s, go_s) > 0, best, HOLD).astype(np.int8)
 

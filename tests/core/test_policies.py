@@ -167,10 +167,11 @@ def test_drex_has_no_involuntary_exits(runs):
 
 @pytest.mark.parametrize("settings_", [
     dict(exits=(2,), confidence="beta:4,2"),
-    dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2"),
+    dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2", profitability="knobs", max_tpot_inflation=float("inf")),
     dict(exits=(2,), confidence="beta:4,2", profitability="art"),
     dict(exits=(2,), confidence="beta:4,2", inline_drain=False, profitability="knobs"),
-    dict(exits=(1, 3), confidence="beta:4,2/5,2", max_batch_size=16),
+    dict(exits=(1, 3), confidence="beta:4,2/5,2", max_batch_size=16, profitability="knobs",
+         max_tpot_inflation=float("inf")),
 ], ids=["one-exit", "three-exits", "art", "no-drain", "two-exits-batch-16"])
 def test_drex_never_forces_an_exit_while_rebatching(settings_):
     r = simulator.simulate(sim_config("drex", **settings_), WORKLOAD)
