@@ -23,6 +23,9 @@ SLO_TPOT_MS = 3.0  # about one tiny/cpu decode step and a half here: binds when 
 SETTINGS = {
     "one-exit": dict(exits=(2,), confidence="beta:4,2"),
     "three-exits": dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2"),
+    # drex's own rule rarely parks on the tiny model: the knobs rule parks (flushes meet deeper exits).
+    "three-exits-park": dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2", profitability="knobs",
+                             max_tpot_inflation=float("inf")),
     "kv-pressure": dict(exits=(1, 3), confidence="beta:4,2/5,2", num_kv_blocks=40),
     # Issue 9 item 14: TPOT SLOs on decode rows (parking must still make each row's next-token deadline),
     # the fitted (profile) cost model, and several replicas.
@@ -106,8 +109,8 @@ def test_macro_steps_give_the_same_step_records(macro_runs, policy):
 
 def test_macro_steps_log_the_buffer_size_of_each_step(macro_runs):
     runs, _ = macro_runs
-    macro, single = runs["drex", "three-exits"], run("drex", "three-exits", 1)
-    assert single.summary["num_rebatches"] > 0
+    macro, single = runs["drex", "three-exits-park"], run("drex", "three-exits-park", 1)
+    assert single.summary["num_rebatches"] > 0 and single.summary["num_flushes"] > 0
     assert_frames_match(macro.steps, single.steps, ["buffer_size"], [], "drex steps")
 
 
