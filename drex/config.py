@@ -63,6 +63,9 @@ class SchedulerConfig:
     # Parking's latency bound (no TPOT SLO): a row may spend at most (x - 1) decode steps parked per step it
     # decoded, so that parking inflates its time per output token by at most x. inf: unbounded.
     max_tpot_inflation: float = 1.25
+    # No parking for this many steps after a preemption: under KV pressure a parked row holds its blocks
+    # without producing, and the preemptions it feeds cost more than any split saves.
+    park_calm_steps: int = 64
     # Rebatching buffer flush rules (the authors' set; the cost model may flush earlier).
     flush_min_rows: int = 0  # 0: max_batch_size
     flush_age_alpha: float = 0.1  # |buffer| * (1 + age_steps * alpha) >= max_batch_size

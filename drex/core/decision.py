@@ -27,6 +27,7 @@ class ExitDecider:
                  art: prof.ArtAverages) -> None:
         self.ee, self.cfg, self.cost, self.policy = ee, cfg, cost, policy
         self.num_layers, self.exits, self.buffer, self.live, self.art = num_layers, exits, buffer, live, art
+        self.no_park_until = 0  # step from which parking is allowed again (the scheduler sets it at preemptions)
 
     def decide(self, plan: StepPlan, exit_index: int, confidence: np.ndarray, active: np.ndarray, now: float,
                step_id: int) -> PolicyDecision:
@@ -53,7 +54,7 @@ class ExitDecider:
                 go = exiting >= self.cfg.split_fraction * rows
                 if self.cfg.split_continue:
                     return np.where(go, GO, HOLD).astype(np.int8)
-                return np.where(go & self._can_park_rows(plan, stay, steps, now, e), PARK, HOLD).astype(np.int8)
+                return np.where(go & self._can_park_rows(plan, stay, steps, now, e, step_id), PARK, HOLD).astype(np.int8)
             c = ctx[steps]
             context, stay_context = (c * act).sum(axis=1), (c * stay).sum(axis=1)
             go_s = prof.continue_saving_s(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
@@ -68,7 +69,7 @@ class ExitDecider:
                                          base_attn, parked_steps=wait, drained=drained)
             wants_park = park_s > np.maximum(go_s, 0.0)
             if wants_park.any():  # only where parking would win: its budget and SLO test walk the rows
-                can = self._can_park_rows(plan, stay[wants_park], steps[wants_park], now, e)
+                can = self._can_park_rows(plan, stay[wants_park], steps[wants_park], now, e, step_id)
                 park_s[np.flatnonzero(wants_park)[~can]] = -np.inf
             best = np.where(park_s > go_s, PARK, GO)
             return np.where(np.maximum(park_s, go_s) > 0, best, HOLD).astype(np.int8)
@@ -102,12 +103,16 @@ class ExitDecider:
         return PolicyDecision(actions, none, ~split[:, None] & wants, np.zeros(len(split), dtype=bool))
 
     def _can_park_rows(self, plan: StepPlan, stay: np.ndarray, steps: np.ndarray, now: float,
-                       layer: int) -> np.ndarray:
-        """Per step: every staying row may park (its TPOT-inflation budget allows one more parked step, and
-        its TPOT SLO, if any, survives the wait)."""
+                       layer: int, step_id: int) -> np.ndarray:
+        """Per step: every staying row may park (no recent preemption, its TPOT-inflation budget allows one
+        more parked step, and its TPOT SLO, if any, survives the wait)."""
+        ok = np.ones(len(steps), dtype=bool)
+        if self.cfg.profitability == "costmodel":  # the knobs family parks whatever the memory pressure
+            ok &= step_id + np.asarray(steps) >= self.no_park_until
+        if not ok.any():
+            return ok
         rows = [self.live[i] for i in plan.decode_ids]
         x = self.cfg.max_tpot_inflation
-        ok = np.ones(len(steps), dtype=bool)
         if np.isfinite(x):
             parked = np.array([r.num_parked_steps for r in rows], dtype=float)
             generated = np.array([r.num_generated for r in rows], dtype=float)[None, :] + np.asarray(steps)[:, None]

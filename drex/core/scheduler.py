@@ -176,6 +176,7 @@ class Scheduler:
         self._released.append(victim.request_id)
         self.waiting.appendleft(victim)
         self.num_preemptions += 1
+        self.decider.no_park_until = self.step_id + self.cfg.park_calm_steps
 
     def _lookahead(self, decode: list[Request]) -> int:
         """Identical decode steps that can be planned at once: nothing the scheduler controls changes."""
@@ -188,6 +189,9 @@ class Scheduler:
         k = min(self.cfg.max_lookahead_steps, min(r.remaining_tokens for r in decode))
         if self.buffer:
             k = min(k, self.buffer.steps_until_flush(self.step_id))
+        if (self.policy.rebatches and self.cfg.profitability == "costmodel"
+                and 0 < self.decider.no_park_until - self.step_id < k):
+            k = self.decider.no_park_until - self.step_id  # parking is allowed again from then on
         if k <= 1:
             return 1
         short = [r for r in decode if r.prompt_tokens + r.num_generated + k - 1 > r.kv_tokens]

@@ -139,3 +139,17 @@ def test_flushed_rows_exit_at_a_deeper_exit_point():
     assert [s.live[i].num_early_exits for i in range(4)] == [1, 1, 0, 0]
     assert [s.live[i].sum_exit_layer for i in range(4)] == [3, 3, 4, 4]
     assert not s.buffer and len(s.running) == 4
+
+
+def test_no_parking_right_after_a_preemption():
+    """Under KV pressure a parked row holds its blocks without producing: drex parks nothing for
+    park_calm_steps after a preemption (here it holds: continuing the lone stayer alone saves nothing)."""
+    wants = [True] * 7 + [False]
+    s, plan = decoding(WeightBound(), 8)
+    s.decider.no_park_until = 1  # as a preemption at step 1 - park_calm_steps would leave it
+    conf = np.where(np.array(wants), 0.9, 0.1)[None, :]
+    acts = s.decide_at_exit(plan, 0, conf, np.ones_like(conf, dtype=bool), 0.0).actions[0]
+    assert acts.tolist() == [CONTINUE] * 8
+    s.running.append(s.running.pop())  # a preemption sets it from the scheduler's step and the setting
+    s._preempt(protect=s.running[0])
+    assert s.decider.no_park_until == s.step_id + s.cfg.park_calm_steps
