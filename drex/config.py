@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONFIDENCE_METRICS = ("margin", "maxprob", "entropy", "learned")  # learned: a trained estimator's P(agree)
+PROFITABILITY = ("costmodel", "art", "knobs")
 LOWER_IS_BETTER = frozenset({"entropy"})  # confidence metrics where a smaller value means surer
 
 
@@ -54,7 +55,17 @@ class SchedulerConfig:
     chunk_size: int = 512  # Sarathi token budget per step (prefill chunks + decodes)
     block_size: int = 16  # tokens per KV block
     max_model_len: int = 16384
-    profitability: str = "costmodel"  # or "art"
+    profitability: str = "costmodel"  # "costmodel" (drex's own decision), "art" (the authors'), "knobs"
+    # "knobs": the tunable family best-in-hindsight searches: split when at least this fraction of the active
+    # rows wants to exit, then let the others go on at once (split_continue) or park them.
+    split_fraction: float = 0.5
+    split_continue: bool = False
+    # Parking's latency bound (no TPOT SLO): a row may spend at most (x - 1) decode steps parked per step it
+    # decoded, so that parking inflates its time per output token by at most x. inf: unbounded.
+    max_tpot_inflation: float = 1.25
+    # No parking for this many steps after a preemption: under KV pressure a parked row holds its blocks
+    # without producing, and the preemptions it feeds cost more than any split saves.
+    park_calm_steps: int = 64
     # Rebatching buffer flush rules (the authors' set; the cost model may flush earlier).
     flush_min_rows: int = 0  # 0: max_batch_size
     flush_age_alpha: float = 0.1  # |buffer| * (1 + age_steps * alpha) >= max_batch_size
@@ -71,10 +82,14 @@ class SchedulerConfig:
             if getattr(self, name) <= 0:
                 flag = "--" + name.replace("_", "-")  # the flags that set them carry the same names
                 raise ValueError(f"{name.replace('_', ' ')} ({flag}) must be positive, got {getattr(self, name)}")
-        if self.profitability not in ("costmodel", "art"):
-            raise ValueError(f"profitability must be 'costmodel' or 'art', got {self.profitability!r}")
+        if self.profitability not in PROFITABILITY:
+            raise ValueError(f"profitability must be one of {PROFITABILITY}, got {self.profitability!r}")
         if not 0.0 <= self.kv_watermark < 1.0:
             raise ValueError(f"kv_watermark must be in [0, 1), got {self.kv_watermark}")
+        if not 0.0 <= self.split_fraction <= 1.0:
+            raise ValueError(f"split_fraction must be in [0, 1], got {self.split_fraction}")
+        if not self.max_tpot_inflation >= 1.0:
+            raise ValueError(f"max_tpot_inflation must be >= 1, got {self.max_tpot_inflation}")
         if self.flush_min_rows < 0 or self.flush_age_alpha < 0:
             raise ValueError("flush_min_rows and flush_age_alpha must be >= 0")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drex.config import CONFIDENCE_METRICS, EEConfig, SchedulerConfig
+from drex.config import CONFIDENCE_METRICS, PROFITABILITY, EEConfig, SchedulerConfig
 from drex.core.policies import POLICIES
 from drex.devices import get_device
 from drex.models import ModelShape, get_model
@@ -97,9 +97,17 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     p.add_argument("--chunk-size", type=int, default=512, help="token budget per step (chunked prefill)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per paged-KV block")
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's max position")
-    p.add_argument("--profitability", default="costmodel", choices=("costmodel", "art"),
-                   help="drex's rule for when a split pays: the cost model's prediction, or the authors' "
-                        "running-average ART rule")
+    p.add_argument("--profitability", default="costmodel", choices=PROFITABILITY,
+                   help="drex's split rule: costmodel (its own prediction), art (the authors' running-average ART "
+                        "rule), knobs (best-in-hindsight's family)")
+    p.add_argument("--max-tpot-inflation", type=float, default=1.25,
+                   help="parking may inflate a row's time per output token by at most this factor (inf: unbounded)")
+    p.add_argument("--split-fraction", type=float, default=0.5,
+                   help="knobs: split when at least this fraction of the batch wants to exit")
+    p.add_argument("--split-continue", action="store_true",
+                   help="knobs: the rows that go deeper continue at once instead of parking")
+    p.add_argument("--flush-min-rows", type=int, default=0, help="flush the buffer at this many rows (0: max batch)")
+    p.add_argument("--flush-max-wait-steps", type=int, default=16, help="flush a parked row after this many steps")
     p.add_argument("--no-inline-drain", action="store_true",
                    help="never run parked rows' deep layers inside a step (drain only by flushing)")
     p.add_argument("--num-requests", type=int, default=None,
@@ -125,7 +133,10 @@ def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
         exits = shape.trained_exits or (shape.num_layers // 2,)
     sched = SchedulerConfig(policy=policy, max_batch_size=args.max_batch_size, chunk_size=args.chunk_size,
                             block_size=args.block_size, max_model_len=args.max_model_len or shape.max_position,
-                            profitability=args.profitability, inline_drain=not args.no_inline_drain)
+                            profitability=args.profitability, inline_drain=not args.no_inline_drain,
+                            max_tpot_inflation=args.max_tpot_inflation, split_fraction=args.split_fraction,
+                            split_continue=args.split_continue, flush_min_rows=args.flush_min_rows,
+                            flush_max_wait_steps=args.flush_max_wait_steps)
     threshold = args.threshold if args.threshold is not None else (shape.default_threshold or 0.8)
     metric = args.metric or shape.default_metric or "margin"
     return RunSettings(model=args.model, device=args.device, ee=EEConfig(exits, threshold, metric),

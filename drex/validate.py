@@ -73,8 +73,9 @@ class _DecisionLog:
 
     def completed(self, plan, num_steps: int) -> None:
         for p, e, active, actions in self.pending:
+            ids, tok = (p.flush_ids, p.flush_token_index) if p.kind == "flush" else (p.decode_ids, p.decode_token_index)
             for s, j in zip(*np.nonzero(active[:num_steps])):
-                self.taken[(p.decode_ids[j], p.decode_token_index[j] + int(s), e)] = int(actions[s, j])
+                self.taken[(ids[j], tok[j] + int(s), e)] = int(actions[s, j])
         self.pending = []
 
 

@@ -19,7 +19,7 @@ from drex.sim.executor import SimExecutor
 from drex.settings import RunSettings
 from drex.traces import TraceRequest
 
-POLICIES = ("off", "eager", "lazy", "average", "latency-only", "drex")
+POLICIES = ("off", "eager", "lazy", "average", "latency-only", "bound", "drex")
 TINY_LAYERS = get_model("tiny").num_layers
 
 

@@ -12,8 +12,9 @@ import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
 from drex.core import profitability as prof
-from drex.core.policies import ExitContext, Policy, PolicyDecision
+from drex.core.policies import GO, HOLD, PARK, ExitContext, Policy, PolicyDecision
 from drex.core.rebatch import RebatchBuffer
+from drex.core.step import CONTINUE, EXIT
 from drex.core.request import Request
 from drex.core.step import StepPlan
 from drex.costmodel.base import CostModel
@@ -26,6 +27,7 @@ class ExitDecider:
                  art: prof.ArtAverages) -> None:
         self.ee, self.cfg, self.cost, self.policy = ee, cfg, cost, policy
         self.num_layers, self.exits, self.buffer, self.live, self.art = num_layers, exits, buffer, live, art
+        self.no_park_until = 0  # step from which parking is allowed again (the scheduler sets it at preemptions)
 
     def decide(self, plan: StepPlan, exit_index: int, confidence: np.ndarray, active: np.ndarray, now: float,
                step_id: int) -> PolicyDecision:
@@ -38,21 +40,39 @@ class ExitDecider:
         L, cost = self.num_layers, self.cost
         base, base_attn, _ = prefill_work(plan.prefill)
 
-        def split_pays(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:
+        def split_pays(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:  # the authors' rule (art)
+            rows = active[steps].sum(axis=1)
+            return rows - stay.sum(axis=1) > self.art.art(rows)
+
+        def split_action(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:
+            """HOLD, PARK or GO per step: the action the cost model says saves the most device time."""
             act = active[steps]
             rows = act.sum(axis=1)
             staying = stay.sum(axis=1)
             exiting = rows - staying
-            if self.cfg.profitability == "art":
-                return exiting > self.art.art(rows)
+            if self.cfg.profitability == "knobs":
+                go = exiting >= self.cfg.split_fraction * rows
+                if self.cfg.split_continue:
+                    return np.where(go, GO, HOLD).astype(np.int8)
+                return np.where(go & self._can_park_rows(plan, stay, steps, now, e, step_id), PARK, HOLD).astype(np.int8)
             c = ctx[steps]
+            context, stay_context = (c * act).sum(axis=1), (c * stay).sum(axis=1)
+            go_s = prof.continue_saving_s(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
             flush_rows = self.buffer.predicted_flush_rows(e, staying, steps, step_id)
-            saving = prof.split_saving_s(cost, e, L, rows, exiting, (c * act).sum(axis=1), (c * stay).sum(axis=1),
-                                         flush_rows, base, base_attn)
-            pays = saving > 0
-            if self._slo_rows(plan):  # a parked row must still make its next-token deadline
-                pays &= self._can_park(plan, stay, now, e)
-            return pays
+            # Rows already parked here: parking more blocks their drain, so the new ones wait for a flush (as
+            # rows parked above the deepest exit point always do).
+            parked = self.buffer.get(e)
+            drained = self.cfg.inline_drain and not parked and e == self.exits[-1]
+            wait = 1 if drained else max(self.buffer.flush_in(parked, step_id) if parked
+                                         else self.cfg.flush_max_wait_steps, 1)
+            park_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
+                                         base_attn, parked_steps=wait, drained=drained)
+            wants_park = park_s > np.maximum(go_s, 0.0)
+            if wants_park.any():  # only where parking would win: its budget and SLO test walk the rows
+                can = self._can_park_rows(plan, stay[wants_park], steps[wants_park], now, e, step_id)
+                park_s[np.flatnonzero(wants_park)[~can]] = -np.inf
+            best = np.where(park_s > go_s, PARK, GO)
+            return np.where(np.maximum(park_s, go_s) > 0, best, HOLD).astype(np.int8)
 
         def drain_pays(steps: np.ndarray) -> np.ndarray:
             if not plan.drain_ids or plan.drain_layer != e:
@@ -62,8 +82,45 @@ class ExitDecider:
                                          len(plan.drain_ids), sum(plan.drain_context), base, base_attn)
             return saving > 0
 
+        action = None if self.cfg.profitability == "art" else split_action
         return self.policy.decide(ExitContext(e, L, wants, confidence, active, self.ee.threshold, higher,
-                                              split_pays, drain_pays))
+                                              split_pays, drain_pays, action))
+
+    def decide_flush(self, plan: StepPlan, exit_index: int, confidence: np.ndarray,
+                     active: np.ndarray) -> PolicyDecision:
+        """A flush meets an exit point deeper than its layer: its confident rows exit there (a split whose
+        other rows go on at once) when the cost model says that beats holding them all to the top."""
+        e, L = self.exits[exit_index], self.num_layers
+        wants = self.ee.clears(confidence) & active
+        ctx = np.asarray(plan.flush_context, dtype=float)[None, :]
+        rows, exiting = active.sum(axis=1), wants.sum(axis=1)
+        stay = active & ~wants
+        saving = prof.continue_saving_s(self.cost, e, L, rows, exiting, (ctx * active).sum(axis=1),
+                                        (ctx * stay).sum(axis=1))
+        split = (exiting > 0) & ((exiting == rows) | (saving > 0))
+        actions = np.where(split[:, None] & wants, EXIT, CONTINUE).astype(np.int8)
+        none = np.zeros_like(wants)
+        return PolicyDecision(actions, none, ~split[:, None] & wants, np.zeros(len(split), dtype=bool))
+
+    def _can_park_rows(self, plan: StepPlan, stay: np.ndarray, steps: np.ndarray, now: float,
+                       layer: int, step_id: int) -> np.ndarray:
+        """Per step: every staying row may park (no recent preemption, its TPOT-inflation budget allows one
+        more parked step, and its TPOT SLO, if any, survives the wait)."""
+        ok = np.ones(len(steps), dtype=bool)
+        if self.cfg.profitability == "costmodel":  # the knobs family parks whatever the memory pressure
+            ok &= step_id + np.asarray(steps) >= self.no_park_until
+        if not ok.any():
+            return ok
+        rows = [self.live[i] for i in plan.decode_ids]
+        x = self.cfg.max_tpot_inflation
+        if np.isfinite(x):
+            parked = np.array([r.num_parked_steps for r in rows], dtype=float)
+            generated = np.array([r.num_generated for r in rows], dtype=float)[None, :] + np.asarray(steps)[:, None]
+            within = parked[None, :] + 1 <= (x - 1) * generated
+            ok &= ~(stay & ~within).any(axis=1)
+        if self._slo_rows(plan):  # a parked row must still make its next-token deadline
+            ok &= self._can_park(plan, stay, now, layer)
+        return ok
 
     def _slo_rows(self, plan: StepPlan) -> bool:
         return any(self.live[i].slo_tpot_ms is not None for i in plan.decode_ids)

@@ -33,6 +33,15 @@ class ExitContext:
     split_pays: Callable[[np.ndarray, np.ndarray], np.ndarray]
     # Whether buffered rows waiting at this exit should join the continuing rows at the given steps -> bool.
     drain_pays: Callable[[np.ndarray], np.ndarray]
+    # drex: the best split action at the given steps (HOLD, PARK or GO, int8 [len(steps)]); None: PARK where
+    # split_pays says so.
+    split_action: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+
+
+# What a split does with the rows that must go deeper: HOLD (no split: everyone continues, the confident rows
+# stay involuntarily), PARK (they wait in the rebatching buffer) or GO (split-and-continue: they go on at once
+# in a smaller batch while the confident rows exit).
+HOLD, PARK, GO = 0, 1, 2
 
 
 @dataclass
@@ -50,6 +59,7 @@ class Policy:
     uses_exits: bool = True  # False: exit heads never run
     keeps_batch: bool = False  # True: exiting rows still run full depth (latency-only)
     rebatches: bool = False  # has a rebatching buffer
+    ideal: bool = False  # an upper bound, not a schedule: the simulator prices it as free, perfect rebatching
 
 
 POLICIES: dict[str, Policy] = {}
@@ -116,12 +126,23 @@ def latency_only(ctx: ExitContext) -> PolicyDecision:
     return PolicyDecision(actions, none, none.copy(), np.zeros(exit_rows.shape[0], dtype=bool))
 
 
+@register("bound", ideal=True)
+def bound(ctx: ExitContext) -> PolicyDecision:
+    """Idealised upper bound (simulator only): every token exits at its first confident exit point, and the
+    simulator charges it only the layers it ran, at the full batch's cost per row-layer (see SimExecutor)."""
+    exit_rows = ctx.wants & ctx.active
+    actions = np.where(exit_rows, EXIT, CONTINUE).astype(np.int8)
+    none = np.zeros_like(exit_rows)
+    return PolicyDecision(actions, none, none.copy(), np.zeros(exit_rows.shape[0], dtype=bool))
+
+
 @register("drex", rebatches=True)
 def drex(ctx: ExitContext) -> PolicyDecision:
-    """Dynamic rebatching: split when it pays; the rows that must go deeper wait in the buffer.
+    """Dynamic rebatching: at a partial exit, hold, park the rows that must go deeper, or let them go on.
 
-    Nobody is ever forced to exit. If nobody (or a split that does not pay)
-    exits, the whole batch continues and may pick up buffered rows (inline drain).
+    Nobody is ever forced to exit. The split action comes from ``split_action`` (the decider weighs every
+    action with the cost model) or, without it, PARK where ``split_pays``. Where the batch holds (or nobody
+    exits), the whole batch continues and may pick up buffered rows (inline drain).
     """
     act = ctx.active
     want = ctx.wants & act
@@ -130,15 +151,20 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     all_exit = (n_want == n_act) & (n_act > 0)
     partial = (n_want > 0) & ~all_exit
     stay = act & ~want
-    split = partial.copy()
+    choice = np.full(len(partial), HOLD, dtype=np.int8)
     if partial.any():
-        split[partial] = ctx.split_pays(np.flatnonzero(partial), stay[partial])
-    exits = (all_exit | split)[:, None] & want
+        idx = np.flatnonzero(partial)
+        if ctx.split_action is not None:
+            choice[idx] = ctx.split_action(idx, stay[partial])
+        else:
+            choice[idx] = np.where(ctx.split_pays(idx, stay[partial]), PARK, HOLD)
+    split = choice == PARK
+    exits = (all_exit | (choice != HOLD))[:, None] & want
     buffered = split[:, None] & stay
     actions = np.full(act.shape, CONTINUE, dtype=np.int8)
     actions[exits] = EXIT
     actions[buffered] = BUFFER
-    stayed = (partial & ~split)[:, None] & want
+    stayed = (partial & (choice == HOLD))[:, None] & want
     no_exit = ~(all_exit | split) & (n_act > 0)  # drained rows need live rows to ride with
     drain = np.zeros(len(no_exit), dtype=bool)
     if no_exit.any():

@@ -60,18 +60,21 @@ def marginal_deep_s(cost: CostModel, exit_layer: int, num_layers: int, rows, con
 
 
 def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exiting, context, stay_context,
-                   flush_rows, base_tokens=0, base_attn=0.0, parked_steps=1):
-    """Predicted device seconds saved by splitting instead of holding (positive: split pays).
+                   flush_rows, base_tokens=0, base_attn=0.0, parked_steps=1, drained=False):
+    """Predicted device seconds saved by splitting and parking instead of holding (positive: split pays).
 
     Holding runs all rows through [e, L) now. Splitting skips that for the
-    exiting rows, but (a) the staying rows still need [e, L) later, as their
-    share of a flush of ``flush_rows`` rows, plus parking; (b) the exiting rows
-    need their skipped KV filled by state copy; and (c) each parked row misses
-    ``parked_steps`` decode steps: it is absent from the next shallow pass, a
-    lost row-step worth the part of a step's cost that does not shrink with
-    its rows, T(b)/b - dT/db. (c) is what running averages miss: when decode
-    is memory-bound, T barely depends on b, and (c) turns the rule into
-    "split when more than half want to exit"; when compute-bound it vanishes.
+    exiting rows, but (a) the staying rows still need [e, L) later: as their
+    share of a flush of ``flush_rows`` rows, or, when ``drained`` (inline
+    drain), as what they add to the next step's batch at layer e; plus
+    parking; (b) the exiting rows need their skipped KV filled by state copy;
+    and (c) each parked row misses ``parked_steps`` decode steps: it is absent
+    from the next shallow pass, a lost row-step worth the part of this step's
+    cost (prefill tokens included) that does not shrink with its rows,
+    T(b)/b less what the next step saves without the row (its shallow layers,
+    e/L of dT/db). (c) is what running averages miss: when decode is
+    memory-bound, T barely depends on b, and (c) turns the rule into "split
+    when more than half want to exit".
 
     Counts may be arrays (one entry per planned step). base_tokens are prefill
     tokens of the same step, which run the deep layers whatever the decode rows do.
@@ -84,20 +87,26 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     ctx_row = context / np.maximum(rows, 1)
     deep = num_layers - exit_layer
     # Three whole steps priced in one stacked call (this runs at every partial exit): the flush that will
-    # carry the stayers, a full-depth decode step of these rows, and the same with one row more.
-    stacked = _rows3(flush_rows, rows, rows + 1)
+    # carry the stayers, a full-depth step of these rows (and the step's prefill), and the same with one row more.
+    stacked = _rows3(flush_rows, rows + base_tokens, rows + base_tokens + 1)
     flush, full, full_plus = step_s(cost, np.array([deep, num_layers, num_layers])[None, :, None], stacked[None],
-                                    _rows3(stay_ctx_row * flush_rows, context, context + ctx_row)[None], 0.0,
-                                    stacked[None], stacked)
+                                    _rows3(stay_ctx_row * flush_rows, context, context + ctx_row)[None],
+                                    np.array([0.0, base_attn, base_attn])[:, None], stacked[None], stacked)
     # Holding: these rows through [e, L) now, beside the step's prefill tokens, which run those layers anyway.
     hold_layer = cost.layer_s(base_tokens + rows, context, base_attn)
     if base_tokens:
         hold_layer = hold_layer - cost.layer_s(base_tokens + 0 * rows, 0 * rows, base_attn)
     hold = deep * hold_layer + cost.head_s(rows)
-    share = staying / flush_rows * flush
+    if drained:  # they join the next step's rows at layer e: what they add there
+        share = (deep * (cost.layer_s(exiting + staying * 2, context + stay_context)
+                         - cost.layer_s(exiting + staying, context)) + cost.head_s(staying))
+    else:
+        share = staying / flush_rows * flush
     park = 2 * cost.buffer_s(staying)  # park now, fetch at flush
     kv_fill = cost.kv_copy_s(exiting, deep)
-    fixed_per_row = np.maximum(full / np.maximum(rows, 1) - (full_plus - full), 0.0)
+    # A lost row-step: a token fewer for this step's cost, less what the next step saves without the row,
+    # which is only its shallow layers [0, e) (its deep ones run anyway, in the flush or drain that carries it).
+    fixed_per_row = np.maximum(full / np.maximum(rows, 1) - exit_layer / num_layers * (full_plus - full), 0.0)
     lost = staying * parked_steps * fixed_per_row
     return hold - (share + park + kv_fill + lost)
 
@@ -117,3 +126,19 @@ def drain_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, cont
     alone = step_s(cost, np.array([num_layers - exit_layer]), np.array([drain_rows]), np.array([drain_context]),
                    0.0, [drain_rows], drain_rows)
     return alone - added
+
+
+def continue_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exiting, context, stay_context,
+                      base_tokens=0, base_attn=0.0):
+    """Predicted device seconds saved by split-and-continue instead of holding (positive: it pays).
+
+    The exiting rows emit their exit-head token now (their skipped KV filled by state copy); the staying rows
+    go on through [e, L) in this very step, in a smaller batch. Nobody waits, so no decode step is lost: it
+    pays exactly when the deep layers' cost shrinks with the rows that leave (KV reads, compute-bound steps).
+    """
+    rows = np.asarray(rows, dtype=float)
+    staying = rows - exiting
+    hold = marginal_deep_s(cost, exit_layer, num_layers, rows, context, base_tokens, base_attn)
+    stay = marginal_deep_s(cost, exit_layer, num_layers, staying, stay_context, base_tokens, base_attn)
+    stay = np.where(staying > 0, stay, 0.0) if not base_tokens else stay
+    return hold - stay - cost.kv_copy_s(exiting, num_layers - exit_layer)

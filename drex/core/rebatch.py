@@ -33,6 +33,13 @@ class RebatchBuffer(dict):
         r.buffered_step = step_id
         self.setdefault(layer, []).append(r)
 
+    def take(self, layer: int, step_id: int) -> list[Request]:
+        """Remove the rows parked at layer as they rejoin at step_id, counting the steps each spent parked."""
+        rows = self.pop(layer)
+        for r in rows:
+            r.num_parked_steps += max(step_id - r.buffered_step, 1)
+        return rows
+
     def flush_in(self, rows: list[Request], step_id: int) -> int:
         """Steps until the buffer's size and age rules flush these rows (<= 0: now).
 
@@ -74,14 +81,21 @@ class RebatchBuffer(dict):
         for layer, rows in sorted(self.items()):
             if due(rows):
                 return StepPlan(step_id, "flush", flush_ids=[r.request_id for r in rows], flush_layer=layer,
-                                flush_context=[r.context_len for r in rows])
+                                flush_context=[r.context_len for r in rows],
+                                flush_token_index=[r.num_generated for r in rows])
         return None
 
-    def attach_drain(self, plan: StepPlan) -> None:
-        """Offer the shallowest layer's parked rows to a decode plan: they may join it at their layer."""
+    def attach_drain(self, plan: StepPlan, deepest_exit: int) -> None:
+        """Offer the shallowest layer's parked rows to a decode plan: they may join it at their layer.
+
+        Only rows parked at the deepest exit point: a drained row joins the live rows and runs to the top, so
+        one parked shallower goes through a flush instead, where it meets every deeper exit point.
+        """
         if not (self.cfg.inline_drain and self and plan.decode_ids):
             return
         layer = min(self)
+        if layer < deepest_exit:
+            return
         rows = self[layer]
         plan.drain_ids = [r.request_id for r in rows]
         plan.drain_layer = layer

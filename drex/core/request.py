@@ -54,6 +54,7 @@ class Request:
     num_preemptions: int = 0
     buffer_layer: int = -1  # exit layer the request waits at while BUFFERED
     buffered_step: int = -1  # scheduler step it entered the buffer
+    num_parked_steps: int = 0  # decode steps it spent parked (the TPOT-inflation budget)
     replica: int = 0
     tokens: list[int] = field(default_factory=list)  # real backend only: applied from StepResult.tokens
 

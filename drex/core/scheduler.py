@@ -171,7 +171,7 @@ class Scheduler:
                         decode_token_index=[r.num_generated for r in decode])
         if kind == "decode":
             plan.num_steps = self._lookahead(decode)
-        self.buffer.attach_drain(plan)
+        self.buffer.attach_drain(plan, max(self.exits, default=0))
         return plan
 
     def _grow(self, r: Request, num_tokens: int) -> bool:
@@ -191,6 +191,7 @@ class Scheduler:
         self._released.append(victim.request_id)
         self.waiting.appendleft(victim)
         self.num_preemptions += 1
+        self.decider.no_park_until = self.step_id + self.cfg.park_calm_steps
 
     def _lookahead(self, decode: list[Request]) -> int:
         """Identical decode steps that can be planned at once: nothing the scheduler controls changes."""
@@ -198,9 +199,14 @@ class Scheduler:
             return 1  # an admission may happen at the next step
         if self.cfg.profitability == "art" and self.policy.rebatches:
             return 1  # the running averages move every step
+        if self.policy.rebatches and any(r.slo_tpot_ms is not None for r in decode):
+            return 1  # whether a row may park depends on the clock and its last token time, which move every step
         k = min(self.cfg.max_lookahead_steps, min(r.remaining_tokens for r in decode))
         if self.buffer:
             k = min(k, self.buffer.steps_until_flush(self.step_id))
+        if (self.policy.rebatches and self.cfg.profitability == "costmodel"
+                and 0 < self.decider.no_park_until - self.step_id < k):
+            k = self.decider.no_park_until - self.step_id  # parking is allowed again from then on
         if k <= 1:
             return 1
         short = [r for r in decode if r.prompt_tokens + r.num_generated + k - 1 > r.kv_tokens]
@@ -235,7 +241,10 @@ class Scheduler:
 
         confidence and active are [k, n] (k planned steps, n decode rows).
         """
-        d = self.decider.decide(plan, exit_index, confidence, active, now, self.step_id)
+        if plan.kind == "flush":
+            d = self.decider.decide_flush(plan, exit_index, confidence, active)
+        else:
+            d = self.decider.decide(plan, exit_index, confidence, active, now, self.step_id)
         if self.recorder is not None:
             self.recorder.decided(plan, self.exits[exit_index], active, d.actions)
         return d
@@ -260,7 +269,10 @@ class Scheduler:
         n_exited = n_buffered = 0
         layer_end = L
         if plan.kind == "flush":
-            self._rejoin(self.buffer.pop(plan.flush_layer), ends[0])
+            rows = self.buffer.take(plan.flush_layer, self.step_id)
+            fo = result.outcome  # where each flushed row exited (None: all at the top)
+            self._rejoin(rows, ends[0], None if fo is None else fo.reach[0].tolist(),
+                         None if fo is None else fo.exited[0].tolist(), None if fo is None else fo.stayed[0].tolist())
             self.num_flushes += 1
         for ch in plan.prefill:
             r = self.live[ch.request_id]
@@ -337,7 +349,7 @@ class Scheduler:
         if out.buffered[-1].any():
             self.num_rebatches += 1
         if out.drain_layer >= 0:
-            self._rejoin(self.buffer.pop(out.drain_layer), float(ends[k - 1]))
+            self._rejoin(self.buffer.take(out.drain_layer, self.step_id + k - 1), float(ends[k - 1]))
             self.num_drains += 1
 
     def _apply_full_depth(self, rows: list[Request], ends: np.ndarray) -> None:
@@ -354,14 +366,16 @@ class Scheduler:
             if r.num_generated >= r.output_tokens:
                 self._finish(r)
 
-    def _rejoin(self, rows: list[Request], time_s: float) -> None:
-        """Buffered rows ran [e, L): each emits its token and rejoins the running set."""
+    def _rejoin(self, rows: list[Request], time_s: float, layers=None, exited=None, stayed=None) -> None:
+        """Buffered rows ran on from their layer (to the top, or to a deeper exit point in a flush): each
+        emits its token and rejoins the running set."""
         self.itl_s.append(np.array([time_s - r.last_token_s for r in rows]))
-        for r in rows:
+        for j, r in enumerate(rows):
             r.status = RequestStatus.RUNNING
             r.buffer_layer = -1
             self.running.append(r)
-            self._emit(r, 1, time_s, self.num_layers, 0, 0, 0)
+            self._emit(r, 1, time_s, self.num_layers if layers is None else layers[j], int(bool(exited and exited[j])),
+                       0, int(bool(stayed and stayed[j])))
 
     def _emit(self, r: Request, count: int, last_time_s: float, sum_layers: int, early: int, forced: int,
               stayed: int) -> None:

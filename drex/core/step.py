@@ -44,6 +44,9 @@ class StepPlan:
     # Index of the output token each decode row produces in the first planned step.
     decode_token_index: list[int] = field(default_factory=list)
     flush_context: list[int] = field(default_factory=list)
+    # Index of the output token each flushed row produces (flushed rows meet every exit point deeper than
+    # flush_layer, where they may exit).
+    flush_token_index: list[int] = field(default_factory=list)
     drain_context: list[int] = field(default_factory=list)
     # Memory bookkeeping for an executor that holds KV: requests whose blocks were freed (finished or
     # preempted) since the previous plan, and the block manager's tables (request id -> block ids; read only).

@@ -30,7 +30,7 @@ import torch
 
 from drex.core.step import BUFFER, CONTINUE, EXIT, StepOutcome, StepPlan, StepResult
 from drex.real import KV_FILLS
-from drex.real.batch import Batch
+from drex.real.batch import Batch, concat_outcomes, plan_record
 from drex.real.buffer import CopyMeter, HiddenPool, nbytes
 from drex.real.kvcache import PagedKVCache, RecomputeFill
 from drex.real.model import EEModel, confidence
@@ -45,6 +45,9 @@ class RealExecutor:
     def __init__(self, scheduler, model: EEModel, num_blocks: int, block_size: int, max_rows: int,
                  max_model_len: int, prompts: dict[int, list[int]], output_tokens: dict[int, int],
                  kv_fill: str = "copy", clock=time.monotonic, confidence_source=None):
+        if scheduler.policy.ideal:
+            raise ValueError(f"policy {scheduler.policy.name!r} is an upper bound priced by the simulator; "
+                             "it cannot run on a real model")
         if kv_fill not in KV_FILLS:
             raise ValueError(f"kv fill must be one of {KV_FILLS}, got {kv_fill!r}")
         self.sched, self.model, self.kv_fill, self.clock = scheduler, model, kv_fill, clock
@@ -140,7 +143,7 @@ class RealExecutor:
             offsets.append(np.where(np.isnan(offset), durations[-1], offset))
             if out.buffered.any() or out.drain_layer >= 0 or self.clock() >= until:
                 break
-        result = StepResult(np.asarray(durations, dtype=float), _concat(outcomes) if outcomes else None)
+        result = StepResult(np.asarray(durations, dtype=float), concat_outcomes(outcomes) if outcomes else None)
         if outcomes and self.sched.policy.keeps_batch:
             result.token_offset_s = np.vstack(offsets)
         result.copied_bytes = sum(r["copied_bytes"] for r in self.step_records[-len(durations):])
@@ -255,7 +258,7 @@ class RealExecutor:
         positions = [c + s for c in plan.decode_context]
         step_plan = dataclasses.replace(plan, decode_context=positions, num_steps=1,
                                         decode_token_index=[t + s for t in plan.decode_token_index])
-        record = _plan_record(step_plan)
+        record = plan_record(step_plan)
         self.plans.append(record)
         ids = [self.outputs[rid][-1] for rid in dec]  # decode rows have >= 1 output token
         batch = Batch([("d", j) for j in range(n)], list(dec_rows), list(positions), [1] * n)
@@ -329,20 +332,67 @@ class RealExecutor:
     # -- a flush: parked rows through [e, L) -------------------------------------------------------------
 
     def _flush(self, plan: StepPlan) -> StepResult:
+        """Parked rows run on from their layer, meeting every deeper exit point (where they may exit)."""
         t0 = self.clock()
-        self.plans.append(_plan_record(plan))
+        record = plan_record(plan)
+        self.plans.append(record)
+        n, L = len(plan.flush_ids), self.num_layers
         rows = [self._row(rid) for rid in plan.flush_ids]
         h = self.pool.take(rows)
-        meta = self.cache.meta(rows, plan.flush_context, [1] * len(rows))
-        h = self.model.run_layers(h, meta, self.cache, plan.flush_layer, self.num_layers)
-        top = self.model.exit_logits(h, self.num_layers).argmax(-1).tolist()
-        for rid, tok in zip(plan.flush_ids, top):
-            self._emit(rid, tok, self.num_layers)
+        batch = Batch([("d", j) for j in range(n)], list(rows), list(plan.flush_context), [1] * n)
+        batch.meta = self.cache.meta(batch.rows, batch.starts, batch.lens)
+        deeper = [(i, e) for i, e in enumerate(self.sched.exits) if e > plan.flush_layer]
+        out = StepOutcome(1, n, L) if deeper else None
+        tokens: list[int | None] = [None] * n
+        copies: list[tuple[int, int, int]] = []
+        active, computing = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+        layer = plan.flush_layer
+        for i, e in deeper:
+            h = self.model.run_layers(h, batch.meta, self.cache, layer, e)
+            layer = e
+            asking = [j for j in range(n) if active[j]]
+            idx = batch.first_tokens([("d", j) for j in asking])
+            logits = self.model.exit_logits(h[idx], e)
+            conf = confidence(logits, self.metric).cpu().numpy()
+            if self.source is not None:
+                conf = self.source.confidence(np.array([plan.flush_ids[j] for j in asking]),
+                                              np.array([plan.flush_token_index[j] for j in asking]), i)
+            conf_all = np.full((1, n), np.nan)
+            conf_all[0, asking] = conf
+            d = self.sched.decide_at_exit(plan, i, conf_all, active[None, :].copy(), self.clock())
+            out.record(e, d.actions, d.forced, d.stayed, d.drain, False)
+            acts = d.actions[0]
+            record["decisions"].append([i, acts.tolist(), d.forced[0].tolist(), d.stayed[0].tolist(), False])
+            argmax = logits.argmax(-1).tolist()
+            exiting = [k for k, j in enumerate(asking) if acts[j] == EXIT]
+            for k in exiting:
+                j = asking[k]
+                tokens[j] = argmax[k]
+                self._emit(plan.flush_ids[j], argmax[k], e)
+            for k, j in enumerate(asking):
+                self.confidences.append((plan.flush_ids[j], plan.flush_token_index[j], e, float(conf[k])))
+                self.decisions.append((plan.flush_ids[j], plan.flush_token_index[j], e, int(acts[j])))
+            active[[j for j in asking if acts[j] != CONTINUE]] = False
+            if exiting:
+                computing[[asking[k] for k in exiting]] = False
+                fill = [k for k in exiting if self._needs_fill(plan.flush_ids[asking[k]])]
+                if self.recompute is not None and fill:
+                    self.recompute.add([rows[asking[k]] for k in fill], h[[idx[k] for k in fill]], e,
+                                       [plan.flush_context[asking[k]] for k in fill])
+                copies += [(rows[asking[k]], plan.flush_context[asking[k]], e) for k in fill]
+                h = self._regroup(batch, h, computing, [], [])
+                if not batch.tags:
+                    break
+        if batch.tags:
+            h = self.model.run_layers(h, batch.meta, self.cache, layer, L)
+            self._finish_top(h, batch, tokens, plan.flush_ids)
+        if copies and self.recompute is None:
+            self._copy_fill(copies)
         self._sync()
         dur = self.clock() - t0
         self._record_step("flush")
         self.plans[-1]["duration_s"] = dur
-        return StepResult(np.array([dur]), copied_bytes=self.step_records[-1]["copied_bytes"])
+        return StepResult(np.array([dur]), outcome=out, copied_bytes=self.step_records[-1]["copied_bytes"])
 
     def _record_step(self, kind: str) -> None:
         by_kind = self.meter.take_step()
@@ -361,27 +411,3 @@ class RealExecutor:
                 "buffer_pool_bytes": nbytes(self.pool.h),
                 "copied_bytes_by_kind": {k: int(v) for k, v in sorted(total.items())},
                 "kv_cache_bytes": nbytes(self.cache.k) + nbytes(self.cache.v)}
-
-
-_NOT_RECORDED = ("block_tables", "released_ids")
-
-
-def _plan_record(plan: StepPlan) -> dict:
-    """The plan as plans.jsonl keeps it (what drex validate re-prices), without the executor's memory bookkeeping."""
-    rec = {f.name: getattr(plan, f.name) for f in dataclasses.fields(StepPlan) if f.name not in _NOT_RECORDED}
-    rec["num_steps"] = 1
-    rec["prefill"] = [[c.request_id, c.start, c.num_tokens, c.last] for c in plan.prefill]
-    rec["decisions"] = []  # [exit index, actions, forced, stayed, drain] per exit point asked
-    return rec
-
-
-def _concat(outs: list[StepOutcome]) -> StepOutcome:
-    """One outcome for a run of single steps, as if decided as one k-step plan."""
-    if len(outs) == 1:
-        return outs[0]
-    first = outs[0]
-    merged = StepOutcome(len(outs), first.reach.shape[1], first.num_layers)
-    for name in ("reach", "exited", "buffered", "forced", "stayed", "active", "computing"):
-        setattr(merged, name, np.concatenate([getattr(o, name) for o in outs]))
-    merged.drain_layer = outs[-1].drain_layer
-    return merged

@@ -27,6 +27,7 @@ class SimExecutor:
         self.num_layers = decider.num_layers
         self.exits = decider.exits
         self.keeps_batch = decider.policy.keeps_batch
+        self.ideal = decider.policy.ideal
         # Learned exits (the real executor's): a small estimator decides at each exit and the exited rows'
         # tokens join the top's one LM-head pass, so the exit points charge no head and the top one per token.
         ee = getattr(decider, "ee", None)
@@ -34,7 +35,7 @@ class SimExecutor:
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
-            return self._flush(plan)
+            return self._flush(plan, now)
         cost, L = self.cost, self.num_layers
         k, n = plan.num_steps, len(plan.decode_ids)
         pre_tokens, pre_attn, pre_last = prefill_work(plan.prefill)
@@ -53,6 +54,8 @@ class SimExecutor:
             d = self.decider.decide_at_exit(plan, i, conf, active, now)
             out.record(e, d.actions, d.forced, d.stayed, d.drain, self.keeps_batch)
         k = out.num_steps
+        if self.ideal:
+            return self._ideal(plan, out, now, until, pre_tokens, pre_attn, pre_last)
         ctx = np.asarray(plan.decode_context, dtype=float)[None, :] + np.arange(k)[:, None]
         depth = np.where(out.computing, L, out.reach)
         drain_rows = len(plan.drain_ids) if out.drain_layer >= 0 else 0
@@ -99,6 +102,31 @@ class SimExecutor:
         dur = dur[:_steps_before(dur, now, until)]
         return StepResult(dur, StepOutcome.plain(len(dur), n, L) if n else None)
 
+    def _ideal(self, plan: StepPlan, out: StepOutcome, now: float, until: float, pre_tokens: int,
+               pre_attn: float, pre_last: int) -> StepResult:
+        """The bound's price: per-token early exit with free, perfect rebatching.
+
+        The step is priced at full depth (every row, prefill tokens included, as ``off`` would run it); a
+        decode token that exited at layer e is then refunded, for each of the L - e layers it skipped, the
+        decode rows' per-row share of that layer (what they add beside the step's prefill tokens, divided
+        by their number; with no prefill, weights included): as if the deep layers ran in batches as full
+        as the shallow ones, refilled for free. Exit heads, parking and KV fill cost nothing; nobody waits.
+        """
+        cost, L = self.cost, self.num_layers
+        k, n = out.num_steps, len(plan.decode_ids)
+        ctx = float(sum(plan.decode_context)) + n * np.arange(k)
+        per_layer = cost.layer_s(np.full(k, float(n + pre_tokens)), ctx, pre_attn)
+        decode_share = (per_layer - cost.layer_s(float(pre_tokens), 0.0, pre_attn)) / n
+        full = L * per_layer + cost.head_s(np.full(k, float(n + pre_last))) + cost.step_overhead_s(
+            n + len(plan.prefill))
+        skipped = np.where(out.computing, 0, L - out.reach).sum(axis=1)
+        dur = np.asarray(full - decode_share * skipped, dtype=float)
+        cut = _steps_before(dur, now, until)
+        if cut < k:
+            out.truncate(cut)
+            dur = dur[:cut]
+        return StepResult(dur, out)
+
     def _kv_fill(self, out: StepOutcome):
         """State copy for tokens that exited: their K/V into every skipped layer, one scatter per step.
 
@@ -111,12 +139,35 @@ class SimExecutor:
         rows = exited.sum(axis=1)
         return rows, skipped.sum(axis=1) / np.maximum(rows, 1)
 
-    def _flush(self, plan: StepPlan) -> StepResult:
+    def _flush(self, plan: StepPlan, now: float) -> StepResult:
+        """Parked rows run on from their layer; at each deeper exit point they may exit (decided like a step's)."""
+        cost, L, e0 = self.cost, self.num_layers, plan.flush_layer
         n = len(plan.flush_ids)
-        dur = step_s(self.cost, np.array([self.num_layers - plan.flush_layer]), np.array([n]),
-                     np.array([float(sum(plan.flush_context))]), 0.0, [n], n, n)
-        return StepResult(np.array([float(dur)]))
-
+        ctx = np.asarray(plan.flush_context, dtype=float)
+        deeper = [(i, e) for i, e in enumerate(self.exits) if e > e0]
+        if not deeper:
+            dur = step_s(cost, np.array([L - e0]), np.array([n]), np.array([float(ctx.sum())]), 0.0, [n], n, n)
+            return StepResult(np.array([float(dur)]))
+        out = StepOutcome(1, n, L)
+        ids = np.asarray(plan.flush_ids, dtype=np.int64)
+        tok = np.asarray(plan.flush_token_index, dtype=np.int64)[None, :]
+        head_rows = []
+        for i, e in deeper:
+            if not out.active.any():
+                break
+            head_rows.append(out.active.sum(axis=1))
+            conf = self.source.confidence(ids, tok, i)
+            d = self.decider.decide_at_exit(plan, i, conf, out.active, now)
+            out.record(e, d.actions, d.forced, d.stayed, d.drain, False)
+        depth = np.where(out.computing, L, out.reach)[0]
+        bounds = np.array(sorted({e0, L, *(e for _, e in deeper)}))
+        lo, hi = bounds[:-1], bounds[1:]
+        going = depth[None, :] >= hi[:, None]
+        kv_rows, kv_layers = self._kv_fill(out)
+        dur = step_s(cost, (hi - lo)[:, None], going.sum(axis=1)[:, None].astype(float),
+                     (going * ctx[None, :]).sum(axis=1)[:, None], 0.0,
+                     [h for h in head_rows] + [np.array([(depth >= L).sum()])], n, np.array([n]), kv_rows, kv_layers)
+        return StepResult(np.asarray(dur, dtype=float).reshape(1), out)
 
 def _steps_before(dur: np.ndarray, now: float, until: float) -> int:
     """Steps of a run to keep: up to the one in which the next arrival lands (the scheduler sees it right after)."""

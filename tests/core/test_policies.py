@@ -21,8 +21,9 @@ from simkit import TINY_LAYERS, FreeHeadRoofline, burst_workload, poisson_worklo
 # --- the rule at one exit point ---------------------------------------------------------------
 
 
-def test_registry_holds_exactly_the_six_policies():
+def test_registry_holds_exactly_the_seven_policies():
     assert set(POLICIES) == set(POLICY_NAMES)
+    assert [n for n in POLICY_NAMES if get_policy(n).ideal] == ["bound"]
     assert [n for n in POLICY_NAMES if get_policy(n).rebatches] == ["drex"]
     assert [n for n in POLICY_NAMES if get_policy(n).keeps_batch] == ["latency-only"]
     assert [n for n in POLICY_NAMES if not get_policy(n).uses_exits] == ["off"]
@@ -166,10 +167,11 @@ def test_drex_has_no_involuntary_exits(runs):
 
 @pytest.mark.parametrize("settings_", [
     dict(exits=(2,), confidence="beta:4,2"),
-    dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2"),
+    dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2", profitability="knobs", max_tpot_inflation=float("inf")),
     dict(exits=(2,), confidence="beta:4,2", profitability="art"),
-    dict(exits=(2,), confidence="beta:4,2", inline_drain=False),
-    dict(exits=(1, 3), confidence="beta:4,2/5,2", max_batch_size=16),
+    dict(exits=(2,), confidence="beta:4,2", inline_drain=False, profitability="knobs"),
+    dict(exits=(1, 3), confidence="beta:4,2/5,2", max_batch_size=16, profitability="knobs",
+         max_tpot_inflation=float("inf")),
 ], ids=["one-exit", "three-exits", "art", "no-drain", "two-exits-batch-16"])
 def test_drex_never_forces_an_exit_while_rebatching(settings_):
     r = simulator.simulate(sim_config("drex", **settings_), WORKLOAD)

@@ -58,23 +58,48 @@ def test_policy_off_emits_exactly_hf_generate(model, tmp_path):
         assert res.executor.outputs[r.request_id] == ref[0, r.prompt_tokens:].tolist(), r
 
 
+EE_THREE = EEConfig(exits=(1, 2, 3), threshold=0.3)
+
+
+@pytest.fixture(scope="module")
+def model3():
+    return EEModel.random(TINY, seed=7, exit_layers=EE_THREE.exits)
+
+
+# Parking forced (knobs: split when a tenth wants to exit, unbounded TPOT inflation) so that rebatching,
+# flushes and drains all happen; "go" lets the staying rows continue at once instead.
+REBATCH = dict(profitability="knobs", split_fraction=0.1, max_tpot_inflation=float("inf"))
+
+
 @pytest.mark.parametrize("kv_fill", ["copy", "recompute"])
-def test_rebatching_never_changes_a_token(model, kv_fill):
+@pytest.mark.parametrize("exits", ["one", "three", "three-go"])
+def test_rebatching_never_changes_a_token(model, model3, kv_fill, exits):
+    """drex emits exactly the tokens and exit layers of decoding each request alone."""
     workload, prompts = _workload(36, seed=2)
-    res = _run(model, "drex", workload, prompts, kv_fill=kv_fill, cost=ProportionalCost(), ee=EE_ONE)
+    ee, m = (EE_ONE, model) if exits == "one" else (EE_THREE, model3)
+    sched = dict(REBATCH, split_continue=True, split_fraction=0.0) if exits == "three-go" else REBATCH
+    res = _run(m, "drex", workload, prompts, kv_fill=kv_fill, cost=ProportionalCost(), ee=ee, **sched)
     s = res.summary
     assert s["completed"] == 36
-    assert s["num_rebatches"] > 0 and s["num_flushes"] > 0 and s["num_drains"] > 0
+    if exits == "three-go":
+        assert s["num_rebatches"] == 0
+    else:
+        assert s["num_rebatches"] > 0 and s["num_flushes"] > 0
+        # Drains only from the deepest exit point; rows parked shallower meet the deeper ones in a flush.
+        assert s["num_drains"] > 0 or exits == "three"
     assert s["involuntary_exits"] == 0 and s["involuntary_stays"] == 0  # splits always pay here
     assert 0.05 < s["early_exit_fraction"] < 0.9
+    layers = set()
     for r in workload:
-        alone = greedy_decode(model, [prompts[r.request_id]], r.output_tokens, ee=EE_ONE, kv_fill=kv_fill,
-                              block_size=8)
+        alone = greedy_decode(m, [prompts[r.request_id]], r.output_tokens, ee=ee, kv_fill=kv_fill, block_size=8)
         assert res.executor.outputs[r.request_id] == alone.tokens[0], r
         assert res.executor.exit_layers[r.request_id] == alone.exit_layers[0], r
+        layers |= set(alone.exit_layers[0])
+    assert layers >= set(ee.exits), "every exit point was used"
     # Rebatching moved hidden states only; KV moved only by the state-copy fill.
     moved = s["copied_bytes_by_kind"]
-    assert moved["buffer_park"] > 0 and moved["buffer_park"] == moved["buffer_fetch"]
+    if exits != "three-go":
+        assert moved["buffer_park"] > 0 and moved["buffer_park"] == moved["buffer_fetch"]
     assert (moved.get("kv_copy", 0) > 0) == (kv_fill == "copy")
     assert (s["recompute_token_layers"] > 0) == (kv_fill == "recompute")
 

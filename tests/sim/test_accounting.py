@@ -65,7 +65,8 @@ def test_every_request_accounted_for(case):
 def test_summary_agrees_with_the_records():
     work = poisson_workload(80, rate=300, prompt=(4, 56), output=(1, 40), seed=1)
     work.append(TraceRequest(80, work[-1].arrival_s + 0.01, 90, 30))  # rejected: 120 > 100
-    res = simulator.simulate(sim_config("drex", exits=(1, 3), confidence="beta:4,2/5,2", max_model_len=100), work)
+    res = simulator.simulate(sim_config("drex", exits=(1, 3), confidence="beta:4,2/5,2", max_model_len=100,
+                                        profitability="knobs", max_tpot_inflation=float("inf")), work)
     q, steps, s = res.requests, res.steps, res.summary
     fin = q[q.status == "finished"]
     assert s["failed"] == 1 and s["completed"] == 80

@@ -3,12 +3,15 @@ gives the same per-request and per-step results as planning one step at a time."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import drex.sim.simulator as simulator
+from drex.slo import with_default_slos
 from drex.sim.executor import SimExecutor
 from simkit import POLICIES, poisson_workload, sim_config
 
@@ -16,18 +19,30 @@ pytestmark = pytest.mark.slow  # seconds each: the `not slow` subset stays under
 
 REQUEST_COLUMNS = ["ttft_ms", "e2el_ms", "tpot_ms", "generated_tokens", "early_exits", "involuntary_exits",
                    "involuntary_stays", "mean_exit_layer", "preemptions", "status", "replica"]
+SLO_TPOT_MS = 3.0  # about one tiny/cpu decode step and a half here: binds when a parked row waits
 SETTINGS = {
     "one-exit": dict(exits=(2,), confidence="beta:4,2"),
     "three-exits": dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2"),
+    # drex's own rule rarely parks on the tiny model: the knobs rule parks (flushes meet deeper exits).
+    "three-exits-park": dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2", profitability="knobs",
+                             max_tpot_inflation=float("inf")),
     "kv-pressure": dict(exits=(1, 3), confidence="beta:4,2/5,2", num_kv_blocks=40),
+    # Issue 9 item 14: TPOT SLOs on decode rows (parking must still make each row's next-token deadline),
+    # the fitted (profile) cost model, and several replicas.
+    "tpot-slo": dict(exits=(1, 3), confidence="beta:4,2/5,2", slo_tpot_ms=SLO_TPOT_MS),
+    "fitted-cost": dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2", cost_model="auto"),
+    "replicas": dict(exits=(1, 3), confidence="beta:4,2/5,2", replicas=2, slo_tpot_ms=SLO_TPOT_MS),
 }
 # Load that fills batches (so runs of steps are planned) with gaps that let them run long.
 WORKLOAD = poisson_workload(100, rate=250, prompt=(4, 48), output=(4, 60), seed=21)
 
 
 def run(policy, name, lookahead):
-    cfg = sim_config(policy, max_batch_size=12, max_lookahead_steps=lookahead, **SETTINGS[name])
-    return simulator.simulate(cfg, WORKLOAD)
+    kw = dict(SETTINGS[name])
+    slo = kw.pop("slo_tpot_ms", None)
+    cost_model = kw.pop("cost_model", "roofline")
+    cfg = replace(sim_config(policy, max_batch_size=12, max_lookahead_steps=lookahead, **kw), cost_model=cost_model)
+    return simulator.simulate(cfg, with_default_slos(WORKLOAD, None, slo) if slo else WORKLOAD)
 
 
 def assert_frames_match(a, b, exact, close, what):
@@ -70,7 +85,8 @@ def macro_runs():
 @pytest.mark.parametrize("policy", POLICIES)
 def test_macro_steps_give_the_same_requests(macro_runs, policy, name):
     runs, planned = macro_runs
-    assert planned[policy, name] > 4, "no runs of steps were planned: the comparison would be vacuous"
+    if not (policy == "drex" and SETTINGS[name].get("slo_tpot_ms")):  # drex plans single steps under TPOT SLOs
+        assert planned[policy, name] > 4, "no runs of steps were planned: the comparison would be vacuous"
     macro, single = runs[policy, name], run(policy, name, 1)
     if name == "kv-pressure":
         assert single.summary["num_preemptions"] > 0
@@ -93,8 +109,8 @@ def test_macro_steps_give_the_same_step_records(macro_runs, policy):
 
 def test_macro_steps_log_the_buffer_size_of_each_step(macro_runs):
     runs, _ = macro_runs
-    macro, single = runs["drex", "three-exits"], run("drex", "three-exits", 1)
-    assert single.summary["num_rebatches"] > 0
+    macro, single = runs["drex", "three-exits-park"], run("drex", "three-exits-park", 1)
+    assert single.summary["num_rebatches"] > 0 and single.summary["num_flushes"] > 0
     assert_frames_match(macro.steps, single.steps, ["buffer_size"], [], "drex steps")
 
 
@@ -104,8 +120,10 @@ def small_runs(draw):
     a = draw(st.sampled_from([2, 4, 6]))
     return dict(
         policy=draw(st.sampled_from(POLICIES)),
-        work=poisson_workload(draw(st.integers(5, 40)), draw(st.sampled_from([50.0, 300.0, 3000.0])),
-                              (1, draw(st.integers(1, 64))), (1, draw(st.integers(2, 60))), draw(st.integers(0, 999))),
+        work=with_default_slos(
+            poisson_workload(draw(st.integers(5, 40)), draw(st.sampled_from([50.0, 300.0, 3000.0])),
+                             (1, draw(st.integers(1, 64))), (1, draw(st.integers(2, 60))), draw(st.integers(0, 999))),
+            None, draw(st.sampled_from([None, 2.0, 3.0, 6.0]))),
         settings=dict(exits=exits, confidence="/".join([f"beta:{a},2"] + [f"{a},2"] * (len(exits) - 1)),
                       threshold=draw(st.sampled_from([0.5, 0.8])), max_batch_size=draw(st.integers(2, 12)),
                       chunk_size=draw(st.sampled_from([16, 64])),

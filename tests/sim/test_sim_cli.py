@@ -81,7 +81,8 @@ def test_kv_capacity_rejections_carry_a_reason(tmp_path):
 
 @pytest.mark.slow
 def test_same_seed_gives_byte_identical_files(tmp_path):
-    args = ["--trace", SYNTH, "--policy", "drex", "--exits", "1,2,3", "--threshold", "0.6", "--seed", "5"]
+    args = ["--trace", SYNTH, "--policy", "drex", "--exits", "1,2,3", "--threshold", "0.6", "--seed", "5",
+            "--profitability", "knobs", "--max-tpot-inflation", "inf"]  # parks, flushes at deeper exits
     # One run in a fresh interpreter (another hash seed), one in this process.
     env = dict(os.environ, PYTHONHASHSEED="12345")
     proc = subprocess.run([sys.executable, "-m", "drex.cli", "simulate", *COMMON, *args, "--out",
@@ -106,7 +107,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 def test_compare_runs_every_policy_on_one_workload(tmp_path, capsys):
     assert main(["compare", *COMMON, "--trace", SYNTH, "--exits", "2", "--out", str(tmp_path / "cmp")]) == 0
     text = capsys.readouterr().out
-    policies = ["off", "eager", "lazy", "average", "latency-only", "drex"]
+    policies = ["off", "eager", "lazy", "average", "latency-only", "bound", "drex"]
     header = next(line for line in text.splitlines() if line.startswith("metric"))
     assert header.split()[1:] == policies
     arrivals = None
