@@ -1,5 +1,5 @@
-"""Helpers of the real executor: the batch of sequences running through a layer segment, and the
-records it keeps of each step's plan (what ``drex validate`` re-prices)."""
+"""Helpers of the real executor: the batch of sequences running through a layer segment, the records it
+keeps of each step (its plan, what ``drex validate`` re-prices; the bytes it moved), and synthetic prompts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 
 from drex.core.step import StepOutcome, StepPlan
+from drex.real.buffer import nbytes
 
 
 class Batch:
@@ -59,3 +60,25 @@ def concat_outcomes(outs: list[StepOutcome]) -> StepOutcome:
         setattr(merged, name, np.concatenate([getattr(o, name) for o in outs]))
     merged.drain_layer = outs[-1].drain_layer
     return merged
+
+
+def synthetic_prompt(seed: int, request_id: int, num_tokens: int, vocab_size: int) -> list[int]:
+    """Trace requests carry lengths only: token ids drawn per (seed, request), independent of order."""
+    return np.random.default_rng([seed, request_id]).integers(0, vocab_size, num_tokens).tolist()
+
+
+def copy_record(by_kind: dict) -> dict:
+    """steps.csv's columns of the bytes a step moved, from the copy meter's per-kind counts."""
+    return {"copied_bytes": sum(by_kind.values()), "kv_copy_bytes": by_kind.get("kv_copy", 0),
+            "buffer_bytes": by_kind.get("buffer_park", 0) + by_kind.get("buffer_fetch", 0),
+            "gather_bytes": by_kind.get("gather", 0)}
+
+
+def memory_totals(total, pool, cache, recompute) -> dict:
+    """summary.json's byte counts: copied by kind (the copy meter's totals), and the pools and cache held."""
+    pending = recompute.pool.h if recompute is not None else None
+    return {"kv_copy_bytes": int(total.get("kv_copy", 0)),
+            "recompute_pool_bytes": nbytes(pending) if pending is not None else 0,
+            "buffer_pool_bytes": nbytes(pool.h),
+            "copied_bytes_by_kind": {k: int(v) for k, v in sorted(total.items())},
+            "kv_cache_bytes": nbytes(cache.k) + nbytes(cache.v)}

@@ -167,7 +167,8 @@ class Bench:
         from drex.core.scheduler import Scheduler
         from drex.costmodel.roofline import RooflineCostModel
         from drex.models import with_layers
-        from drex.real.executor import RealExecutor, synthetic_prompt
+        from drex.real.batch import synthetic_prompt
+        from drex.real.executor import RealExecutor
 
         n, prompt, max_len = p.num_rows, 8, 160
         shape = with_layers(self.shape, 1)  # layers are identity here: one keeps the KV cache small

@@ -23,22 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
 
 import numpy as np
 import torch
 
 from drex.core.step import BUFFER, CONTINUE, EXIT, StepOutcome, StepPlan, StepResult
 from drex.real import KV_FILLS
-from drex.real.batch import Batch, concat_outcomes, plan_record
+from drex.real.batch import Batch, concat_outcomes, copy_record, memory_totals, plan_record
 from drex.real.buffer import CopyMeter, HiddenPool, nbytes
 from drex.real.kvcache import PagedKVCache, RecomputeFill
 from drex.real.model import EEModel, confidence
-
-
-def synthetic_prompt(seed: int, request_id: int, num_tokens: int, vocab_size: int) -> list[int]:
-    """Trace requests carry lengths only: token ids drawn per (seed, request), independent of order."""
-    return np.random.default_rng([seed, request_id]).integers(0, vocab_size, num_tokens).tolist()
 
 
 class RealExecutor:
@@ -395,19 +389,9 @@ class RealExecutor:
         return StepResult(np.array([dur]), outcome=out, copied_bytes=self.step_records[-1]["copied_bytes"])
 
     def _record_step(self, kind: str) -> None:
-        by_kind = self.meter.take_step()
-        self.step_records.append({"copied_bytes": sum(by_kind.values()), "kv_copy_bytes": by_kind.get("kv_copy", 0),
-                                  "buffer_bytes": by_kind.get("buffer_park", 0) + by_kind.get("buffer_fetch", 0),
-                                  "gather_bytes": by_kind.get("gather", 0)})
+        self.step_records.append(copy_record(self.meter.take_step()))
 
     def stats(self) -> dict:
         """Totals for summary.json: what moved, and what KV fill cost."""
-        total: Counter = self.meter.total
-        pending_pool = self.recompute.pool.h if self.recompute is not None else None
-        return {"kv_fill": self.kv_fill, "kv_fill_s": self.kv_fill_s,
-                "kv_copy_bytes": int(total.get("kv_copy", 0)),
-                "recompute_token_layers": self.recompute_token_layers,
-                "recompute_pool_bytes": nbytes(pending_pool) if pending_pool is not None else 0,
-                "buffer_pool_bytes": nbytes(self.pool.h),
-                "copied_bytes_by_kind": {k: int(v) for k, v in sorted(total.items())},
-                "kv_cache_bytes": nbytes(self.cache.k) + nbytes(self.cache.v)}
+        return {"kv_fill": self.kv_fill, "kv_fill_s": self.kv_fill_s, "recompute_token_layers": self.recompute_token_layers,
+                **memory_totals(self.meter.total, self.pool, self.cache, self.recompute)}

@@ -31,7 +31,8 @@ from drex.devices import get_device
 from drex.dtypes import DTYPE_BYTES, check_dtype
 from drex.metrics import check_accounted, request_records, run_fields, summarize, write_run
 from drex.models import get_model
-from drex.real.executor import RealExecutor, synthetic_prompt
+from drex.real.batch import synthetic_prompt
+from drex.real.executor import RealExecutor
 from drex.real.init import torch_dtype
 from drex.real.model import EEModel
 from drex.settings import RunSettings, build_cost_model
