@@ -177,6 +177,7 @@ def test_mooncake_fields(shipped):
         assert r.prefix_hash_ids == tuple(objs[i]["hash_ids"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TRACE_NAMES))
 def test_num_requests_and_rate_scale(shipped, name):
     head = load_trace(name, num_requests=100)
@@ -290,6 +291,7 @@ slo = st.none() | st.floats(min_value=1e-3, max_value=1e6, allow_nan=False)
 row = st.tuples(finite, st.integers(1, 10**6), st.integers(1, 10**5), slo, slo)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(rows=st.lists(row, min_size=1, max_size=40), with_slo=st.booleans(),
        rate_scale=st.floats(min_value=0.01, max_value=100))  # fmt: skip

@@ -29,6 +29,7 @@ def check_consistent(bm: BlockManager) -> None:
     assert bm.peak_used >= bm.num_used
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(num_blocks=st.integers(1, 24), block_size=st.integers(1, 16), ops=ops)
 def test_random_allocate_free_sequences(num_blocks, block_size, ops):

@@ -69,6 +69,7 @@ def common_checks(ctx, d):
     return ex
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(case=exit_contexts())
 def test_lockstep_policies(case):
@@ -93,6 +94,7 @@ def test_lockstep_policies(case):
             assert not d.forced.any()
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(case=exit_contexts())
 def test_latency_only_emits_exactly_the_confident_rows(case):
@@ -103,6 +105,7 @@ def test_latency_only_emits_exactly_the_confident_rows(case):
     assert not d.forced.any() and not d.stayed.any() and not (d.actions == BUFFER).any()
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(case=exit_contexts())
 def test_drex_splits_never_forces(case):
@@ -150,6 +153,7 @@ def runs():
     return {p: simulator.simulate(sim_config(p), WORKLOAD) for p in POLICY_NAMES}
 
 
+@pytest.mark.slow
 def test_runs_complete_with_full_batches(runs):
     for p, r in runs.items():
         assert r.summary["completed"] == len(WORKLOAD) and r.summary["failed"] == 0, p

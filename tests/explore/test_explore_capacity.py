@@ -28,6 +28,7 @@ def test_slo_flags_fill_in_only_requests_without_one():
         with_default_slos(w, None, -1.0)
 
 
+@pytest.mark.slow
 def test_search_brackets_the_knee_within_tolerance():
     ns = to_namespace({"trace": SYNTH, "model": "llama2-7b", "device": "a100", "cost_model": "roofline",
                        "policy": "off", "slo_ttft_ms": "200", "slo_tpot_ms": "40"})
@@ -45,6 +46,7 @@ def test_search_brackets_the_knee_within_tolerance():
     assert out["knee"].summary["request_throughput"] > 0
 
 
+@pytest.mark.slow
 def test_capacity_cli_writes_capacity_json_and_the_knee(tmp_path, capsys):
     assert main(["capacity", *BASE, *SLOS, "--no-progress", "--out", str(tmp_path)]) == 0
     cap = json.loads((tmp_path / "capacity.json").read_text())
@@ -54,6 +56,7 @@ def test_capacity_cli_writes_capacity_json_and_the_knee(tmp_path, capsys):
     assert knee["request_goodput"] > 0 and cap["knee"]["completed"] == knee["completed"]
 
 
+@pytest.mark.slow
 def test_a_trace_s_own_slos_need_no_flags(tmp_path):
     trace = tmp_path / "t.csv"
     rows = [f"{i * 0.05:.3f},64,16,300,50" for i in range(60)]

@@ -20,6 +20,7 @@ def sweep(out, *argv: str, ray: str = "off") -> int:
     return main(["sweep", *BASE, *argv, "--out", str(out), "--ray", ray])
 
 
+@pytest.mark.slow
 def test_one_row_per_configuration_with_config_columns_then_summary_keys(tmp_path, capsys):
     assert sweep(tmp_path, "--policy", "off,drex", "--threshold", "0.3,0.8", "--exits", "2", "--exits", "9") == 0
     err = capsys.readouterr().err
@@ -40,6 +41,7 @@ def test_one_row_per_configuration_with_config_columns_then_summary_keys(tmp_pat
     assert len(pd.read_csv(tmp_path / "invalid.csv")) == 4
 
 
+@pytest.mark.slow
 def test_a_row_equals_drex_simulate_with_the_same_flags(tmp_path):
     assert sweep(tmp_path / "s", "--policy", "drex", "--threshold", "0.5", "--slo-ttft-ms", "20") == 0
     assert main(["simulate", *BASE, "--policy", "drex", "--threshold", "0.5", "--slo-ttft-ms", "20",
@@ -53,6 +55,7 @@ def test_a_row_equals_drex_simulate_with_the_same_flags(tmp_path):
         assert (tmp_path / "s" / "runs" / key / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_resumed_sweep_runs_only_what_is_missing_and_writes_the_same_table(tmp_path, monkeypatch):
     assert sweep(tmp_path, "--policy", "off,lazy") == 0
     first = (tmp_path / "sweep.csv").read_bytes()
@@ -66,6 +69,7 @@ def test_resumed_sweep_runs_only_what_is_missing_and_writes_the_same_table(tmp_p
     assert len(pd.read_csv(tmp_path / "sweep.csv")) == 2
 
 
+@pytest.mark.slow
 def test_a_failed_configuration_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     bad = tmp_path / "no-such-trace.csv"
     argv = ["sweep", "--model", "tiny", "--device", "cpu", "--cost-model", "roofline", "--no-progress",

@@ -42,6 +42,7 @@ def _dense_reference(q, k, v, tables, rows, context, block_size, scale):
     return torch.stack(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-3)])
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (6, 2)])  # MHA, GQA, a group count that is not a power of 2
 def test_paged_decode_attention_matches_reference(dtype, tol, heads):

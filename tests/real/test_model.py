@@ -27,6 +27,7 @@ def _hf_generate(path, arch, prompts, max_new):
     return outs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,arch", [(TINY, "LlamaForCausalLM"), (QWEN_TINY, "Qwen2ForCausalLM")])
 def test_paged_greedy_equals_hf_generate(tmp_path, shape, arch):
     model = EEModel.random(shape, seed=1)
