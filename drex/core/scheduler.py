@@ -126,7 +126,8 @@ class Scheduler:
             return
         free = self.blocks.num_free
         if headroom:
-            free -= self.watermark_blocks + sum(self.blocks.needed(r.request_id, r.prompt_tokens + r.num_generated)
+            # A decode row holds slots for all but at most its next token: it needs one block or none.
+            free -= self.watermark_blocks + sum(r.prompt_tokens + r.num_generated > r.kv_tokens
                                                 for r in self.running if not r.in_prefill)
         while self.waiting and room > 0:
             req = self.waiting[0]
