@@ -15,8 +15,9 @@ def add_parsers(sub) -> None:
     f.add_argument("dir", help="a profile directory written by drex profile (or import-vidur)")
     f.add_argument("--overwrite", action="store_true", help="allow replacing the fit of a profile shipped with drex")
     f.add_argument("--timing", default="cpu", choices=("cpu", "wall"),
-                   help="fit the profiler's own clock (cpu: thread time on a CPU) or the wall times kept beside it "
-                        "(wall: as drex run times its steps on a shared CPU)")
+                   help="fit the profile's own clock (cpu: the clock meta.json names; wall time for CPU profiles made "
+                        "now, thread time in older ones) or the wall times kept beside it (wall: as drex run times "
+                        "its steps)")
     f.set_defaults(func=_fit, uses_torch=False)
     s = cm_sub.add_parser("show", help="predictions beside the measurements for a few points")
     s.add_argument("dir", help="a fitted profile directory (e.g. profiles/cpu/tiny)")

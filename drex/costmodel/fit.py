@@ -246,8 +246,9 @@ def wall_rows(rows: list[dict]) -> list[dict]:
 
 def fit_profile(path: str | Path, timing: str = "cpu") -> tuple[dict, str]:
     """Fit a measured profile directory (``drex profile``); writes fit.json and fit_report.txt beside it.
-    ``timing``: fit the samples' own clock (``cpu``: thread time on a CPU, events on CUDA) or the median
-    wall time kept beside them (``wall``: what ``drex run`` measures on a shared CPU).
+    ``timing``: fit the samples' own clock (``cpu``: meta.json's ``clock``: wall time in profiles made since
+    the profiler times CPUs in wall time, thread time in older ones, events on CUDA) or the median wall time
+    kept beside them (``wall``: what ``drex run`` measures on a shared CPU).
     Returns (fit dict, report text). Imported profiles are fitted by ``vidur_fit.fit_imported``."""
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
@@ -279,7 +280,8 @@ def fit_profile(path: str | Path, timing: str = "cpu") -> tuple[dict, str]:
     header = (f"drex cost-model fit of {path}\n"
               f"device {dev.get('name')} ({dev.get('requested')}), dtype {meta['dtype']}, model {meta['model']['name']}, "
               f"{len(prof.rows)} points ({sum(r['split'] == 'held' for r in prof.rows)} held out), "
-              f"profiled {meta.get('date_started', '?')}; fitted to {timing} time\n")
+              f"profiled {meta.get('date_started', '?')}; fitted to "
+              f"{'the median wall times' if timing == 'wall' else 'its own clock, ' + meta.get('clock', 'thread_cpu_time')}\n")
     laws_txt = "\n".join(f"  {fam:<8} {law_text(law)}" for fam, law in laws.items())
     report = f"{header}\n{format_table(table)}\n\nfitted laws (seconds):\n{laws_txt}\n"
     (path / pf.FIT_REPORT).write_text(report)
