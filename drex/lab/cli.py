@@ -48,20 +48,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--log", default=None, help="JSON-lines log (default: OUT/train_log.jsonl)")
     p.add_argument("--overwrite", action="store_true", help="allow --out to be a checkpoint shipped with drex")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    defaults = train.TrainConfig()
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        what = TRAIN_HELP.get(name, name.replace("_", " "))
-        if isinstance(value, tuple):
-            p.add_argument(flag, type=_tuple(type(value[0]), flag), default=value, metavar="X,Y",
-                           help=f"{what}, comma-separated (default: {','.join(map(str, value))})")
-        else:
-            p.add_argument(flag, type=type(value), default=value, help=f"{what} (default: {value})")
+    _config_flags(p, train.TrainConfig(), TRAIN_HELP)
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("train-exits", help="train early exits (adapters + confidence estimators) over a frozen "
                                           "pretrained model by self-distillation (smollm2 -> models/smollm2-ee)")
-    p.add_argument("--out", default="models/smollm2-ee", help="directory for exits.safetensors + config.json")
+    p.add_argument("--out", required=True,
+                   help="directory for exits.safetensors + config.json (models/smollm2-ee ships them)")
     p.add_argument("--log", default=None, help="JSON-lines log (default OUT/train_log.jsonl)")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to be the exits shipped with drex")
     p.add_argument("--default-threshold", type=float, default=0.9, help="the learned metric's default threshold")
     p.add_argument("--adapters-from", default=None,
                    help="an exits.safetensors whose adapters and exit norms are kept; only estimators are trained")
@@ -70,16 +64,23 @@ def add_parsers(sub) -> None:
     add_quality_parser(sub)
 
 
-def _config_flags(p, defaults) -> None:
+def _config_flags(p, defaults, helps: dict | None = None) -> None:
+    """A flag per field of a settings dataclass, with its meaning (``helps``) and its default."""
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
+        what = (helps or {}).get(name, name.replace("_", " "))
         if isinstance(value, tuple):
-            p.add_argument(flag, type=_tuple(type(value[0]), flag), default=value, help=f"comma-separated (default {value})")
+            p.add_argument(flag, type=_tuple(type(value[0]), flag), default=value, metavar="X,Y",
+                           help=f"{what}, comma-separated (default: {','.join(map(str, value))})")
         else:
-            p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
+            p.add_argument(flag, type=type(value), default=value, help=f"{what} (default: {value})")
 
 
 def _cmd_train_exits(args) -> int:
+    from drex.outputs import refuse_shipped
+
+    if not args.overwrite:
+        refuse_shipped(args.out, "training exits", "--out another directory, or --overwrite")
     cfg = train_exits.ExitTrainConfig(**{k: getattr(args, k) for k in asdict(train_exits.ExitTrainConfig())})
     train_exits.run(cfg, Path(args.out), args.log, args.default_threshold, args.adapters_from)
     return 0

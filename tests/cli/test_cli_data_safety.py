@@ -36,6 +36,24 @@ def test_train_needs_out_and_refuses_the_shipped_checkpoint(capsys, monkeypatch)
     assert digest(REPO_ROOT / "models" / "tiny-ee") == before
 
 
+def test_train_exits_needs_out_and_refuses_the_shipped_exits(capsys, monkeypatch):
+    from drex.lab import train_exits
+
+    def no_training(*a, **k):  # should the check ever break, the test must not train over the shipped exits
+        raise AssertionError("training started: the shipped exits were not refused")
+
+    monkeypatch.setattr(train_exits, "run", no_training)
+    with pytest.raises(SystemExit) as e:
+        main(["train-exits"])
+    assert e.value.code == 2 and "--out" in capsys.readouterr().err
+    shipped = REPO_ROOT / "models" / "smollm2-ee"
+    before = digest(shipped)
+    assert main(["train-exits", "--out", str(shipped), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("drex train-exits: error:") and "--overwrite" in err and len(err.splitlines()) == 1
+    assert digest(shipped) == before
+
+
 def test_profile_without_out_refuses_the_shipped_profile(capsys, monkeypatch):
     from drex.real import profiler
 
