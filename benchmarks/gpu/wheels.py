@@ -9,7 +9,6 @@ zipimport reads them). Only the stdlib is used: this runs before anything is kno
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
