@@ -71,6 +71,8 @@ class SchedulerConfig:
     flush_age_alpha: float = 0.1  # |buffer| * (1 + age_steps * alpha) >= max_batch_size
     flush_max_wait_steps: int = 16
     inline_drain: bool = True
+    # drex (costmodel) skips an exit point's head in decode steps where no split can pay (core/headskip.py).
+    skip_exit_heads: bool = True
     # Fraction of KV blocks admission keeps free (vLLM's watermark), besides the running rows' next blocks.
     kv_watermark: float = 0.01
     # Decode steps the scheduler may plan ahead at once when nothing can change (simulator speed).

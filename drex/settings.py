@@ -110,6 +110,9 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     p.add_argument("--flush-max-wait-steps", type=int, default=16, help="flush a parked row after this many steps")
     p.add_argument("--no-inline-drain", action="store_true",
                    help="never run parked rows' deep layers inside a step (drain only by flushing)")
+    p.add_argument("--every-exit-head", action="store_true",
+                   help="drex: evaluate every exit head in every step (by default it skips the heads that no split "
+                        "could pay for; see README, How the scheduler decides)")
     p.add_argument("--num-requests", type=int, default=None,
                    help="replay only the first N requests (default: the whole trace)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="X > 1 compresses time (X times the rate)")
@@ -134,6 +137,7 @@ def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
     sched = SchedulerConfig(policy=policy, max_batch_size=args.max_batch_size, chunk_size=args.chunk_size,
                             block_size=args.block_size, max_model_len=args.max_model_len or shape.max_position,
                             profitability=args.profitability, inline_drain=not args.no_inline_drain,
+                            skip_exit_heads=not args.every_exit_head,
                             max_tpot_inflation=args.max_tpot_inflation, split_fraction=args.split_fraction,
                             split_continue=args.split_continue, flush_min_rows=args.flush_min_rows,
                             flush_max_wait_steps=args.flush_max_wait_steps)

@@ -12,6 +12,7 @@ import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
 from drex.core import profitability as prof
+from drex.core.headskip import HeadSkip
 from drex.core.policies import GO, HOLD, PARK, ExitContext, Policy, PolicyDecision
 from drex.core.rebatch import RebatchBuffer
 from drex.core.step import CONTINUE, EXIT
@@ -28,6 +29,8 @@ class ExitDecider:
         self.ee, self.cfg, self.cost, self.policy = ee, cfg, cost, policy
         self.num_layers, self.exits, self.buffer, self.live, self.art = num_layers, exits, buffer, live, art
         self.no_park_until = 0  # step from which parking is allowed again (the scheduler sets it at preemptions)
+        self.skip = HeadSkip(ee, cfg, cost, num_layers, exits, enabled=cfg.skip_exit_heads and policy.rebatches
+                             and cfg.profitability == "costmodel")
 
     def decide(self, plan: StepPlan, exit_index: int, confidence: np.ndarray, active: np.ndarray, now: float,
                step_id: int) -> PolicyDecision:
@@ -37,6 +40,7 @@ class ExitDecider:
         ctx = np.asarray(plan.decode_context, dtype=np.int64)[None, :] + np.arange(k)[:, None]
         higher = not self.ee.lower_is_better
         wants = self.ee.clears(confidence)
+        self.skip.observe(exit_index, wants, active)
         L, cost = self.num_layers, self.cost
         base, base_attn, _ = prefill_work(plan.prefill)
 

@@ -173,6 +173,7 @@ class Scheduler:
         if kind == "decode":
             plan.num_steps = self._lookahead(decode)
         self.buffer.attach_drain(plan, max(self.exits, default=0))
+        plan.skip_exits = list(self.decider.skip.skips(plan))
         return plan
 
     def _grow(self, r: Request, num_tokens: int) -> bool:
@@ -316,9 +317,7 @@ class Scheduler:
         after = self.num_buffered
         if k == 1 or after == before:
             return after
-        sizes = np.full(k, before)
-        sizes[-1] = after
-        return sizes
+        return np.concatenate([np.full(k - 1, before), [after]])
 
     def _apply_decode(self, plan: StepPlan, out, ends: np.ndarray, starts: np.ndarray, offset_s) -> None:
         k = out.num_steps

@@ -48,6 +48,8 @@ class StepPlan:
     # flush_layer, where they may exit).
     flush_token_index: list[int] = field(default_factory=list)
     drain_context: list[int] = field(default_factory=list)
+    # Exit points (indices) the decode rows do not evaluate in this plan: drex saw no split that could pay.
+    skip_exits: list[int] = field(default_factory=list)
     # Memory bookkeeping for an executor that holds KV: requests whose blocks were freed (finished or
     # preempted) since the previous plan, and the block manager's tables (request id -> block ids; read only).
     released_ids: list[int] = field(default_factory=list)

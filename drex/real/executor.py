@@ -164,7 +164,7 @@ class RealExecutor:
         for i, e in enumerate(sched.exits if n else ()):
             h = model.run_layers(h, batch.meta, self.cache, layer, e)
             layer = e
-            asking = [j for j in range(n) if active[j]]
+            asking = [] if i in step_plan.skip_exits else [j for j in range(n) if active[j]]  # skipped: all go on
             if not asking:
                 continue
             idx = batch.first_tokens([("d", j) for j in asking])  # their rows in h

@@ -49,6 +49,9 @@ class SimExecutor:
             active = out.active
             if not active.any():
                 break
+            if i in plan.skip_exits:  # not evaluated: every row goes on, the head costs nothing
+                head_rows.append(np.zeros(out.num_steps))
+                continue
             head_rows.append(active.sum(axis=1))
             conf = self.source.confidence(ids, tok[: out.num_steps], i)
             d = self.decider.decide_at_exit(plan, i, conf, active, now)
