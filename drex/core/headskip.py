@@ -11,16 +11,16 @@ for each k, the larger of split-and-continue and park (priced by
 ``profitability``, parking optimistically: into a full flush, missing one
 step) or, at k = n, the whole batch leaving; negative savings count as 0
 (the decision would hold). p is the fraction of rows that cleared the
-threshold at e so far, counted by the decider; the plan's prefill tokens
-run the deep layers anyway and enter the savings as they do in every split
-decision. drex skips e when that value does not exceed the head's own
-price; before ``MIN_SEEN`` rows have been seen at e, and once every
-``PROBE_EVERY`` skipped plans (so that p keeps up with the workload), it
-evaluates. Only the ``costmodel`` decision skips, and never at an exit
-carrying an inline drain. The answer is cached per (rows, context per row
-in ``CONTEXT_BUCKET``-token buckets, p to 0.01, prefill tokens in
-``CONTEXT_BUCKET``-token buckets, prefill attention work in tenths of its
-natural log), each priced at its bucket's middle.
+threshold at e in the steps run so far, read at the start of each epoch
+(steps 64, 128, 256, then every ``EPOCH``; to 0.01); the plan's prefill tokens run the deep layers anyway and enter
+the savings as they do in every split decision. drex skips e when that
+value does not exceed the head's own price. It evaluates every exit before
+``MIN_SEEN`` rows have been seen there, in the first step of every epoch (a
+probe, so that p keeps up with the workload) and in a step carrying an
+inline drain. Only the ``costmodel`` decision skips. Decisions are cached
+per (rows, context per row in ``CONTEXT_BUCKET``-token buckets, prefill
+tokens in such buckets, prefill attention work in tenths of its natural
+log, p), each priced at its bucket's middle.
 """
 
 from __future__ import annotations
@@ -34,8 +34,21 @@ from drex.costmodel.base import CostModel
 from drex.costmodel.price import prefill_work
 
 MIN_SEEN = 64
-PROBE_EVERY = 32
+EPOCH = 512
+FIRST_EPOCHS = (64, 128, 256)  # epochs start at these steps, then at every multiple of EPOCH
 CONTEXT_BUCKET = 32
+
+
+def epoch_of(step_id: int) -> int:
+    return sum(step_id >= b for b in FIRST_EPOCHS) + step_id // EPOCH
+
+
+def steps_to_next_epoch(step_id: int) -> int:
+    return next((b for b in FIRST_EPOCHS if b > step_id), (step_id // EPOCH + 1) * EPOCH) - step_id
+
+
+def starts_epoch(step_id: int) -> bool:
+    return step_id in FIRST_EPOCHS or step_id % EPOCH == 0
 
 
 def binomial_pmf(n: int, p: float) -> np.ndarray:
@@ -62,7 +75,14 @@ def evaluation_value_s(cost: CostModel, exit_layer: int, num_layers: int, rows: 
 
 
 class HeadSkip:
-    """Counts, per exit point, the rows that cleared the threshold, and names the exits a plan skips."""
+    """Counts, per exit point, the rows that cleared the threshold in the steps that ran, and names the exits
+    a plan skips.
+
+    Macro-steps stay exact: every input of the decision is fixed for a planned run of steps. p is read
+    from the counts once per epoch (at its first plan; runs never cross an epoch's start), the
+    step that starts an epoch evaluates every exit (a probe: p keeps up with the workload) and runs alone,
+    and a run is cut where its rows' growing context would change the decision.
+    """
 
     def __init__(self, ee: EEConfig, cfg: SchedulerConfig, cost: CostModel, num_layers: int,
                  exits: tuple[int, ...], enabled: bool) -> None:
@@ -72,40 +92,62 @@ class HeadSkip:
         self.flush_rows = min(cfg.flush_rows, cfg.max_batch_size)
         self.seen = np.zeros(len(exits))
         self.wanted = np.zeros(len(exits))
-        self.skipped_in_row = np.zeros(len(exits), dtype=np.int64)
-        self._worth: dict[tuple, bool] = {}
+        self.pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # this run's counts, per step
+        self.epoch = -1
+        self.p: list[float | None] = [None] * len(exits)  # the rate of this epoch, None: not known yet
+        self._skips: dict[tuple, tuple[int, ...]] = {}
 
     def observe(self, exit_index: int, wants: np.ndarray, active: np.ndarray) -> None:
-        self.seen[exit_index] += active.sum()
-        self.wanted[exit_index] += (wants & active).sum()
+        """Rows that cleared the threshold at an exit, per planned step ([k, n]); counted once they ran."""
+        if self.enabled:
+            self.pending.append((exit_index, (wants & active).sum(axis=1), active.sum(axis=1)))
 
-    def skips(self, plan: StepPlan) -> tuple[int, ...]:
+    def commit(self, num_steps: int) -> None:
+        """The first num_steps of the planned run ran: their counts are in."""
+        for i, wanted, seen in self.pending:
+            self.wanted[i] += wanted[:num_steps].sum()
+            self.seen[i] += seen[:num_steps].sum()
+        self.pending = []
+
+    def start(self, step_id: int) -> None:
+        """A plan is made at step_id: a new epoch reads p from the counts so far."""
+        if self.enabled and epoch_of(step_id) != self.epoch:
+            self.epoch = epoch_of(step_id)
+            self.p = [round(float(w / s), 2) if s >= MIN_SEEN else None for w, s in zip(self.wanted, self.seen)]
+
+    def run_cap(self, step_id: int, context: list[int], k: int) -> int:
+        """How many of k decode steps from step_id (rows of these contexts) can share one skip decision."""
+        if not self.enabled or k <= 1:
+            return k
+        if starts_epoch(step_id):
+            return 1
+        k = min(k, steps_to_next_epoch(step_id))
+        n, total = len(context), sum(context)
+        first = self._decide(n, int(total / n // CONTEXT_BUCKET), (0, 0))
+        for j in range(1, k):
+            if self._decide(n, int((total + n * j) / n // CONTEXT_BUCKET), (0, 0)) != first:
+                return j
+        return k
+
+    def skips(self, plan: StepPlan) -> list[int]:
         """Exit indices the decode rows of this plan do not evaluate."""
         n = len(plan.decode_ids)
-        if not (self.enabled and n):
-            return ()
-        ctx_row = sum(plan.decode_context) / n
+        if not (self.enabled and n) or plan.drain_ids or starts_epoch(plan.step_id):
+            return []
         base, base_attn, _ = prefill_work(plan.prefill)
         work = (int(base // CONTEXT_BUCKET), int(round(10 * np.log1p(base_attn))))
-        out = []
-        for i, e in enumerate(self.exits):
-            if self.seen[i] < MIN_SEEN or (plan.drain_ids and plan.drain_layer == e):
-                continue
-            if self.skipped_in_row[i] >= PROBE_EVERY or self._worth_it(i, n, ctx_row, work):
-                self.skipped_in_row[i] = 0
-                continue
-            self.skipped_in_row[i] += 1
-            out.append(i)
-        return tuple(out)
+        return list(self._decide(n, int(sum(plan.decode_context) / n // CONTEXT_BUCKET), work))
 
-    def _worth_it(self, i: int, n: int, ctx_row: float, work: tuple[int, int]) -> bool:
-        p = round(float(self.wanted[i] / self.seen[i]), 2)
-        bucket = int(ctx_row // CONTEXT_BUCKET)
-        key = (i, n, bucket, p, *work)
-        if key not in self._worth:
-            base = (work[0] + 0.5) * CONTEXT_BUCKET if work[0] or work[1] else 0
-            value = evaluation_value_s(self.cost, self.exits[i], self.num_layers, n, (bucket + 0.5) * CONTEXT_BUCKET,
-                                       p, self.flush_rows, base, float(np.expm1(work[1] / 10)))
-            price = 0.0 if self.deferred else float(self.cost.head_s(float(n)))
-            self._worth[key] = value > price
-        return self._worth[key]
+    def _decide(self, n: int, bucket: int, work: tuple[int, int]) -> tuple[int, ...]:
+        key = (n, bucket, *work, *self.p)
+        if key not in self._skips:
+            self._skips[key] = tuple(i for i, p in enumerate(self.p) if p is not None
+                                     and not self._worth_it(i, n, bucket, work, p))
+        return self._skips[key]
+
+    def _worth_it(self, i: int, n: int, bucket: int, work: tuple[int, int], p: float) -> bool:
+        base = (work[0] + 0.5) * CONTEXT_BUCKET if work[0] or work[1] else 0
+        value = evaluation_value_s(self.cost, self.exits[i], self.num_layers, n, (bucket + 0.5) * CONTEXT_BUCKET,
+                                   p, self.flush_rows, base, float(np.expm1(work[1] / 10)))
+        price = 0.0 if self.deferred else float(self.cost.head_s(float(n)))
+        return value > price

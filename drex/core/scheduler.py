@@ -100,6 +100,7 @@ class Scheduler:
         return plan
 
     def _plan(self, now: float) -> StepPlan | None:
+        self.decider.skip.start(self.step_id)
         flush = self._flush_plan(now)
         if flush is not None:
             return flush
@@ -173,7 +174,7 @@ class Scheduler:
         if kind == "decode":
             plan.num_steps = self._lookahead(decode)
         self.buffer.attach_drain(plan, max(self.exits, default=0))
-        plan.skip_exits = list(self.decider.skip.skips(plan))
+        plan.skip_exits = self.decider.skip.skips(plan)
         return plan
 
     def _grow(self, r: Request, num_tokens: int) -> bool:
@@ -209,6 +210,7 @@ class Scheduler:
         if (self.policy.rebatches and self.cfg.profitability == "costmodel"
                 and 0 < self.decider.no_park_until - self.step_id < k):
             k = self.decider.no_park_until - self.step_id  # parking is allowed again from then on
+        k = self.decider.skip.run_cap(self.step_id, [r.context_len for r in decode], k)
         if k <= 1:
             return 1
         short = [r for r in decode if r.prompt_tokens + r.num_generated + k - 1 > r.kv_tokens]
@@ -239,10 +241,7 @@ class Scheduler:
 
     def decide_at_exit(self, plan: StepPlan, exit_index: int, confidence: np.ndarray, active: np.ndarray,
                        now: float) -> PolicyDecision:
-        """The policy's decision for the decode rows of ``plan`` at exit point ``exit_index``.
-
-        confidence and active are [k, n] (k planned steps, n decode rows).
-        """
+        """The policy's decision for the rows of ``plan`` at exit point ``exit_index`` (confidence, active: [k, n])."""
         if plan.kind == "flush":
             d = self.decider.decide_flush(plan, exit_index, confidence, active)
         else:
@@ -259,6 +258,7 @@ class Scheduler:
         k = len(dur)
         if self.recorder is not None:
             self.recorder.completed(plan, k)
+        self.decider.skip.commit(k)
         if k < plan.num_steps:
             self._trim_ahead(plan, k)
         if result.tokens:

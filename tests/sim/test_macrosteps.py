@@ -32,6 +32,8 @@ SETTINGS = {
     "tpot-slo": dict(exits=(1, 3), confidence="beta:4,2/5,2", slo_tpot_ms=SLO_TPOT_MS),
     "fitted-cost": dict(exits=(1, 2, 3), confidence="beta:4,2/4,2/4,2", cost_model="auto"),
     "replicas": dict(exits=(1, 3), confidence="beta:4,2/5,2", replicas=2, slo_tpot_ms=SLO_TPOT_MS),
+    # Few rows confident: drex skips exit heads (read once an epoch, cut runs where the decision changes).
+    "rare-exits": dict(exits=(1, 2), confidence="beta:1,5/1,4"),
 }
 # Load that fills batches (so runs of steps are planned) with gaps that let them run long.
 WORKLOAD = poisson_workload(100, rate=250, prompt=(4, 48), output=(4, 60), seed=21)
