@@ -78,6 +78,9 @@ def cells() -> list[dict]:
     add("tiny-cpu-conv-trace", model="tiny", device="cpu", conf="trace:traces/tiny-ee-text.csv")
     add("tiny-cpu-code-trace-b32", model="tiny", device="cpu", trace="azure-code",
         conf="trace:traces/tiny-ee-humaneval.csv", max_batch=32)
+    # A real LLM's recorded confidences (needs `drex model fetch smollm2` for its shape): measured CPU profile.
+    add("smollm2-cpu-code-trace", model="smollm2", device="cpu", trace="azure-code",
+        conf="trace:traces/smollm2-ee-humaneval.csv")
     return out
 
 

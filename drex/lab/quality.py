@@ -282,7 +282,7 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
     if trace_dir is not None:
         for ps in heldout_prompts(tokenizer, trace_prompts, trace_prompts):
             tokens, _, _ = decode(model, ps.ids, trace_tokens, None, batch_size)
-            write_trace(Path(trace_dir) / f"{directory.name}-{ps.name}.csv",
+            write_trace(Path(trace_dir) / f"{Path(model_name).name}-{ps.name}.csv",
                         confidence_trace(model, ps.ids, tokens))
     return first_rows
 
