@@ -107,15 +107,28 @@ class Bench:
         meta.rope(self.layer.self_attn.inv_freq, self.dtype)
         return cache, meta
 
+    @staticmethod
+    def _steady(fn, cache):
+        """A decode call repeated at one context, timed as a run of decode steps meets it: with the CPU's
+        decode mirror (drex.real.kvmirror) each call appends one token to K/V already gathered, so the
+        mirror takes the last token back before each call (the first call builds it, like a run's first)."""
+        if cache.mirror is None:
+            return fn
+
+        def call():
+            cache.mirror.rewind(0)
+            return fn()
+        return call
+
     def _layer_decode(self, p: Point):
         cache, meta = self._decode_meta(p)
         h, layer = self._hidden(p.num_rows), self.layer
-        return lambda: layer(h, meta, cache)
+        return self._steady(lambda: layer(h, meta, cache), cache)
 
     def _attn_decode(self, p: Point):
         cache, meta = self._decode_meta(p)
         h, layer = self._hidden(p.num_rows), self.layer
-        return lambda: layer.attn_block(h, meta, cache)
+        return self._steady(lambda: layer.attn_block(h, meta, cache), cache)
 
     def _layer_prefill(self, p: Point):
         cache, meta = self._prefill_meta(p)
