@@ -239,7 +239,7 @@ class PagedKVCache:
         exits = torch.as_tensor(exit_layers, dtype=torch.int32).to(self.device)
         kv_copy(self.k, self.v, slots, exits)
         if self.mirror is not None:
-            self.mirror.invalidate()
+            self.mirror.filled(list(rows), list(positions), [int(e) for e in exit_layers], self.k, self.v, slots)
         token_layers = sum(self.num_layers - int(e) for e in exit_layers)
         return token_layers * self.bytes_per_token_layer
 

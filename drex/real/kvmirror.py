@@ -8,8 +8,10 @@ each row it holds; the next step with the same rows at the next positions append
 and attends in place. Anything else rebuilds it with one gather (what every step cost before).
 
 Every write into the paged cache passes through ``written`` (a decode token appended at a row's end
-keeps the row; any other write to a mirrored row drops the layer's mirror) or ``invalidate`` (state-copy
-KV fill, a row's blocks changing), so the mirror never holds what the cache does not.
+keeps the row; any other write to a mirrored row drops the layer's mirror), ``filled`` (state-copy KV
+fill: the copied token is appended to the layers it skipped) or ``forget_row`` (a row's blocks
+changing), so the mirror never holds what the cache does not. Rows that go on past an exit point are
+a subset of the mirror's rows: they are gathered from it and it stays for the next full step.
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ class DecodeMirror:
             for i in append_at:
                 m.lens[i] += 1
 
+    def filled(self, rows: list[int], positions: list[int], exit_layers: list[int], k_cache, v_cache, slots) -> None:
+        """State copy wrote each token's layer e-1 K/V into its layers [e, L): append it there too."""
+        for layer in range(min(exit_layers), len(self.layers)):
+            pick = [i for i, e in enumerate(exit_layers) if e <= layer]
+            if self.layers[layer] is None or not pick:
+                continue
+            src = slots[pick]
+            e_of = torch.tensor([exit_layers[i] - 1 for i in pick], device=slots.device)
+            self.written(layer, [rows[i] for i in pick], [positions[i] for i in pick], [1] * len(pick),
+                         k_cache[e_of, src], v_cache[e_of, src])
+
     def rewind(self, layer: int) -> None:
         """Take back the last token of every row (the profiler times one decode step again and again at the
         same context: the step a run of decode steps takes, not a rebuild)."""
@@ -75,14 +88,22 @@ class DecodeMirror:
 
     def view(self, layer: int, rows: list[int], context: list[int]):
         """K, V [S, T, Hkv, D] of decode ``rows`` whose context (tokens, the new one included) is ``context``,
-        T = context rounded up to whole blocks, or None when the mirror does not hold exactly that."""
+        T = context rounded up to whole blocks, or None when the mirror does not hold that. The mirror's own
+        rows are read in place; a subset of them (the rows that went on past an exit, a recompute group) is
+        gathered from it, and the mirror stays for the next full step."""
         m = self.layers[layer]
-        if m is None or m.rows != rows or m.lens != context:
+        if m is None:
             return None
         span = -(-max(context) // self.block_size) * self.block_size
         if span > m.k.shape[1]:
             return None
-        return m.k[:, :span], m.v[:, :span]
+        if m.rows == rows:
+            return (m.k[:, :span], m.v[:, :span]) if m.lens == context else None
+        idx = [m.index.get(r) for r in rows]
+        if any(i is None for i in idx) or any(m.lens[i] != c for i, c in zip(idx, context)):
+            return None
+        at = torch.tensor(idx, device=m.k.device)
+        return m.k[:, :span].index_select(0, at), m.v[:, :span].index_select(0, at)
 
     def build(self, layer: int, rows: list[int], context: list[int], k_cache, v_cache, block_tables_cpu):
         """Gather the rows' blocks (one copy, as an uncached step would) into a new mirror; returns its view."""

@@ -49,10 +49,21 @@ def test_mirror_matches_paged_attention_through_steps_exits_refills_and_row_reus
     pos = {r: p + 1 for r, p in pos.items()}
     _decode(model, caches, [0, 1, 2], [pos[r] for r in (0, 1, 2)], gen)
     pos = {r: p + 1 for r, p in pos.items()}
-    # State copy writes behind the mirror's back: it must be dropped, and the next step still agrees.
+    # Row 1 exits after layer 2 again, this time filled by state copy: the deep mirrors take its token ...
+    _decode(model, caches, [0, 1, 2], [pos[r] for r in (0, 1, 2)], gen, layers=(0, 2))
+    _decode(model, caches, [0, 2], [pos[0], pos[2]], gen, layers=(2, L))
+    deep = [mirror.layers[i] for i in range(2, L)]
+    for c in caches:
+        c.copy_fill([1], [pos[1]], [2])
+    assert [mirror.layers[i] for i in range(2, L)] == deep and all(m.lens[1] == pos[1] + 1 for m in deep)
+    pos = {r: p + 1 for r, p in pos.items()}
+    _decode(model, caches, [0, 1, 2], [pos[r] for r in (0, 1, 2)], gen)
+    assert [mirror.layers[i] for i in range(2, L)] == deep  # appended to, not rebuilt
+    pos = {r: p + 1 for r, p in pos.items()}
+    # ... and a copy over a token the mirror already holds drops the layers it wrote (not the ones below).
     for c in caches:
         c.copy_fill([0], [pos[0] - 1], [1])
-    assert all(m is None for m in mirror.layers)
+    assert mirror.layers[0] is not None and all(m is None for m in mirror.layers[1:])
     _decode(model, caches, [0, 1, 2], [pos[r] for r in (0, 1, 2)], gen)
     pos = {r: p + 1 for r, p in pos.items()}
     # Row 1 finishes and a new request takes it (new blocks, a new prompt), in a different order.
