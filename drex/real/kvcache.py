@@ -204,9 +204,13 @@ class PagedKVCache:
             self.mirror.written(layer, meta.rows_list, meta.starts, meta.lens, k, v)
             if meta.all_decode:
                 context = [s + 1 for s in meta.starts]
-                kv = self.mirror.view(layer, meta.rows_list, context) or self.mirror.build(
+                k_m, v_m, lens, pick = self.mirror.view(layer, meta.rows_list, context) or self.mirror.build(
                     layer, meta.rows_list, context, k_layer, v_layer, self.block_tables_cpu)
-                return dense_decode_attention(q, *kv, meta.decode_context, scale)
+                if pick is None:
+                    return dense_decode_attention(q, k_m, v_m, meta.decode_context, scale)
+                q_all = q.new_zeros(k_m.shape[0], *q.shape[1:])
+                q_all[pick] = q
+                return dense_decode_attention(q_all, k_m, v_m, lens, scale)[pick]
         if meta.all_decode:
             return paged_decode_attention(q, k_layer, v_layer, self.block_tables, meta.decode_rows,
                                           meta.decode_context, self.block_size, scale)

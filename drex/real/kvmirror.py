@@ -87,10 +87,11 @@ class DecodeMirror:
             m.lens = [n - 1 for n in m.lens]
 
     def view(self, layer: int, rows: list[int], context: list[int]):
-        """K, V [S, T, Hkv, D] of decode ``rows`` whose context (tokens, the new one included) is ``context``,
-        T = context rounded up to whole blocks, or None when the mirror does not hold that. The mirror's own
-        rows are read in place; a subset of them (the rows that went on past an exit, a recompute group) is
-        gathered from it, and the mirror stays for the next full step."""
+        """K, V [S, T, Hkv, D] of the mirror (T = ``context`` rounded up to whole blocks), their rows' context
+        lengths [S], and where decode ``rows`` are among them (None: they are the mirror's rows, in order);
+        None when the mirror does not hold ``rows`` at ``context`` (tokens, the new one included). A subset of
+        its rows (the rows that went on past an exit point, a recompute group) is attended in place with the
+        others' queries left zero, cheaper than gathering it; the mirror stays for the next full step."""
         m = self.layers[layer]
         if m is None:
             return None
@@ -98,12 +99,14 @@ class DecodeMirror:
         if span > m.k.shape[1]:
             return None
         if m.rows == rows:
-            return (m.k[:, :span], m.v[:, :span]) if m.lens == context else None
+            return (m.k[:, :span], m.v[:, :span], None, None) if m.lens == context else None
         idx = [m.index.get(r) for r in rows]
         if any(i is None for i in idx) or any(m.lens[i] != c for i, c in zip(idx, context)):
             return None
-        at = torch.tensor(idx, device=m.k.device)
-        return m.k[:, :span].index_select(0, at), m.v[:, :span].index_select(0, at)
+        # The others' lengths clipped to the rows' span: their outputs are dropped, and the rows' own are then
+        # computed over the very keys the paged path would read (the same numbers, bit for bit).
+        return (m.k[:, :span], m.v[:, :span], torch.tensor([min(n, span) for n in m.lens], device=m.k.device),
+                torch.tensor(idx, device=m.k.device))
 
     def build(self, layer: int, rows: list[int], context: list[int], k_cache, v_cache, block_tables_cpu):
         """Gather the rows' blocks (one copy, as an uncached step would) into a new mirror; returns its view."""
