@@ -134,6 +134,9 @@ def main() -> None:
         "prompt_tokens": sum(len(p) for p in prompts),
         "hf_full_batch_decode_step_ms_median": hf_step_ms, "drex": drex,
         "decode_step_drex_over_hf": hf_step_ms / drex["full_batch_decode_step_ms_median"]}
+    if summary.get("run_cpu_s"):  # output tokens per CPU-second each got: what sharing the core did not take
+        breakdown["drex_cpu_s"] = summary["run_cpu_s"]
+        breakdown["drex_over_hf_in_cpu_time"] = cpu_s / summary["run_cpu_s"]
     floor = RESULTS / "step_floor_cpu_smollm2.json"
     if floor.exists():  # benchmarks/step_floor_smollm2.py: the matmul floor of one decode step
         breakdown["step_floor"] = json.loads(floor.read_text())["median_ms"]
