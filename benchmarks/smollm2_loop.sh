@@ -3,13 +3,14 @@
 # with trained exits (smollm2-ee), on the first 32 HumanEval prompts, all at time 0, 64 output tokens each,
 # max batch 16: profile -> fit -> run each policy -> validate each -> Hugging Face generate on the same prompts.
 #
-#   bash benchmarks/smollm2_loop.sh [profile|runs|hf|all]      (all: ~25 min on a free core)
+#   taskset -c N bash benchmarks/smollm2_loop.sh [profile|runs|hf|all]      (all: ~15 min on a free core)
 #
 # Results: profiles/cpu/smollm2/ (profile + fit), benchmarks/results/smollm2_loop/<policy>/{summary,validate}.json,
 # benchmarks/results/smollm2_loop/table.csv, benchmarks/results/hf_generate_cpu_smollm2.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=1 PYTHONPATH=$PWD
+drex() { python -m drex.cli "$@"; }  # this checkout's drex, whatever is installed
 what=${1:-all}
 res=benchmarks/results/smollm2_loop
 out=${DREX_LOOP_OUT:-$(mktemp -d)}
@@ -24,8 +25,10 @@ if [[ $what == runs || $what == all ]]; then
         drex run --model smollm2-ee --device cpu --trace humaneval --num-requests 32 --max-batch-size 16 \
             --policy "$policy" --kv-fill "${KV_FILL:-recompute}" --out "$out/$policy" --no-progress
         drex validate "$out/$policy"
+        python benchmarks/smollm2_step_errors.py "$out/$policy" > "$out/$policy/step_errors.txt"
         mkdir -p "$res/$policy"
-        cp "$out/$policy/summary.json" "$out/$policy/validate.json" "$out/$policy/run.json" "$res/$policy/"
+        cp "$out/$policy/summary.json" "$out/$policy/validate.json" "$out/$policy/run.json" \
+            "$out/$policy/step_errors.txt" "$res/$policy/"
     done
 fi
 if [[ $what == hf || $what == all ]]; then

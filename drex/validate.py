@@ -102,6 +102,7 @@ def reprice_steps(run_dir: Path, sim: Simulation) -> pd.DataFrame:
     sched = sim.replicas[0].sched
     replay = _Replay(sched.exits, sched.num_layers, sched.policy, sched.ee)
     executor = SimExecutor(replay, sim.cost, _NoConfidence())
+    executor.recompute_fill = sim.replicas[0].executor.recompute_fill
     names = {f.name for f in dataclasses.fields(StepPlan)}
     rows = []
     with open(_read(run_dir, "plans.jsonl")) as f:
@@ -131,6 +132,8 @@ def validate(run_dir, progress: bool = False) -> dict:
     workload = load_trace(_read(run_dir, "workload.csv"))
     log = _DecisionLog()
     sim = Simulation(run_settings(run_dir, run), workload, recorder=log)
+    for replica in sim.replicas:  # price the run's KV fill: recompute runs the skipped layers next step
+        replica.executor.recompute_fill = run.get("kv_fill") == "recompute"
     res = sim.run(progress)
     out: dict = {}
     for key, metric in COMPARED:

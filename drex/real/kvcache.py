@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from drex.models import ModelShape
 from drex.real.buffer import CopyMeter, HiddenPool
 from drex.real.kernels import kv_copy, paged_decode_attention
+from drex.real.kernels.paged_attention import dense_decode_attention
+from drex.real.kvmirror import DecodeMirror
 from drex.real.model import rope_cos_sin
 
 
@@ -98,7 +100,9 @@ class AttnMeta:
 class PagedKVCache:
     def __init__(self, shape: ModelShape, num_blocks: int, block_size: int = 16, max_rows: int = 256,
                  max_blocks_per_row: int | None = None, dtype=torch.float32, device="cpu",
-                 num_layers: int | None = None):
+                 num_layers: int | None = None, mirror: bool | None = None):
+        """``mirror``: keep decode batches' K/V contiguous between steps (drex.real.kvmirror); by default
+        on CPU, where gathering blocks every layer of every step is a third of a small model's step."""
         self.shape, self.block_size, self.max_rows = shape, block_size, max_rows
         self.num_layers = num_layers or shape.num_layers
         self.num_blocks = num_blocks
@@ -113,6 +117,8 @@ class PagedKVCache:
         self._dirty: set[int] = set()
         self._free = list(range(num_blocks - 1, -1, -1))
         self._blocks: list[list[int]] = [[] for _ in range(max_rows)]
+        use_mirror = self.device.type == "cpu" if mirror is None else mirror
+        self.mirror = DecodeMirror(self.num_layers, block_size) if use_mirror else None
 
     @property
     def k_blocks(self) -> torch.Tensor:
@@ -150,6 +156,8 @@ class PagedKVCache:
     def release(self, row: int) -> None:
         self._free.extend(reversed(self._blocks[row]))
         self._blocks[row] = []
+        if self.mirror is not None:
+            self.mirror.forget_row(row)
 
     def set_blocks(self, row: int, blocks: list[int]) -> None:
         """Take a row's block ids from an outside allocator (the scheduler's BlockManager).
@@ -158,6 +166,8 @@ class PagedKVCache:
         """
         if self._blocks[row] == blocks:
             return
+        if self.mirror is not None and self._blocks[row] != blocks[:len(self._blocks[row])]:
+            self.mirror.forget_row(row)  # not just a block appended: what the mirror holds may be stale
         if len(blocks) > self.max_blocks_per_row:
             raise ValueError(f"cache row {row}: {len(blocks)} blocks exceed max_blocks_per_row {self.max_blocks_per_row}")
         self._blocks[row] = list(blocks)
@@ -167,6 +177,8 @@ class PagedKVCache:
     def clear_row(self, row: int) -> None:
         """Forget a row's blocks (their owner freed them)."""
         self._blocks[row] = []
+        if self.mirror is not None:
+            self.mirror.forget_row(row)
 
     def meta(self, rows, starts, lens) -> AttnMeta:
         if self._dirty:  # push new block-table entries to the device once per forward
@@ -188,6 +200,17 @@ class PagedKVCache:
         k_layer, v_layer = self.k[layer], self.v[layer]  # [slots, Hkv, D]
         k_layer.index_copy_(0, meta.slot_mapping, k.to(k_layer.dtype))
         v_layer.index_copy_(0, meta.slot_mapping, v.to(v_layer.dtype))
+        if self.mirror is not None:
+            self.mirror.written(layer, meta.rows_list, meta.starts, meta.lens, k, v)
+            if meta.all_decode:
+                context = [s + 1 for s in meta.starts]
+                k_m, v_m, lens, pick = self.mirror.view(layer, meta.rows_list, context) or self.mirror.build(
+                    layer, meta.rows_list, context, k_layer, v_layer, self.block_tables_cpu)
+                if pick is None:
+                    return dense_decode_attention(q, k_m, v_m, meta.decode_context, scale)
+                q_all = q.new_zeros(k_m.shape[0], *q.shape[1:])
+                q_all[pick] = q
+                return dense_decode_attention(q_all, k_m, v_m, lens, scale)[pick]
         if meta.all_decode:
             return paged_decode_attention(q, k_layer, v_layer, self.block_tables, meta.decode_rows,
                                           meta.decode_context, self.block_size, scale)
@@ -219,6 +242,8 @@ class PagedKVCache:
         slots = self.slots(rows, positions)
         exits = torch.as_tensor(exit_layers, dtype=torch.int32).to(self.device)
         kv_copy(self.k, self.v, slots, exits)
+        if self.mirror is not None:
+            self.mirror.filled(list(rows), list(positions), [int(e) for e in exit_layers], self.k, self.v, slots)
         token_layers = sum(self.num_layers - int(e) for e in exit_layers)
         return token_layers * self.bytes_per_token_layer
 

@@ -135,12 +135,14 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     requests = [Request(w.request_id, w.arrival_s, w.prompt_tokens, w.output_tokens, w.slo_ttft_ms, w.slo_tpot_ms)
                 for w in workload]
     t_start = time.monotonic()  # the clock starts at the first arrival (time 0 of the trace)
+    cpu_start = time.process_time()
     try:
         sched_s = _serve(sched, executor, requests, progress)
         interrupted = False
     except KeyboardInterrupt:  # Ctrl-C: keep what finished; the rest is marked interrupted below
         sched_s, interrupted = math.nan, True
     wall_s = executor.clock()
+    cpu_s = time.process_time() - cpu_start  # < wall_s: the core was shared (another process ran on it)
 
     if not interrupted:
         check_accounted(requests, "run")
@@ -157,7 +159,7 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     extra = run_fields([sched], blocks, cost.name, source.name if source is not None else "model", sim,
                        shape.name)
     extra |= {"backend": "real", "torch_device": cfg.torch_device, "dtype": cfg.dtype, "weights": resolve_weights(cfg),
-              "run_wall_s": wall_s, "scheduler_s": sched_s, "interrupted": interrupted,
+              "run_wall_s": wall_s, "run_cpu_s": cpu_s, "scheduler_s": sched_s, "interrupted": interrupted,
               "step_time_s": float(steps["duration_ms"].sum() / 1e3) if len(steps) else 0.0}
     extra |= executor.stats()
     return RunResult(req_df, steps, summarize(req_df, steps, itl, extra), executor, list(workload))

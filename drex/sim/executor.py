@@ -32,6 +32,11 @@ class SimExecutor:
         # tokens join the top's one LM-head pass, so the exit points charge no head and the top one per token.
         ee = getattr(decider, "ee", None)
         self.deferred_heads = ee is not None and ee.metric == "learned" and not self.keeps_batch
+        # KV fill by recompute (the real executor's RecomputeFill): a token that exited at layer e has its layers
+        # [e, L) run at its request's next step, before that step's layers, grouped by e; set by drex validate
+        # from the run it replays. Off: state copy, priced as one scatter a step.
+        self.recompute_fill = False
+        self._pending: dict[int, int] = {}  # request id -> exit layer of its last token, not yet recomputed
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
@@ -77,9 +82,11 @@ class SimExecutor:
             head_rows = [np.zeros_like(h[:k]) for h in head_rows] + [top_rows + out.exited.sum(axis=1)]
         else:
             head_rows = [h[:k] for h in head_rows] + [top_rows]
-        kv_rows, kv_layers = self._kv_fill(out)
+        kv_rows, kv_layers = (None, None) if self.recompute_fill else self._kv_fill(out)
         dur = step_s(cost, (hi - lo)[:, None], rows, c, pre_attn, head_rows, n + len(plan.prefill),
                      out.buffered.sum(axis=1), kv_rows, kv_layers)
+        if self.recompute_fill:
+            dur = dur + self._recompute_s(plan.decode_ids, out, ctx)
         if drain_rows:  # the drained rows joined the last step only
             dur[-1] += (cost.step_overhead_s(n + len(plan.prefill) + drain_rows)
                         - cost.step_overhead_s(n + len(plan.prefill)) + cost.buffer_s(drain_rows))
@@ -87,6 +94,8 @@ class SimExecutor:
         if cut < k:
             out.truncate(cut)
             dur = dur[:cut]
+        if self.recompute_fill:
+            self._left_pending(plan.decode_ids, out)
         result = StepResult(np.asarray(dur, dtype=float), out if n else None)
         if self.keeps_batch and n:
             frac = np.where(out.exited, out.reach / L, 1.0)
@@ -130,6 +139,30 @@ class SimExecutor:
             dur = dur[:cut]
         return StepResult(dur, out)
 
+    def _recompute_s(self, ids, out: StepOutcome, ctx: np.ndarray) -> np.ndarray:
+        """Seconds of each step's KV recompute [k]: the skipped layers of the tokens its rows exited with one
+        step before (at step 0: in the request's previous step), one pass per exit layer over those rows."""
+        L, cost = self.num_layers, self.cost
+        prev = np.array([self._pending.get(int(r), -1) for r in ids], dtype=np.int64)
+        gone = out.exited & ~out.computing
+        t = np.zeros(out.num_steps)
+        for j in range(out.num_steps):
+            for e in np.unique(prev[prev >= 0]):
+                sel = prev == e
+                t[j] += (L - e) * float(cost.layer_s(float(sel.sum()), float((ctx[j][sel] - 1).sum())))
+            prev = np.where(gone[j], out.reach[j], -1)
+        return t
+
+    def _left_pending(self, ids, out: StepOutcome) -> None:
+        """After the plan's last step: which rows' tokens wait for their recompute (the others' do not)."""
+        last = out.num_steps - 1
+        gone = out.exited[last] & ~out.computing[last]
+        for r, g, e in zip(ids, gone, out.reach[last]):
+            if g:
+                self._pending[int(r)] = int(e)
+            else:
+                self._pending.pop(int(r), None)
+
     def _kv_fill(self, out: StepOutcome):
         """State copy for tokens that exited: their K/V into every skipped layer, one scatter per step.
 
@@ -166,7 +199,9 @@ class SimExecutor:
         bounds = np.array(sorted({e0, L, *(e for _, e in deeper)}))
         lo, hi = bounds[:-1], bounds[1:]
         going = depth[None, :] >= hi[:, None]
-        kv_rows, kv_layers = self._kv_fill(out)
+        kv_rows, kv_layers = (None, None) if self.recompute_fill else self._kv_fill(out)
+        if self.recompute_fill:
+            self._left_pending(plan.flush_ids, out)
         dur = step_s(cost, (hi - lo)[:, None], going.sum(axis=1)[:, None].astype(float),
                      (going * ctx[None, :]).sum(axis=1)[:, None], 0.0,
                      [h for h in head_rows] + [np.array([(depth >= L).sum()])], n, np.array([n]), kv_rows, kv_layers)

@@ -48,3 +48,27 @@ def test_profile_command_end_to_end(tmp_path, monkeypatch):
 
     fit, _ = fit_profile(out)
     assert set(fit["errors"]) == set(pf.OPS)
+
+
+def test_cpu_layer_ops_cycle_through_distinct_layers_and_time_steady_decode(monkeypatch):
+    """On CPU the per-layer ops run on a ring of the model's depth (weights from memory, as in a real
+    forward), all against cache layer 0; the ring is capped by bytes; decode calls take the decode mirror's
+    append path (one build), not a rebuild per call."""
+    import drex.real.bench as bench_mod
+    import drex.real.kvmirror as km
+
+    with torch.inference_mode():
+        bench = Bench(SHAPE, "fp32", "cpu", POINTS)
+        assert bench.layers_built == SHAPE.num_layers == len({id(layer) for layer in bench.ring})
+        assert all(layer.self_attn.layer_idx == 0 for layer in bench.ring)
+        seen, real_call = [], type(bench.ring[0]).__call__
+        monkeypatch.setattr(type(bench.ring[0]), "__call__",
+                            lambda self, *a: seen.append(id(self)) or real_call(self, *a))
+        builds, real_build = [], km.DecodeMirror.build
+        monkeypatch.setattr(km.DecodeMirror, "build", lambda self, *a: builds.append(1) or real_build(self, *a))
+        fn = bench.fn(pf.Point("layer_decode", "fit", 4, 128))
+        for _ in range(2 * SHAPE.num_layers):
+            fn()
+        assert len(set(seen)) == SHAPE.num_layers and seen[0] != seen[1] and len(builds) == 1
+        monkeypatch.setattr(bench_mod, "RING_BYTES", 1)
+        assert Bench(SHAPE, "fp32", "cpu", POINTS).layers_built == 1
