@@ -47,3 +47,15 @@ class CostModel(ABC):
         if last <= first:
             return np.zeros_like(np.asarray(num_tokens, dtype=float)) if np.ndim(num_tokens) else 0.0
         return (last - first) * self.layer_s(num_tokens, decode_context, prefill_attn)
+
+    # -- one element, as a float: bit for bit what the vectorised call gives for it ---------------
+
+    def layer_s_one(self, num_tokens, decode_context=0.0, prefill_attn=0.0) -> float:
+        """``layer_s`` of one-element arrays, as a float (a model may answer faster: the simulator asks this for
+        nearly every step). An array's element, not a 0-d call: numpy may round those differently."""
+        return float(self.layer_s(np.array([float(num_tokens)]), np.array([float(decode_context)]),
+                                  np.array([float(prefill_attn)]))[0])
+
+    def head_s_one(self, num_rows) -> float:
+        """``head_s`` of a one-element array, as a float."""
+        return float(self.head_s(np.array([float(num_rows)]))[0])

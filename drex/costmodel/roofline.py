@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from drex.costmodel.base import CostModel
-from drex.costmodel.fitted import layer_features, smooth_max
+from drex.costmodel.fitted import smooth_max
 from drex.devices import Device, get_device
 from drex.models import ModelShape
 
@@ -101,6 +101,28 @@ class RooflineCostModel(CostModel):
             return table[idx]
         return self._curve_s(coef, n)
 
+    def _curve_one(self, coef, n: float) -> float:
+        """``_curve_memo`` of a one-element array, as a float."""
+        table = self._tables.get(coef)
+        if table is not None and 0 <= n < _TABLE_TOKENS and n == int(n):
+            return float(table[int(n)])
+        return float(self._curve_memo(coef, np.array([n]))[0])
+
+    def layer_s_one(self, num_tokens, decode_context=0.0, prefill_attn=0.0) -> float:
+        if self._curve is None:
+            return super().layer_s_one(num_tokens, decode_context, prefill_attn)
+        t, cd, pa = float(num_tokens), float(decode_context), float(prefill_attn)
+        c0, a_ctx, a_pair, a_rows = self._attn_coef
+        rows = (t / 2 if cd > 0 else 0.0) if pa > 0 else t  # layer_features' decode_rows
+        attn = (c0 + a_ctx * cd) + a_pair * pa + a_rows * rows
+        return (self._curve_one(self._lin, t) + attn) * (t > 0)
+
+    def head_s_one(self, num_rows) -> float:
+        if self._curve is None:
+            return super().head_s_one(num_rows)
+        rows = float(num_rows)
+        return self._curve_one(self._head, rows) * (rows > 0)
+
     def linear_s(self, num_tokens):
         """The layer less its attention (what Vidur's mlp.csv measures)."""
         tokens = np.asarray(num_tokens, dtype=float)
@@ -117,13 +139,13 @@ class RooflineCostModel(CostModel):
             # The attention law over layer_features, with the arithmetic of Law.__call__ in its order (the one
             # feature it needs beside its inputs is decode_rows: the tokens, without prefill work).
             c0, a_ctx, a_pair, a_rows = self._attn_coef
-            if np.ndim(prefill_attn) == 0 and prefill_attn == 0:
+            cd = np.asarray(decode_context, dtype=float)
+            pa = np.asarray(prefill_attn, dtype=float)
+            if pa.ndim == 0 and pa == 0:
                 rows = tokens  # (broadcast with the context below, as layer_features' np.where would)
-            else:
-                rows = layer_features(tokens, decode_context, prefill_attn)["decode_rows"]
-            attn = (c0 + a_ctx * np.asarray(decode_context, dtype=float)) + a_pair * np.asarray(prefill_attn,
-                                                                                              dtype=float)
-            attn = attn + a_rows * rows
+            else:  # layer_features' decode_rows
+                rows = np.where(pa > 0, np.where(cd > 0, tokens / 2, 0.0), tokens)
+            attn = (c0 + a_ctx * cd) + a_pair * pa + a_rows * rows
             return (self._curve_memo(self._lin, tokens) + attn) * (tokens > 0)
         compute = (self._c_tok * tokens + self._c_pair * decode_context) + self._c_pair * prefill_attn
         memory = self._m_fixed + self._m_kv * (tokens + decode_context)

@@ -48,3 +48,20 @@ def test_arrays_of_any_shape_match_the_formula_bit_for_bit(cm):
         assert same(cm.layer_s(tokens, ctx, attn), reference_layer(cm, tokens, ctx, attn)), trial
         assert same(cm.layer_s(tokens[..., :1], ctx, attn), reference_layer(cm, tokens[..., :1], ctx, attn)), trial
         assert same(cm.head_s(tokens), cm._curve_s(cm._head, tokens) * (tokens > 0)), trial
+
+
+def test_one_element_floats_match_the_vectorised_call(cm):
+    from drex.costmodel.price import step_s, step_s_one
+
+    rng = np.random.default_rng(1)
+    for trial in range(3000):
+        tokens = float(rng.integers(0, 5000)) + (0.5 if trial % 11 == 0 else 0.0) + (70_000 if trial % 13 == 0 else 0)
+        ctx = float(rng.integers(0, 200_000)) * (trial % 3 != 0)
+        attn = [0.0, float(rng.integers(1, 10**7))][trial % 2]
+        vec = cm.layer_s(np.array([[tokens]]), np.array([[ctx]]), attn)
+        assert same(cm.layer_s_one(tokens, ctx, attn), vec[0, 0]), (tokens, ctx, attn)
+        assert same(cm.head_s_one(tokens), cm.head_s(np.array([tokens]))[0]), tokens
+        rows, heads = int(tokens), int(rng.integers(1, 300))
+        one = step_s_one(cm, 40, rows, ctx, attn, heads, heads + 3)
+        assert same(one, step_s(cm, np.array([[40]]), np.array([[rows]]), np.array([[ctx]]), attn, [heads],
+                                heads + 3)[0]), (rows, ctx, attn)
