@@ -19,6 +19,9 @@ import numpy as np
 
 class CostModel(ABC):
     name: str = "abstract"  # "roofline" or "profile:<path>"
+    # True: the *_one methods below answer in plain float arithmetic (fast); callers may then price one-step
+    # decisions element by element (drex.core.profitability) and get the vectorised values bit for bit.
+    fast_one: bool = False
 
     @abstractmethod
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):
@@ -59,3 +62,12 @@ class CostModel(ABC):
     def head_s_one(self, num_rows) -> float:
         """``head_s`` of a one-element array, as a float."""
         return float(self.head_s(np.array([float(num_rows)]))[0])
+
+    def step_overhead_s_one(self, num_rows) -> float:
+        return float(self.step_overhead_s(np.array([float(num_rows)]))[0])
+
+    def kv_copy_s_one(self, num_rows, num_layers) -> float:
+        return float(self.kv_copy_s(np.array([float(num_rows)]), num_layers)[0])
+
+    def buffer_s_one(self, num_rows) -> float:
+        return float(self.buffer_s(np.array([float(num_rows)]))[0])

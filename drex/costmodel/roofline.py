@@ -96,6 +96,11 @@ class RooflineCostModel(CostModel):
         table = self._tables.get(coef)
         if table is None:
             table = self._tables[coef] = self._curve_s(coef, np.arange(_TABLE_TOKENS, dtype=float))
+        if n.size == 1:  # the commonest array: checked as a Python number
+            v = n.item()
+            if 0 <= v < _TABLE_TOKENS and v == int(v):
+                return table[n.astype(np.intp)]
+            return self._curve_s(coef, n)
         idx = n.astype(np.intp)
         if n.size and (idx == n).all() and 0 <= idx.min() and idx.max() < _TABLE_TOKENS:
             return table[idx]
@@ -122,6 +127,19 @@ class RooflineCostModel(CostModel):
             return super().head_s_one(num_rows)
         rows = float(num_rows)
         return self._curve_one(self._head, rows) * (rows > 0)
+
+    fast_one = True  # (the three below are plain arithmetic: a float gives an array element's value)
+
+    def step_overhead_s_one(self, num_rows) -> float:
+        return self.device.step_overhead_s + 1e-7 * float(num_rows)
+
+    def kv_copy_s_one(self, num_rows, num_layers) -> float:
+        moved = self._kv_move * float(num_rows) * num_layers
+        return (moved + self._launch_s) * (moved > 0)
+
+    def buffer_s_one(self, num_rows) -> float:
+        moved = self._buf_move * float(num_rows)
+        return (moved + self._launch_s) * (moved > 0)
 
     def linear_s(self, num_tokens):
         """The layer less its attention (what Vidur's mlp.csv measures)."""
