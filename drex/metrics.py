@@ -99,10 +99,48 @@ def write_run(out_dir: str | Path, req: pd.DataFrame, steps: pd.DataFrame, summa
     """Deterministic files: fixed float formatting, sorted keys."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    req.to_csv(out / "requests.csv", index=False, float_format="%.6f")
-    steps.to_csv(out / "steps.csv", index=False, float_format="%.6f")
+    write_csv(req, out / "requests.csv")
+    write_csv(steps, out / "steps.csv")
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False,
                                                  default=_json_default) + "\n")
+
+
+def write_csv(df: pd.DataFrame, path: Path, float_format: str = "%.6f") -> None:
+    """``df.to_csv(path, index=False, float_format=...)``, byte for byte, a few times faster: one format per
+    row over columns of numbers, booleans and plain strings; a frame with anything else (a string that needs
+    quoting, an unusual dtype) goes to pandas."""
+    cols = [_csv_column(df[c], float_format) for c in df.columns]
+    if any(c is None for c in cols) or any(_needs_quotes(str(c)) for c in df.columns) or len(df.columns) < 2:
+        df.to_csv(path, index=False, float_format=float_format)
+        return
+    row = ",".join(fmt for fmt, _ in cols) + "\n"
+    with open(path, "w", newline="") as f:
+        f.write(",".join(map(str, df.columns)) + "\n")
+        f.write("".join(map(row.__mod__, zip(*(values for _, values in cols)))))
+
+
+def _needs_quotes(text: str) -> bool:
+    return any(ch in text for ch in ',"\n\r')
+
+
+def _csv_column(col: pd.Series, float_format: str) -> tuple[str, list] | None:
+    """(format, values) that write a column's cells as to_csv does (missing: empty), or None where this cannot
+    promise that."""
+    kind = col.dtype.kind
+    values = col.to_numpy()
+    if kind in "iu":
+        return "%d", values.tolist()
+    if kind == "b":
+        return "%s", values.tolist()
+    if kind == "f":
+        if np.isnan(values).any():
+            return "%s", ["" if x != x else float_format % x for x in values.tolist()]
+        return float_format, values.tolist()
+    if kind in "OT" or str(col.dtype) == "string":
+        cells = ["" if x is None or (isinstance(x, float) and x != x) else x for x in col.astype(object).tolist()]
+        if all(type(x) is str and not _needs_quotes(x) for x in cells):
+            return "%s", cells
+    return None
 
 
 def json_safe(x):
