@@ -109,14 +109,23 @@ def write_csv(df: pd.DataFrame, path: Path, float_format: str = "%.6f") -> None:
     """``df.to_csv(path, index=False, float_format=...)``, byte for byte, a few times faster: one format per
     row over columns of numbers, booleans and plain strings; a frame with anything else (a string that needs
     quoting, an unusual dtype) goes to pandas."""
-    cols = [_csv_column(df[c], float_format) for c in df.columns]
-    if any(c is None for c in cols) or any(_needs_quotes(str(c)) for c in df.columns) or len(df.columns) < 2:
+    if any(_needs_quotes(str(c)) for c in df.columns) or len(df.columns) < 2 or not _write_rows(df, path,
+                                                                                                  float_format):
         df.to_csv(path, index=False, float_format=float_format)
-        return
-    row = ",".join(fmt for fmt, _ in cols) + "\n"
+
+
+def _write_rows(df: pd.DataFrame, path: Path, float_format: str, chunk: int = 1 << 16) -> bool:
+    """Write df a chunk of rows at a time (memory stays that of a chunk); False if a column cannot be written."""
     with open(path, "w", newline="") as f:
         f.write(",".join(map(str, df.columns)) + "\n")
-        f.write("".join(map(row.__mod__, zip(*(values for _, values in cols)))))
+        for start in range(0, len(df), chunk):
+            part = df.iloc[start:start + chunk]
+            cols = [_csv_column(part[c], float_format) for c in df.columns]
+            if any(c is None for c in cols):
+                return False
+            row = ",".join(fmt for fmt, _ in cols) + "\n"
+            f.write("".join(map(row.__mod__, zip(*(values for _, values in cols)))))
+    return True
 
 
 def _needs_quotes(text: str) -> bool:

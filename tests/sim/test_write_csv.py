@@ -26,6 +26,7 @@ def frames():
     yield "empty", pd.DataFrame({"x": pd.Series([], dtype=float), "y": pd.Series([], dtype=int)})
     yield "one column", pd.DataFrame({"x": [1.0, 2.0]})
     yield "mixed objects", pd.DataFrame({"x": [1, "a", 2.5], "y": [1, 2, 3]})
+    yield "long, odd late", pd.DataFrame({"x": ["a"] * 70_000 + ["b,c"], "y": np.arange(70_001) / 3})
 
 
 @pytest.mark.parametrize("name,df", list(frames()), ids=[n for n, _ in frames()])
