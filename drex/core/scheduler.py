@@ -28,7 +28,7 @@ from drex.core.policies import PolicyDecision, get_policy
 from drex.core.rebatch import RebatchBuffer
 from drex.core.request import Request, RequestStatus
 from drex.core.step import PrefillChunk, StepPlan, StepResult
-from drex.core.steplog import StepLog, StepRun
+from drex.core.steplog import ChunkedArrays, StepLog, StepRun
 from drex.costmodel.base import CostModel
 from drex.models import ModelShape
 
@@ -51,7 +51,7 @@ class Scheduler:
         self.buffer = RebatchBuffer(cfg)  # exit layer -> parked rows, oldest first
         self.finished: list[Request] = []
         self.live: dict[int, Request] = {}  # admitted or queued, not finished
-        self.itl_s: list[np.ndarray] = []  # inter-token latencies, a chunk per run of steps
+        self.itl_s: list[np.ndarray] = ChunkedArrays()  # inter-token latencies, a chunk per run of steps
         self.step_id = 0
         self.art = prof.ArtAverages()
         self.log = StepLog()
