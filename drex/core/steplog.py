@@ -65,7 +65,7 @@ class StepLog:
         for name in self._STEP_FIELDS:
             v = getattr(run, name)
             if isinstance(v, np.ndarray):
-                self._int[name].extend(np.broadcast_to(v, k).tolist())
+                self._int[name].extend((v if v.shape == (k,) else np.broadcast_to(v, k)).tolist())
             else:
                 self._int[name].extend([v] * k)
 
