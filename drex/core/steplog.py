@@ -109,3 +109,7 @@ class ChunkedArrays(list):
             del self[self._joined:]
             super().append(tail)
             self._joined += 1
+
+    def clear(self) -> None:
+        super().clear()
+        self._joined = 0

@@ -57,3 +57,7 @@ def test_chunked_arrays_concatenate_to_the_same_array():
         chunked.append(p)
     assert len(chunked) < 100
     assert np.concatenate(chunked).tobytes() == np.concatenate(parts).tobytes()
+    chunked.clear()
+    for p in parts[:100]:
+        chunked.append(p)
+    assert np.concatenate(chunked).tobytes() == np.concatenate(parts[:100]).tobytes()

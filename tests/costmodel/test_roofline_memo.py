@@ -28,7 +28,7 @@ def same(a, b) -> bool:
 
 def test_scalars_match_the_formula_bit_for_bit(cm):
     # numpy's power differs in the last bit between 0-d operands and arrays at some of these counts
-    for n in range(0, 3000):
+    for n in range(0, 1000):  # (the 0-d and array results differ at 16 counts below 504)
         assert same(cm.layer_s(n, 7.0 * n), reference_layer(cm, n, 7.0 * n)), n
         assert same(cm.layer_s(float(n), 0, 3.0 * n), reference_layer(cm, float(n), 0, 3.0 * n)), n
         assert same(cm.head_s(n), cm._curve_s(cm._head, np.asarray(float(n))) * (n > 0)), n
