@@ -9,6 +9,7 @@ first 10,000, lengths resampled from the trace). Reports requests per wall- and 
 1,000 requests at each size (time must grow linearly with requests), and checks issue 13's targets.
 
     taskset -c 1 python benchmarks/sim_speed.py [--sizes 1000,10000,100000] [--policies off,drex] [--out FILE]
+        [--baseline DIR]   (DIR: git archive COMMIT | tar -x -C DIR; its 10k cases timed in the same run)
 
 Writes benchmarks/results/sim_speed.json and sim_speed.md (or --out and its .md).
 """
@@ -48,16 +49,17 @@ def trace_args(n: int) -> list[str]:
     return ["--trace", f"synthetic:poisson:rate={rate:.4f},n={n},prompt=trace:azure-conv,output=trace:azure-conv"]
 
 
-def run_case(policy: str, n: int) -> dict:
-    """One whole command in a child process: its wall time, its own CPU time and peak RSS."""
+def run_case(policy: str, n: int, src: Path = REPO) -> dict:
+    """One whole command in a child process (the drex package of ``src``): its wall time, its own CPU time and
+    peak RSS."""
     with tempfile.TemporaryDirectory() as d:
         cmd = [sys.executable, "-m", "drex.cli", "simulate", *trace_args(n), *COMMON, *POLICY_FLAGS[policy],
                "--out", str(Path(d) / "run")]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
         done = threading.Event()
         t0 = time.perf_counter()
         threading.Thread(target=_heartbeat, args=(f"{policy} {n:,}", t0, done), daemon=True).start()
-        child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        child = subprocess.Popen(cmd, cwd=src, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         stderr = child.stderr.read()
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - t0
@@ -103,7 +105,7 @@ def verdicts(results: list[dict]) -> dict:
     return out
 
 
-def table(results: list[dict], checks: dict, machine: str) -> str:
+def table(results: list[dict], checks: dict, machine: str, baseline=(), baseline_src=None) -> str:
     lines = [f"# Simulator speed (issue 13): whole `drex simulate` command\n", f"Machine: {machine}. One run per case; "
              "wall time of the whole command (start-up, trace, simulation, records written); CPU and peak RSS from "
              "the child's rusage. Made by `taskset -c 1 python benchmarks/sim_speed.py`.\n",
@@ -114,6 +116,11 @@ def table(results: list[dict], checks: dict, machine: str) -> str:
                      f"{r['requests_per_cpu_s']:,.0f} | {r['wall_s_per_1k_requests']:.3f} | "
                      f"{r['peak_rss_bytes'] / 2**20:,.0f} | {r['num_steps']:,} | {r['early_exit_fraction']:.3f} | "
                      f"{r['num_rebatches']:,} |")
+    if baseline:
+        lines += ["", f"Baseline in the same run ({baseline_src}), 10,000 requests:", "",
+                  "| policy | wall s | CPU s | peak RSS MiB | this tree, wall | this tree, CPU |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {b['policy']} | {b['wall_s']:.2f} | {b['cpu_s']:.2f} | {b['peak_rss_bytes'] / 2**20:,.0f} | "
+                  f"{b.get('speedup_wall', '-')}x faster | {b.get('speedup_cpu', '-')}x faster |" for b in baseline]
     lines += ["", "| target | met |", "|---|---|"] + [f"| {k} | {'-' if v is None else ('yes' if v else 'NO')} |"
                                                     for k, v in checks.items()]
     return "\n".join(lines) + "\n"
@@ -124,6 +131,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,100000", help="comma-separated request counts")
     ap.add_argument("--policies", default="off,drex", help="comma-separated: off, drex")
     ap.add_argument("--out", type=Path, default=OUT, help="JSON results (a .md table beside it)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a checkout of an earlier commit (git archive COMMIT | tar -x -C DIR): its 10,000-request "
+                         "cases run in the same run, for ratios measured under the same load")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     policies = [p for p in args.policies.split(",") if p]
@@ -141,10 +151,26 @@ def main() -> None:
                   f"{r['requests_per_cpu_s']:8,.0f} req/CPU-s, {r['wall_s_per_1k_requests']:.3f} s per 1k, "
                   f"peak RSS {r['peak_rss_bytes'] / 2**20:,.0f} MiB, early exit {r['early_exit_fraction']:.2f}",
                   flush=True)
+    baseline = []
+    if args.baseline is not None:
+        if not (args.baseline / "drex" / "cli.py").exists():
+            raise SystemExit(f"sim_speed: --baseline {args.baseline} holds no drex package")
+        for policy in policies:
+            print(f"baseline {policy} 10,000 requests ({args.baseline}) ...", flush=True)
+            b = run_case(policy, 10_000, args.baseline)
+            ours = next((r for r in results if r["policy"] == policy and r["num_requests"] == 10_000), None)
+            if ours is not None:
+                b["speedup_wall"] = round(b["wall_s"] / ours["wall_s"], 2)
+                b["speedup_cpu"] = round(b["cpu_s"] / ours["cpu_s"], 2)
+            baseline.append(b)
+            print(f"baseline {policy:>5} 10,000: {b['wall_s']:8.2f} s wall, {b['cpu_s']:.2f} s CPU; this tree is "
+                  f"{b.get('speedup_wall', '-')}x (wall), {b.get('speedup_cpu', '-')}x (CPU) faster", flush=True)
     checks = verdicts(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "results": results, "targets": checks}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(table(results, checks, machine))
+    args.out.write_text(json.dumps({"machine": machine, "results": results, "targets": checks,
+                                    "baseline": {"source": str(args.baseline), "results": baseline} if baseline
+                                    else None}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table(results, checks, machine, baseline, args.baseline))
     for k, v in checks.items():
         print(f"{k}: {'-' if v is None else ('yes' if v else 'NO')}")
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
