@@ -38,7 +38,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return text
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each face's module and the subcommands it registers (tests/cli checks this against what they register).
+# A command line naming one of them imports only that face: ``drex simulate`` never imports torch (~1 s).
+FACES = {
+    "drex.sim.cli": ("simulate", "compare"),
+    "drex.real.cli": ("run", "profile", "model"),
+    "drex.validate": ("validate",),
+    "drex.costmodel.cli": ("costmodel",),
+    "drex.lab.cli": ("train", "train-exits", "quality"),
+    "drex.explore.cli": ("sweep", "capacity", "plot"),
+}
+
+
+def _faces_for(argv: list[str]) -> list[str]:
+    """The faces to register: the one owning the command ``argv`` names, or all (help, version, a typo)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    owners = [face for face, commands in FACES.items() if first in commands]
+    return owners or list(FACES)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command (``argv`` None), or only the face that owns the command ``argv`` names."""
+    import importlib
+
     from drex import __version__
 
     parser = argparse.ArgumentParser(prog="drex", description="Serve early-exit LLMs with dynamic rebatching.",
@@ -46,15 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"drex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from drex.costmodel import cli as cm_cli
-    from drex.explore import cli as explore_cli  # drex sweep, drex capacity, drex plot
-    from drex.real import cli as real_cli
-    from drex.lab import cli as lab_cli
-    from drex.sim import cli as sim_cli
-    from drex import validate
-
-    for face in (sim_cli, real_cli, validate, cm_cli, lab_cli, explore_cli):
-        face.add_parsers(sub)
+    for face in (list(FACES) if argv is None else _faces_for(argv)):
+        importlib.import_module(face).add_parsers(sub)
     _format_all(parser)
     return parser
 
@@ -81,7 +96,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     if getattr(args, "uses_torch", True):  # the simulator never imports torch: skip its ~2 s import
         _torch_one_thread()
     name = args.command

@@ -48,16 +48,23 @@ class BlockManager:
 
     def allocate(self, request_id: int, num_tokens: int) -> bool:
         """Grow the request's table to hold num_tokens; False (and no change) if blocks run out."""
-        n = self.needed(request_id, num_tokens)
-        if n > len(self._free):
+        table = self.tables.get(request_id)
+        n = -(-num_tokens // self.block_size) - (len(table) if table else 0)  # needed(), inlined: hot
+        if n <= 0:
+            return True
+        free = self._free
+        if n > len(free):
             return False
-        if n:
-            taken = self._free[-n:]
-            del self._free[-n:]
-            self.tables.setdefault(request_id, []).extend(reversed(taken))  # as n pop()s would
-            used = self.num_blocks - len(self._free)
-            if used > self.peak_used:
-                self.peak_used = used
+        taken = free[-n:]
+        del free[-n:]
+        taken.reverse()  # as n pop()s would
+        if table is None:
+            self.tables[request_id] = taken
+        else:
+            table.extend(taken)
+        used = self.num_blocks - len(free)
+        if used > self.peak_used:
+            self.peak_used = used
         return True
 
     def trim(self, request_id: int, num_tokens: int) -> None:

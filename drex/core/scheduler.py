@@ -28,7 +28,7 @@ from drex.core.policies import PolicyDecision, get_policy
 from drex.core.rebatch import RebatchBuffer
 from drex.core.request import Request, RequestStatus
 from drex.core.step import PrefillChunk, StepPlan, StepResult
-from drex.core.steplog import StepLog, StepRun
+from drex.core.steplog import ChunkedArrays, StepLog, StepRun
 from drex.costmodel.base import CostModel
 from drex.models import ModelShape
 
@@ -51,7 +51,7 @@ class Scheduler:
         self.buffer = RebatchBuffer(cfg)  # exit layer -> parked rows, oldest first
         self.finished: list[Request] = []
         self.live: dict[int, Request] = {}  # admitted or queued, not finished
-        self.itl_s: list[np.ndarray] = []  # inter-token latencies, a chunk per run of steps
+        self.itl_s: list[np.ndarray] = ChunkedArrays()  # inter-token latencies, a chunk per run of steps
         self.step_id = 0
         self.art = prof.ArtAverages()
         self.log = StepLog()
@@ -146,7 +146,7 @@ class Scheduler:
         """Decode rows first, then prefill chunks in the leftover token budget; None after a preemption."""
         decode, prefilling = [], []
         for r in self.running:
-            (prefilling if r.in_prefill else decode).append(r)
+            (prefilling if r.num_prefilled < r.prefill_target else decode).append(r)  # r.in_prefill, inlined
         for r in decode:
             # The next decode writes slot context_len = prompt + generated - 1: it needs prompt + generated slots.
             if r.prompt_tokens + r.num_generated > r.kv_tokens and not self._grow(r, r.prompt_tokens + r.num_generated):
@@ -180,7 +180,7 @@ class Scheduler:
     def _grow(self, r: Request, num_tokens: int) -> bool:
         if not self.blocks.allocate(r.request_id, num_tokens):
             return False
-        r.kv_tokens = self.blocks.capacity_tokens(r.request_id)
+        r.kv_tokens = len(self.blocks.tables.get(r.request_id, ())) * self.blocks.block_size  # capacity, inlined
         return True
 
     def _preempt(self, protect: Request) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,37 +35,81 @@ class StepRun:
 
 
 class StepLog:
+    """Runs kept column by column in typed arrays (a run object per step would hold ~1 kB each: gigabytes
+    for a long drex run); ``columns`` gives exactly what expanding the StepRuns one by one gave."""
+
+    _RUN_FIELDS = ("step", "replica", "num_rows", "num_decode", "num_prefill_tokens", "num_flush", "layer_start",
+                   "kv_blocks")
+    _STEP_FIELDS = ("num_exited", "num_buffered", "layer_end", "buffer_size")  # scalar or one per step
+
     def __init__(self) -> None:
-        self._runs: list[StepRun] = []
+        self._runs = 0
+        self._k = array("q")
+        self._start = array("d")
+        self._sum = array("d")  # each run's durations summed as numpy sums them (the step times depend on it)
+        self._dur = array("d")
+        self._kinds: list[str] = []
+        self._int = {name: array("q") for name in self._RUN_FIELDS + self._STEP_FIELDS}
 
     def append(self, run: StepRun) -> None:
-        self._runs.append(run)
+        dur = np.asarray(run.durations_s, dtype=float)
+        k = len(dur)
+        self._runs += 1
+        self._k.append(k)
+        self._start.append(run.start_s)
+        self._sum.append(dur.sum())
+        self._dur.extend(dur.tolist())
+        self._kinds.append(run.kind)
+        for name in self._RUN_FIELDS:
+            self._int[name].append(getattr(run, name))
+        for name in self._STEP_FIELDS:
+            v = getattr(run, name)
+            if isinstance(v, np.ndarray):
+                self._int[name].extend((v if v.shape == (k,) else np.broadcast_to(v, k)).tolist())
+            else:
+                self._int[name].extend([v] * k)
 
     def __len__(self) -> int:
-        return sum(len(r.durations_s) for r in self._runs)
+        return len(self._dur)
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Expand every run of k steps into k rows (scalars repeated, per-step arrays concatenated)."""
-        runs = self._runs
-        if not runs:
+        """Every run of k steps as k rows (scalars repeated, per-step values in order)."""
+        if not self._runs:
             return {c: np.array([]) for c in COLUMNS}
-        dur = [np.asarray(r.durations_s, dtype=float) for r in runs]
-        lengths = np.array([len(d) for d in dur])
-        durations = np.concatenate(dur)
-        starts = np.array([r.start_s for r in runs], dtype=float)
+        lengths = np.frombuffer(self._k, dtype=np.int64)
+        durations = np.frombuffer(self._dur, dtype=float).copy()
+        sums = np.frombuffer(self._sum, dtype=float)
         # Step start times: each run starts at its own start; within a run, after the previous steps.
-        run_offset = np.repeat(starts, lengths)
-        within = np.cumsum(durations) - np.repeat(np.cumsum([d.sum() for d in dur]) - [d.sum() for d in dur],
-                                                  lengths) - durations
-        cols = {"step": np.concatenate([np.arange(r.step, r.step + k) for r, k in zip(runs, lengths)]),
-                "replica": np.repeat([r.replica for r in runs], lengths), "time_s": run_offset + within,
-                "kind": np.repeat(np.array([r.kind for r in runs], dtype=object), lengths)}
-        for name in ("num_rows", "num_decode", "num_prefill_tokens", "num_flush", "num_exited", "num_buffered",
-                     "layer_end", "buffer_size", "layer_start", "kv_blocks"):
-            vals = [getattr(r, name) for r in runs]
-            if not any(isinstance(v, np.ndarray) for v in vals):
-                cols[name] = np.repeat(np.array(vals), lengths)
-            else:
-                cols[name] = np.concatenate([np.broadcast_to(v, k) for v, k in zip(vals, lengths)])
+        run_offset = np.repeat(np.frombuffer(self._start, dtype=float), lengths)
+        within = np.cumsum(durations) - np.repeat(np.cumsum(sums) - sums, lengths) - durations
+        first = np.repeat(np.frombuffer(self._int["step"], dtype=np.int64), lengths)
+        run_begin = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cols = {"step": first + (np.arange(len(durations)) - run_begin), "time_s": run_offset + within,
+                "kind": np.repeat(np.array(self._kinds, dtype=object), lengths)}
+        for name in self._RUN_FIELDS[1:]:
+            cols[name] = np.repeat(np.frombuffer(self._int[name], dtype=np.int64), lengths)
+        for name in self._STEP_FIELDS:
+            cols[name] = np.frombuffer(self._int[name], dtype=np.int64).copy()
         cols["duration_ms"] = durations * 1e3
         return {c: cols[c] for c in COLUMNS}
+
+
+class ChunkedArrays(list):
+    """A list of small arrays that joins every ``every`` appended ones into one: np.concatenate of it gives the
+    same array, and a long run holds a few large arrays instead of millions of small ones (~100 bytes each)."""
+
+    def __init__(self, every: int = 4096) -> None:
+        super().__init__()
+        self._every, self._joined = every, 0
+
+    def append(self, a) -> None:
+        super().append(a)
+        if len(self) - self._joined >= self._every:
+            tail = np.concatenate(self[self._joined:])
+            del self[self._joined:]
+            super().append(tail)
+            self._joined += 1
+
+    def clear(self) -> None:
+        super().clear()
+        self._joined = 0

@@ -19,6 +19,9 @@ import numpy as np
 
 class CostModel(ABC):
     name: str = "abstract"  # "roofline" or "profile:<path>"
+    # True: the *_one methods below answer in plain float arithmetic (fast); callers may then price one-step
+    # decisions element by element (drex.core.profitability) and get the vectorised values bit for bit.
+    fast_one: bool = False
 
     @abstractmethod
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):
@@ -47,3 +50,24 @@ class CostModel(ABC):
         if last <= first:
             return np.zeros_like(np.asarray(num_tokens, dtype=float)) if np.ndim(num_tokens) else 0.0
         return (last - first) * self.layer_s(num_tokens, decode_context, prefill_attn)
+
+    # -- one element, as a float: bit for bit what the vectorised call gives for it ---------------
+
+    def layer_s_one(self, num_tokens, decode_context=0.0, prefill_attn=0.0) -> float:
+        """``layer_s`` of one-element arrays, as a float (a model may answer faster: the simulator asks this for
+        nearly every step). An array's element, not a 0-d call: numpy may round those differently."""
+        return float(self.layer_s(np.array([float(num_tokens)]), np.array([float(decode_context)]),
+                                  np.array([float(prefill_attn)]))[0])
+
+    def head_s_one(self, num_rows) -> float:
+        """``head_s`` of a one-element array, as a float."""
+        return float(self.head_s(np.array([float(num_rows)]))[0])
+
+    def step_overhead_s_one(self, num_rows) -> float:
+        return float(self.step_overhead_s(np.array([float(num_rows)]))[0])
+
+    def kv_copy_s_one(self, num_rows, num_layers) -> float:
+        return float(self.kv_copy_s(np.array([float(num_rows)]), num_layers)[0])
+
+    def buffer_s_one(self, num_rows) -> float:
+        return float(self.buffer_s(np.array([float(num_rows)]))[0])

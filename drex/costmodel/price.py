@@ -42,3 +42,11 @@ def step_s(cost: CostModel, layers, rows, context, prefill_attn=0.0, head_rows=N
     elif buffer_rows is not None:
         t = t + cost.buffer_s(buffer_rows)
     return t
+
+
+def step_s_one(cost: CostModel, layers: int, rows, context, prefill_attn, head_rows, overhead_rows) -> float:
+    """One step of one layer segment and one head evaluation (a plain step), as a float: bit for bit what
+    ``step_s`` gives for it with one-element arrays, without their cost (the simulator's commonest step)."""
+    t = layers * cost.layer_s_one(rows, context, prefill_attn)
+    t = t + cost.head_s_one(head_rows)
+    return float(t + cost.step_overhead_s(overhead_rows))

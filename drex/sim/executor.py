@@ -13,7 +13,7 @@ import numpy as np
 
 from drex.core.step import StepOutcome, StepPlan, StepResult
 from drex.costmodel.base import CostModel
-from drex.costmodel.price import prefill_work, step_s
+from drex.costmodel.price import prefill_work, step_s, step_s_one
 
 
 class SimExecutor:
@@ -108,7 +108,10 @@ class SimExecutor:
         cost, L = self.cost, self.num_layers
         k, n = plan.num_steps, len(plan.decode_ids)
         ctx0 = float(sum(plan.decode_context))
-        ctx = ctx0 + n * np.arange(k) if k > 1 else ctx0
+        if k == 1:
+            dur = np.array([step_s_one(cost, L, n + pre_tokens, ctx0, pre_attn, n + pre_last, n + len(plan.prefill))])
+            return StepResult(dur, StepOutcome.plain(1, n, L) if n else None)
+        ctx = ctx0 + n * np.arange(k)
         dur = step_s(cost, np.array([[L]]), np.array([[n + pre_tokens]]), np.atleast_1d(ctx)[None, :], pre_attn,
                      [n + pre_last], n + len(plan.prefill))
         dur = dur[:_steps_before(dur, now, until)]

@@ -70,3 +70,17 @@ def test_readme_links_exist_in_a_clone():
     assert "../shared" not in text
     for target in re.findall(r"`((?:[\w.-]+/)*[\w.-]+\.md)`", text):
         assert (REPO_ROOT / target).exists() or target.startswith("DIR"), target
+
+
+def test_a_command_line_registers_only_its_face_and_the_face_table_is_complete():
+    from drex.cli import FACES
+
+    assert set(COMMANDS) >= {(c,) for cs in FACES.values() for c in cs}
+    assert {k for k in COMMANDS if len(k) == 1} == {(c,) for cs in FACES.values() for c in cs}
+    for face, commands in FACES.items():
+        only = dict(subparsers(build_parser([commands[0], "--help"])))
+        assert {k for k in only if len(k) == 1} == {(c,) for c in commands}, face
+    # drex simulate must not pay for torch (the simulator's start-up): a fresh interpreter shows it
+    code = "import sys; from drex.cli import build_parser; build_parser(['simulate']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

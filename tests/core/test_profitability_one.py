@@ -1,0 +1,64 @@
+"""The one-step float path of the profitability rules gives the vectorised values bit for bit (issue 13:
+faster decisions, identical outputs). The roofline answers in floats; the same model with fast_one off
+takes the array path, which the float path must reproduce exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from drex.core import profitability as prof
+from drex.costmodel.roofline import RooflineCostModel
+from drex.models import get_model
+
+
+@pytest.fixture(scope="module", params=["h200", "cpu"])
+def models(request):
+    fast = RooflineCostModel(get_model("llama2-13b"), request.param)
+    slow = copy.copy(fast)
+    slow.fast_one = False
+    return fast, slow
+
+
+def cases(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        rows = int(rng.integers(1, 300))
+        exiting = int(rng.integers(0, rows + 1)) if i % 7 else rows
+        ctx = int(rng.integers(rows, rows * 4000))
+        stay_ctx = int(ctx * (rows - exiting) / rows)
+        base = [0, 0, int(rng.integers(1, 512))][i % 3]
+        attn = float(base * rng.integers(0, 3000) + base * base / 2) if base else 0.0
+        e = int(rng.integers(1, 40))
+        yield rows, exiting, ctx, stay_ctx, base, attn, e
+
+
+def same(a, b):
+    return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_split_and_continue_savings_match_the_array_path(models):
+    fast, slow = models
+    for i, (rows, exiting, ctx, stay_ctx, base, attn, e) in enumerate(cases(0, 200)):
+        m = 1 + i % 9  # one step to a few, and one more than the float path takes
+        a = lambda v: np.array([v] * m) + np.arange(m) * (v > 0)  # noqa: E731
+        for drained in (False, True):
+            args = (e, 40, a(rows), a(exiting), a(ctx), a(stay_ctx), a(max(rows - exiting, 3)), base, attn)
+            kw = dict(parked_steps=1 + rows % 4, drained=drained)
+            assert same(prof.split_saving_s(fast, *args, **kw), prof.split_saving_s(slow, *args, **kw)), args
+        args = (e, 40, a(rows), a(exiting), a(ctx), a(stay_ctx), base, attn)
+        assert same(prof.continue_saving_s(fast, *args), prof.continue_saving_s(slow, *args)), args
+        args = (e, 40, a(rows), a(ctx), 1 + rows % 5, 7 * rows, base, attn)
+        assert same(prof.drain_saving_s(fast, *args), prof.drain_saving_s(slow, *args)), args
+
+
+def test_the_float_path_is_taken_only_for_a_few_steps_of_one_shape(models):
+    fast, slow = models
+    two = np.array([4, 5])
+    out = prof.continue_saving_s(fast, 20, 40, two, np.array([1, 2]), two * 100, two * 50)
+    assert out.shape == (2,)
+    assert prof._few_steps(fast, np.array([3])) and prof._few_steps(fast, two, two)
+    assert not prof._few_steps(fast, np.arange(prof.FEW_STEPS + 1)) and not prof._few_steps(fast, two, np.array([1]))
+    assert not prof._few_steps(fast, np.array(3)) and not prof._few_steps(fast, 3) and not prof._few_steps(slow, two)
