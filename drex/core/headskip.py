@@ -12,15 +12,17 @@ for each k, the larger of split-and-continue and park (priced by
 step) or, at k = n, the whole batch leaving; negative savings count as 0
 (the decision would hold). p is the fraction of rows that cleared the
 threshold at e in the steps run so far, read at the start of each epoch
-(steps 64, 128, 256, then every ``EPOCH``; to 0.01); the plan's prefill tokens run the deep layers anyway and enter
-the savings as they do in every split decision. drex skips e when that
-value does not exceed the head's own price. It evaluates every exit before
+(steps 64, 128, 256, then every ``EPOCH``; to 0.01). The value is priced
+as if the step had no prefill tokens (they run the deep layers anyway, so
+they only shrink what a split saves): optimistic, so no head is skipped
+whose split could have paid. drex skips e when that value does not exceed
+the head's own price. It evaluates every exit before
 ``MIN_SEEN`` rows have been seen there, in the first step of every epoch (a
 probe, so that p keeps up with the workload) and in a step carrying an
 inline drain. Only the ``costmodel`` decision skips. Decisions are cached
-per (rows, context per row in ``CONTEXT_BUCKET``-token buckets, prefill
-tokens in such buckets, prefill attention work in tenths of its natural
-log, p), each priced at its bucket's middle.
+per (rows, context per row in ``CONTEXT_BUCKET``-token buckets, p), each
+priced at its bucket's middle; outcomes k with a probability under 1e-12
+are left out of the sum.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from drex.config import EEConfig, SchedulerConfig
 from drex.core import profitability as prof
 from drex.core.step import StepPlan
 from drex.costmodel.base import CostModel
-from drex.costmodel.price import prefill_work
 
 MIN_SEEN = 64
 EPOCH = 512
@@ -61,17 +62,22 @@ def binomial_pmf(n: int, p: float) -> np.ndarray:
 
 
 def evaluation_value_s(cost: CostModel, exit_layer: int, num_layers: int, rows: int, context_per_row: float,
-                       p: float, flush_rows: int, base_tokens: int = 0, base_attn: float = 0.0) -> float:
+                       p: float, flush_rows: int) -> float:
     """Expected device seconds an exit head saves a decode step of ``rows`` rows (module docstring)."""
-    k = np.arange(1, rows + 1, dtype=float)
+    pmf = binomial_pmf(rows, p)[1:]
+    likely = np.flatnonzero(pmf >= 1e-12)
+    if not len(likely):
+        return 0.0
+    k = np.arange(likely[0] + 1, likely[-1] + 2, dtype=float)
+    pmf = pmf[likely[0]:likely[-1] + 1]
     n = np.full_like(k, float(rows))
     staying = n - k
     context, stay_context = n * context_per_row, staying * context_per_row
-    go = prof.continue_saving_s(cost, exit_layer, num_layers, n, k, context, stay_context, base_tokens, base_attn)
+    go = prof.continue_saving_s(cost, exit_layer, num_layers, n, k, context, stay_context)
     park = prof.split_saving_s(cost, exit_layer, num_layers, n, k, context, stay_context,
-                               np.maximum(float(flush_rows), staying), base_tokens, base_attn)
+                               np.maximum(float(flush_rows), staying))
     best = np.maximum(np.maximum(go, park), 0.0)
-    return float((binomial_pmf(rows, p)[1:] * best).sum())
+    return float((pmf * best).sum())
 
 
 class HeadSkip:
@@ -123,9 +129,9 @@ class HeadSkip:
             return 1
         k = min(k, steps_to_next_epoch(step_id))
         n, total = len(context), sum(context)
-        first = self._decide(n, int(total / n // CONTEXT_BUCKET), (0, 0))
+        first = self._decide(n, int(total / n // CONTEXT_BUCKET))
         for j in range(1, k):
-            if self._decide(n, int((total + n * j) / n // CONTEXT_BUCKET), (0, 0)) != first:
+            if self._decide(n, int((total + n * j) / n // CONTEXT_BUCKET)) != first:
                 return j
         return k
 
@@ -134,20 +140,17 @@ class HeadSkip:
         n = len(plan.decode_ids)
         if not (self.enabled and n) or plan.drain_ids or starts_epoch(plan.step_id):
             return []
-        base, base_attn, _ = prefill_work(plan.prefill)
-        work = (int(base // CONTEXT_BUCKET), int(round(10 * np.log1p(base_attn))))
-        return list(self._decide(n, int(sum(plan.decode_context) / n // CONTEXT_BUCKET), work))
+        return list(self._decide(n, int(sum(plan.decode_context) / n // CONTEXT_BUCKET)))
 
-    def _decide(self, n: int, bucket: int, work: tuple[int, int]) -> tuple[int, ...]:
-        key = (n, bucket, *work, *self.p)
+    def _decide(self, n: int, bucket: int) -> tuple[int, ...]:
+        key = (n, bucket, *self.p)
         if key not in self._skips:
             self._skips[key] = tuple(i for i, p in enumerate(self.p) if p is not None
-                                     and not self._worth_it(i, n, bucket, work, p))
+                                     and not self._worth_it(i, n, bucket, p))
         return self._skips[key]
 
-    def _worth_it(self, i: int, n: int, bucket: int, work: tuple[int, int], p: float) -> bool:
-        base = (work[0] + 0.5) * CONTEXT_BUCKET if work[0] or work[1] else 0
+    def _worth_it(self, i: int, n: int, bucket: int, p: float) -> bool:
         value = evaluation_value_s(self.cost, self.exits[i], self.num_layers, n, (bucket + 0.5) * CONTEXT_BUCKET,
-                                   p, self.flush_rows, base, float(np.expm1(work[1] / 10)))
+                                   p, self.flush_rows)
         price = 0.0 if self.deferred else float(self.cost.head_s(float(n)))
         return value > price

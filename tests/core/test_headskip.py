@@ -107,7 +107,7 @@ def test_a_run_is_cut_where_the_growing_context_changes_the_decision():
 
     sk, plan = skipper(0.5)  # skipped at small contexts (see the two-row case), evaluated at larger ones
     sk.cost = KVBound()
-    decisions = [sk._decide(2, b, (0, 0)) for b in range(200)]
+    decisions = [sk._decide(2, b) for b in range(200)]
     change = next(b for b in range(1, 200) if decisions[b] != decisions[b - 1])
     ctx = change * headskip.CONTEXT_BUCKET - 5  # 5 steps before the bucket that decides otherwise
     assert sk.run_cap(headskip.EPOCH + 1, [ctx, ctx], 64) == 5
