@@ -10,6 +10,7 @@ first 10,000, lengths resampled from the trace). Reports requests per wall- and 
 
     taskset -c 1 python benchmarks/sim_speed.py [--sizes 1000,10000,100000] [--policies off,drex] [--out FILE]
         [--baseline DIR]   (DIR: git archive COMMIT | tar -x -C DIR; its 10k cases timed in the same run)
+        [--drex-threshold T]   (default 0.3)
 
 Writes benchmarks/results/sim_speed.json and sim_speed.md (or --out and its .md).
 """
@@ -131,6 +132,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,100000", help="comma-separated request counts")
     ap.add_argument("--policies", default="off,drex", help="comma-separated: off, drex")
     ap.add_argument("--out", type=Path, default=OUT, help="JSON results (a .md table beside it)")
+    ap.add_argument("--drex-threshold", type=float, default=0.3,
+                    help="drex's exit threshold (0.3: most tokens exit; 0.8, the default of drex simulate: few do)")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="a checkout of an earlier commit (git archive COMMIT | tar -x -C DIR): its 10,000-request "
                          "cases run in the same run, for ratios measured under the same load")
@@ -141,6 +144,7 @@ def main() -> None:
     if bad or not sizes or min(sizes) < 1:
         raise SystemExit(f"sim_speed: policies must be off or drex (got {bad}), sizes positive (got {sizes})")
     machine = f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    POLICY_FLAGS["drex"] = ["--policy", "drex", "--threshold", str(args.drex_threshold)]
     results = []
     for policy in policies:
         for n in sizes:

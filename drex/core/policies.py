@@ -152,12 +152,17 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     partial = (n_want > 0) & ~all_exit
     stay = act & ~want
     choice = np.full(len(partial), HOLD, dtype=np.int8)
-    if partial.any():
-        idx = np.flatnonzero(partial)
+    idx = np.flatnonzero(partial)
+    # A step that parks ends the run (StepOutcome.record cuts there): the later steps' choices are never used,
+    # so they are weighed in chunks, the first step alone, and not past the first PARK.
+    for lo, hi in ((0, 1), (1, 8), (8, len(idx))):
+        if lo >= len(idx) or (choice == PARK).any():
+            break
+        part = idx[lo:hi]
         if ctx.split_action is not None:
-            choice[idx] = ctx.split_action(idx, stay[partial])
+            choice[part] = ctx.split_action(part, stay[part])
         else:
-            choice[idx] = np.where(ctx.split_pays(idx, stay[partial]), PARK, HOLD)
+            choice[part] = np.where(ctx.split_pays(part, stay[part]), PARK, HOLD)
     split = choice == PARK
     exits = (all_exit | (choice != HOLD))[:, None] & want
     buffered = split[:, None] & stay
@@ -166,6 +171,8 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     actions[buffered] = BUFFER
     stayed = (partial & (choice == HOLD))[:, None] & want
     no_exit = ~(all_exit | split) & (n_act > 0)  # drained rows need live rows to ride with
+    if split.any():
+        no_exit[np.flatnonzero(split)[0]:] = False  # past the run's end
     drain = np.zeros(len(no_exit), dtype=bool)
     if no_exit.any():
         drain[no_exit] = ctx.drain_pays(np.flatnonzero(no_exit))
