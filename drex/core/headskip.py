@@ -129,11 +129,16 @@ class HeadSkip:
             return 1
         k = min(k, steps_to_next_epoch(step_id))
         n, total = len(context), sum(context)
-        first = self._decide(n, int(total / n // CONTEXT_BUCKET))
-        for j in range(1, k):
-            if self._decide(n, int((total + n * j) / n // CONTEXT_BUCKET)) != first:
+        bucket = int(total / n // CONTEXT_BUCKET)
+        first = self._decide(n, bucket)
+        j = 0
+        while True:  # the steps where the context bucket changes: the per-row context grows by 1 a step
+            j = max(j + 1, int(np.ceil(((bucket + 1) * CONTEXT_BUCKET * n - total) / n)))
+            if j >= k:
+                return k
+            bucket = int((total + n * j) / n // CONTEXT_BUCKET)
+            if self._decide(n, bucket) != first:
                 return j
-        return k
 
     def skips(self, plan: StepPlan) -> list[int]:
         """Exit indices the decode rows of this plan do not evaluate."""

@@ -36,6 +36,8 @@ class ExitContext:
     # drex: the best split action at the given steps (HOLD, PARK or GO, int8 [len(steps)]); None: PARK where
     # split_pays says so.
     split_action: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # A hint (results do not depend on it): rows parked lately, so weigh the first step alone, as it may end the run.
+    parks_often: bool = False
 
 
 # What a split does with the rows that must go deeper: HOLD (no split: everyone continues, the confident rows
@@ -154,8 +156,8 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     choice = np.full(len(partial), HOLD, dtype=np.int8)
     idx = np.flatnonzero(partial)
     # A step that parks ends the run (StepOutcome.record cuts there): the later steps' choices are never used,
-    # so they are weighed in chunks, the first step alone, and not past the first PARK.
-    for lo, hi in ((0, 1), (1, 8), (8, len(idx))):
+    # so where parking is frequent they are weighed in chunks, the first step alone, and not past the first PARK.
+    for lo, hi in ((0, 1), (1, 8), (8, len(idx))) if ctx.parks_often else ((0, len(idx)),):
         if lo >= len(idx) or (choice == PARK).any():
             break
         part = idx[lo:hi]
