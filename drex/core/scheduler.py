@@ -200,8 +200,8 @@ class Scheduler:
         """Identical decode steps that can be planned at once: nothing the scheduler controls changes."""
         if self.waiting and len(self.running) + self.num_buffered < self.cfg.max_batch_size:
             return 1  # an admission may happen at the next step
-        if self.cfg.profitability == "art" and self.policy.rebatches:
-            return 1  # the running averages move every step
+        if self.policy.rebatches and (self.cfg.profitability == "art" or self.decider.parked):
+            return 1  # the running averages move every step; or the last run parked at once (so may this one)
         if self.policy.rebatches and any(r.slo_tpot_ms is not None for r in decode):
             return 1  # whether a row may park depends on the clock and its last token time, which move every step
         k = min(self.cfg.max_lookahead_steps, min(r.remaining_tokens for r in decode))
