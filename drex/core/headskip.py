@@ -41,7 +41,9 @@ CONTEXT_BUCKET = 32
 
 
 def epoch_of(step_id: int) -> int:
-    return sum(step_id >= b for b in FIRST_EPOCHS) + step_id // EPOCH
+    if step_id >= EPOCH:
+        return len(FIRST_EPOCHS) + step_id // EPOCH
+    return sum(step_id >= b for b in FIRST_EPOCHS)
 
 
 def steps_to_next_epoch(step_id: int) -> int:
