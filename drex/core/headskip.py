@@ -38,6 +38,7 @@ MIN_SEEN = 64
 EPOCH = 512
 FIRST_EPOCHS = (64, 128, 256)  # epochs start at these steps, then at every multiple of EPOCH
 CONTEXT_BUCKET = 32
+DORMANT_BUCKETS = (0, 8, 32, 64)  # contexts of 16, 272, 1,040 and 2,064 tokens a row
 
 
 def epoch_of(step_id: int) -> int:
@@ -103,6 +104,8 @@ class HeadSkip:
         self.pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # this run's counts, per step
         self.epoch = -1
         self.p: list[float | None] = [None] * len(exits)  # the rate of this epoch, None: not known yet
+        self.dormant = False
+        self.probe_rows = sorted({min(2 ** j, cfg.max_batch_size) for j in range(12)})
         self._skips: dict[tuple, tuple[int, ...]] = {}
 
     def observe(self, exit_index: int, wants: np.ndarray, active: np.ndarray) -> None:
@@ -122,6 +125,10 @@ class HeadSkip:
         if self.enabled and epoch_of(step_id) != self.epoch:
             self.epoch = epoch_of(step_id)
             self.p = [round(float(w / s), 2) if s >= MIN_SEEN else None for w, s in zip(self.wanted, self.seen)]
+            # Dormant: at this epoch's p, evaluating pays for every probed batch size and context, so no plan
+            # of the epoch does the per-plan work (a speed rule; decided from p alone, so macro-steps stay exact).
+            self.dormant = all(p is None or all(self._decide_one(i, n, b, p) for n in self.probe_rows
+                                                for b in DORMANT_BUCKETS) for i, p in enumerate(self.p))
 
     def run_cap(self, step_id: int, context: list[int], k: int) -> int:
         """How many of k decode steps from step_id (rows of these contexts) can share one skip decision."""
@@ -130,6 +137,8 @@ class HeadSkip:
         if starts_epoch(step_id):
             return 1
         k = min(k, steps_to_next_epoch(step_id))
+        if self.dormant:
+            return k
         n, total = len(context), sum(context)
         bucket = int(total / n // CONTEXT_BUCKET)
         first = self._decide(n, bucket)
@@ -145,7 +154,7 @@ class HeadSkip:
     def skips(self, plan: StepPlan) -> list[int]:
         """Exit indices the decode rows of this plan do not evaluate."""
         n = len(plan.decode_ids)
-        if not (self.enabled and n) or plan.drain_ids or starts_epoch(plan.step_id):
+        if not (self.enabled and n) or self.dormant or plan.drain_ids or starts_epoch(plan.step_id):
             return []
         return list(self._decide(n, int(sum(plan.decode_context) / n // CONTEXT_BUCKET)))
 
@@ -154,6 +163,13 @@ class HeadSkip:
         if key not in self._skips:
             self._skips[key] = tuple(i for i, p in enumerate(self.p) if p is not None
                                      and not self._worth_it(i, n, bucket, p))
+        return self._skips[key]
+
+    def _decide_one(self, i: int, n: int, bucket: int, p: float) -> bool:
+        """Is exit i worth evaluating for n rows in this context bucket at rate p (cached with _decide's)?"""
+        key = ("one", i, n, bucket, p)
+        if key not in self._skips:
+            self._skips[key] = self._worth_it(i, n, bucket, p)
         return self._skips[key]
 
     def _worth_it(self, i: int, n: int, bucket: int, p: float) -> bool:

@@ -147,3 +147,13 @@ def test_drex_stops_paying_heads_nobody_uses():
         tput[name] = simulator.simulate(cfg, work).summary["output_throughput"]
     assert tput["noskip"] < 0.98 * tput["off"]
     assert tput["skip"] >= 0.995 * tput["off"]
+
+
+def test_an_epoch_where_every_probed_size_pays_is_dormant():
+    """p = 0.9: evaluating pays for every batch size probed (1, 2, 4, ..., 16 here): no per-plan work, no cut.
+    p = 0.5: two rows do not pay (see the two-row case), so the epoch stays awake."""
+    sk, plan = skipper(0.9)
+    assert sk.dormant and sk.skips(plan) == [] and sk.run_cap(plan.step_id, [17, 17], 64) == 64
+    assert sk.run_cap(2 * headskip.EPOCH - 10, [17, 17], 64) == 10  # only the epoch's end cuts a run
+    sk, plan = skipper(0.5)
+    assert not sk.dormant and sk.skips(plan) == [0]
