@@ -15,9 +15,8 @@ from drex.core import profitability as prof
 from drex.core.headskip import HeadSkip
 from drex.core.policies import GO, HOLD, PARK, ExitContext, Policy, PolicyDecision
 from drex.core.rebatch import RebatchBuffer
-from drex.core.step import BUFFER, CONTINUE, EXIT
 from drex.core.request import Request
-from drex.core.step import StepPlan
+from drex.core.step import BUFFER, CONTINUE, EXIT, StepPlan
 from drex.costmodel.base import CostModel
 from drex.costmodel.price import prefill_work
 
@@ -29,7 +28,7 @@ class ExitDecider:
         self.ee, self.cfg, self.cost, self.policy = ee, cfg, cost, policy
         self.num_layers, self.exits, self.buffer, self.live, self.art = num_layers, exits, buffer, live, art
         self.no_park_until = 0  # step from which parking is allowed again (the scheduler sets it at preemptions)
-        self.parked = False  # the last run parked at its first step (a hint for the policy's speed only)
+        self.parked = False  # the last run parked at its first step: the scheduler then plans single steps
         self.skip = HeadSkip(ee, cfg, cost, num_layers, exits, enabled=cfg.skip_exit_heads and policy.rebatches
                              and cfg.profitability == "costmodel")
 
@@ -89,7 +88,7 @@ class ExitDecider:
 
         action = None if self.cfg.profitability == "art" else split_action
         d = self.policy.decide(ExitContext(e, L, wants, confidence, active, self.ee.threshold, higher,
-                                           split_pays, drain_pays, action, self.parked))
+                                           split_pays, drain_pays, action))
         self.parked = bool((d.actions[0] == BUFFER).any())
         return d
 

@@ -19,7 +19,9 @@ whose split could have paid. drex skips e when that value does not exceed
 the head's own price. It evaluates every exit before
 ``MIN_SEEN`` rows have been seen there, in the first step of every epoch (a
 probe, so that p keeps up with the workload) and in a step carrying an
-inline drain. Only the ``costmodel`` decision skips. Decisions are cached
+inline drain; an epoch whose p makes evaluating pay at every probed batch
+size and context (``DORMANT_BUCKETS``) is dormant: no plan of it does the
+per-plan work. Only the ``costmodel`` decision skips. Decisions are cached
 per (rows, context per row in ``CONTEXT_BUCKET``-token buckets, p), each
 priced at its bucket's middle; outcomes k with a probability under 1e-12
 are left out of the sum.
@@ -107,6 +109,7 @@ class HeadSkip:
         self.dormant = False
         self.probe_rows = sorted({min(2 ** j, cfg.max_batch_size) for j in range(12)})
         self._skips: dict[tuple, tuple[int, ...]] = {}
+        self._worth: dict[tuple, bool] = {}
 
     def observe(self, exit_index: int, wants: np.ndarray, active: np.ndarray) -> None:
         """Rows that cleared the threshold at an exit, per planned step ([k, n]); counted once they ran."""
@@ -122,12 +125,13 @@ class HeadSkip:
 
     def start(self, step_id: int) -> None:
         """A plan is made at step_id: a new epoch reads p from the counts so far."""
-        if self.enabled and epoch_of(step_id) != self.epoch:
-            self.epoch = epoch_of(step_id)
+        epoch = epoch_of(step_id)
+        if self.enabled and epoch != self.epoch:
+            self.epoch = epoch
             self.p = [round(float(w / s), 2) if s >= MIN_SEEN else None for w, s in zip(self.wanted, self.seen)]
             # Dormant: at this epoch's p, evaluating pays for every probed batch size and context, so no plan
             # of the epoch does the per-plan work (a speed rule; decided from p alone, so macro-steps stay exact).
-            self.dormant = all(p is None or all(self._decide_one(i, n, b, p) for n in self.probe_rows
+            self.dormant = all(p is None or all(self._worth_it(i, n, b, p) for n in self.probe_rows
                                                 for b in DORMANT_BUCKETS) for i, p in enumerate(self.p))
 
     def run_cap(self, step_id: int, context: list[int], k: int) -> int:
@@ -159,20 +163,21 @@ class HeadSkip:
         return list(self._decide(n, int(sum(plan.decode_context) / n // CONTEXT_BUCKET)))
 
     def _decide(self, n: int, bucket: int) -> tuple[int, ...]:
+        """The exits skipped for n rows in this context bucket at this epoch's rates."""
         key = (n, bucket, *self.p)
         if key not in self._skips:
             self._skips[key] = tuple(i for i, p in enumerate(self.p) if p is not None
                                      and not self._worth_it(i, n, bucket, p))
         return self._skips[key]
 
-    def _decide_one(self, i: int, n: int, bucket: int, p: float) -> bool:
-        """Is exit i worth evaluating for n rows in this context bucket at rate p (cached with _decide's)?"""
-        key = ("one", i, n, bucket, p)
-        if key not in self._skips:
-            self._skips[key] = self._worth_it(i, n, bucket, p)
-        return self._skips[key]
-
     def _worth_it(self, i: int, n: int, bucket: int, p: float) -> bool:
+        """Is exit i worth evaluating for n rows in this context bucket at rate p (cached)?"""
+        key = (i, n, bucket, p)
+        if key not in self._worth:
+            self._worth[key] = self._value_exceeds_price(i, n, bucket, p)
+        return self._worth[key]
+
+    def _value_exceeds_price(self, i: int, n: int, bucket: int, p: float) -> bool:
         value = evaluation_value_s(self.cost, self.exits[i], self.num_layers, n, (bucket + 0.5) * CONTEXT_BUCKET,
                                    p, self.flush_rows)
         price = 0.0 if self.deferred else float(self.cost.head_s(float(n)))

@@ -36,8 +36,6 @@ class ExitContext:
     # drex: the best split action at the given steps (HOLD, PARK or GO, int8 [len(steps)]); None: PARK where
     # split_pays says so.
     split_action: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-    # A hint (results do not depend on it): rows parked lately, so weigh the first step alone, as it may end the run.
-    parks_often: bool = False
 
 
 # What a split does with the rows that must go deeper: HOLD (no split: everyone continues, the confident rows
@@ -154,17 +152,12 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     partial = (n_want > 0) & ~all_exit
     stay = act & ~want
     choice = np.full(len(partial), HOLD, dtype=np.int8)
-    idx = np.flatnonzero(partial)
-    # A step that parks ends the run (StepOutcome.record cuts there): the later steps' choices are never used,
-    # so where parking is frequent they are weighed in chunks, the first step alone, and not past the first PARK.
-    for lo, hi in ((0, 1), (1, 8), (8, len(idx))) if ctx.parks_often else ((0, len(idx)),):
-        if lo >= len(idx) or (choice == PARK).any():
-            break
-        part = idx[lo:hi]
+    if partial.any():
+        idx = np.flatnonzero(partial)
         if ctx.split_action is not None:
-            choice[part] = ctx.split_action(part, stay[part])
+            choice[idx] = ctx.split_action(idx, stay[partial])
         else:
-            choice[part] = np.where(ctx.split_pays(part, stay[part]), PARK, HOLD)
+            choice[idx] = np.where(ctx.split_pays(idx, stay[partial]), PARK, HOLD)
     split = choice == PARK
     exits = (all_exit | (choice != HOLD))[:, None] & want
     buffered = split[:, None] & stay
@@ -174,7 +167,7 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     stayed = (partial & (choice == HOLD))[:, None] & want
     no_exit = ~(all_exit | split) & (n_act > 0)  # drained rows need live rows to ride with
     if split.any():
-        no_exit[np.flatnonzero(split)[0]:] = False  # past the run's end
+        no_exit[np.flatnonzero(split)[0]:] = False  # a parking step ends the run (StepOutcome.record cuts there)
     drain = np.zeros(len(no_exit), dtype=bool)
     if no_exit.any():
         drain[no_exit] = ctx.drain_pays(np.flatnonzero(no_exit))

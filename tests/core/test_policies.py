@@ -33,7 +33,7 @@ def test_registry_holds_exactly_the_seven_policies():
 
 @st.composite
 def exit_contexts(draw):
-    k = draw(st.integers(1, 12))  # past 8: drex weighs its steps in three chunks when it parks often
+    k = draw(st.integers(1, 12))
     n = draw(st.integers(1, 6))
     conf = draw(hnp.arrays(np.float64, (k, n), elements=st.floats(0.0, 1.0)))
     active = draw(hnp.arrays(np.bool_, (k, n)))
@@ -52,8 +52,7 @@ def exit_contexts(draw):
         return drains[steps]
 
     wants = conf > threshold if higher else conf < threshold
-    ctx = ExitContext(2, 4, wants, conf, active, threshold, higher, split_pays, drain_pays,
-                      parks_often=draw(st.booleans()))
+    ctx = ExitContext(2, 4, wants, conf, active, threshold, higher, split_pays, drain_pays)
     return ctx, pays, drains, calls
 
 
