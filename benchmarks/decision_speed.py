@@ -36,11 +36,10 @@ def main() -> None:
         raise SystemExit(f"decision_speed: --baseline {args.baseline} holds no drex package, or --pairs < 1")
     rows = []
     for t in (float(x) for x in args.thresholds.split(",")):
-        sim_speed.POLICY_FLAGS["drex"] = ["--policy", "drex", "--threshold", str(t)]
         pairs = []
         for i in range(args.pairs):
-            ours = sim_speed.run_case("drex", 10_000)
-            base = sim_speed.run_case("drex", 10_000, args.baseline)
+            ours = sim_speed.run_case("drex", 10_000, drex_threshold=t)
+            base = sim_speed.run_case("drex", 10_000, args.baseline, t)
             pairs.append((ours["wall_s"], base["wall_s"], ours["cpu_s"], base["cpu_s"]))
             print(f"threshold {t} pair {i + 1}: this tree {ours['wall_s']:.2f} s, baseline {base['wall_s']:.2f} s "
                   f"(speed {base['wall_s'] / ours['wall_s']:.3f}x)", flush=True)

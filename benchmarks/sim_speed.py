@@ -31,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "sim_speed.json"
 COMMON = ["--model", "llama2-13b", "--device", "h200", "--exits", "20", "--seed", "0", "--no-progress"]
-POLICY_FLAGS = {"off": ["--policy", "off"], "drex": ["--policy", "drex", "--threshold", "0.3"]}
+POLICIES = ("off", "drex")
+DREX_THRESHOLD = 0.3
 TRACE_SIZES = (1_000, 10_000)  # up to here, the trace itself; beyond, generated requests at its lengths
 # Issue 13's done-when, on the 10,000-request case; and peak RSS of the 100,000-request runs.
 TARGETS = {"off": 4_500, "drex": 2_300}
@@ -50,20 +51,24 @@ def trace_args(n: int) -> list[str]:
     return ["--trace", f"synthetic:poisson:rate={rate:.4f},n={n},prompt=trace:azure-conv,output=trace:azure-conv"]
 
 
-def fastest(policy: str, n: int, src: Path = REPO, repeat: int = 1) -> dict:
+def policy_flags(policy: str, drex_threshold: float = DREX_THRESHOLD) -> list[str]:
+    return ["--policy", policy] + (["--threshold", str(drex_threshold)] if policy == "drex" else [])
+
+
+def fastest(policy: str, n: int, src: Path = REPO, repeat: int = 1, drex_threshold: float = DREX_THRESHOLD) -> dict:
     """run_case repeated: the run with the least wall time, and every run's wall time (a shared machine's noise
     only ever adds time)."""
-    runs = [run_case(policy, n, src) for _ in range(repeat)]
+    runs = [run_case(policy, n, src, drex_threshold) for _ in range(repeat)]
     best = min(runs, key=lambda r: r["wall_s"])
     return {**best, "repeats": repeat, "wall_s_all": [r["wall_s"] for r in runs]}
 
 
-def run_case(policy: str, n: int, src: Path = REPO) -> dict:
+def run_case(policy: str, n: int, src: Path = REPO, drex_threshold: float = DREX_THRESHOLD) -> dict:
     """One whole command in a child process (the drex package of ``src``): its wall time, its own CPU time and
     peak RSS."""
     with tempfile.TemporaryDirectory() as d:
-        cmd = [sys.executable, "-m", "drex.cli", "simulate", *trace_args(n), *COMMON, *POLICY_FLAGS[policy],
-               "--out", str(Path(d) / "run")]
+        cmd = [sys.executable, "-m", "drex.cli", "simulate", *trace_args(n), *COMMON,
+               *policy_flags(policy, drex_threshold), "--out", str(Path(d) / "run")]
         env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
         done = threading.Event()
         t0 = time.perf_counter()
@@ -149,17 +154,16 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     policies = [p for p in args.policies.split(",") if p]
-    bad = [p for p in policies if p not in POLICY_FLAGS]
+    bad = [p for p in policies if p not in POLICIES]
     if bad or not sizes or min(sizes) < 1 or args.repeat < 1:
         raise SystemExit(f"sim_speed: policies must be off or drex (got {bad}), sizes and --repeat positive (got "
                          f"{sizes}, {args.repeat})")
     machine = f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
-    POLICY_FLAGS["drex"] = ["--policy", "drex", "--threshold", str(args.drex_threshold)]
     results = []
     for policy in policies:
         for n in sizes:
             print(f"{policy} {n:,} requests ...", flush=True)
-            r = fastest(policy, n, repeat=args.repeat)
+            r = fastest(policy, n, repeat=args.repeat, drex_threshold=args.drex_threshold)
             results.append(r)
             print(f"{policy:>5} {n:>7,}: {r['wall_s']:8.2f} s wall, {r['requests_per_wall_s']:8,.0f} req/wall-s, "
                   f"{r['requests_per_cpu_s']:8,.0f} req/CPU-s, {r['wall_s_per_1k_requests']:.3f} s per 1k, "
@@ -171,7 +175,7 @@ def main() -> None:
             raise SystemExit(f"sim_speed: --baseline {args.baseline} holds no drex package")
         for policy in policies:
             print(f"baseline {policy} 10,000 requests ({args.baseline}) ...", flush=True)
-            b = fastest(policy, 10_000, args.baseline, args.repeat)
+            b = fastest(policy, 10_000, args.baseline, args.repeat, args.drex_threshold)
             ours = next((r for r in results if r["policy"] == policy and r["num_requests"] == 10_000), None)
             if ours is not None:
                 b["speedup_wall"] = round(b["wall_s"] / ours["wall_s"], 2)
