@@ -19,39 +19,24 @@ def digest(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_train_needs_out_and_refuses_the_shipped_checkpoint(capsys, monkeypatch):
-    from drex.lab import train
+@pytest.mark.parametrize("command,module,shipped", [("train", "train", "tiny-ee"),
+                                                    ("train-exits", "train_exits", "smollm2-ee")])
+def test_training_needs_out_and_refuses_a_shipped_model(capsys, monkeypatch, command, module, shipped):
+    import importlib
 
-    def no_training(*a, **k):  # should the check ever break, the test must not train over the shipped model
-        raise AssertionError("training started: the shipped checkpoint was not refused")
+    def no_training(*a, **k):  # should the check ever break, the test must not train over the shipped files
+        raise AssertionError(f"training started: models/{shipped} was not refused")
 
-    monkeypatch.setattr(train, "run", no_training)
+    monkeypatch.setattr(importlib.import_module(f"drex.lab.{module}"), "run", no_training)
     with pytest.raises(SystemExit) as e:
-        main(["train"])
+        main([command])
     assert e.value.code == 2 and "--out" in capsys.readouterr().err
-    before = digest(REPO_ROOT / "models" / "tiny-ee")
-    assert main(["train", "--out", str(REPO_ROOT / "models" / "tiny-ee"), "--steps", "1"]) == 2
+    folder = REPO_ROOT / "models" / shipped
+    before = digest(folder)
+    assert main([command, "--out", str(folder), "--steps", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("drex train: error:") and "--overwrite" in err and len(err.splitlines()) == 1
-    assert digest(REPO_ROOT / "models" / "tiny-ee") == before
-
-
-def test_train_exits_needs_out_and_refuses_the_shipped_exits(capsys, monkeypatch):
-    from drex.lab import train_exits
-
-    def no_training(*a, **k):  # should the check ever break, the test must not train over the shipped exits
-        raise AssertionError("training started: the shipped exits were not refused")
-
-    monkeypatch.setattr(train_exits, "run", no_training)
-    with pytest.raises(SystemExit) as e:
-        main(["train-exits"])
-    assert e.value.code == 2 and "--out" in capsys.readouterr().err
-    shipped = REPO_ROOT / "models" / "smollm2-ee"
-    before = digest(shipped)
-    assert main(["train-exits", "--out", str(shipped), "--steps", "1"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("drex train-exits: error:") and "--overwrite" in err and len(err.splitlines()) == 1
-    assert digest(shipped) == before
+    assert err.startswith(f"drex {command}: error:") and "--overwrite" in err and len(err.splitlines()) == 1
+    assert digest(folder) == before
 
 
 def test_profile_without_out_refuses_the_shipped_profile(capsys, monkeypatch):
