@@ -61,14 +61,12 @@ class ExitDecider:
                 return np.where(go & self._can_park_rows(plan, stay, steps, now, e, step_id), PARK, HOLD).astype(np.int8)
             c = ctx[steps]
             context, stay_context = (c * act).sum(axis=1), (c * stay).sum(axis=1)
+            if len(steps) == 1 and cost.fast_one:  # the commonest call, priced in floats (same bits)
+                counts = (int(rows[0]), int(staying[0]), int(context[0]), int(stay_context[0]))
+                return self._split_action_one(plan, e, int(steps[0]), stay, counts, base, base_attn, now, step_id)
             go_s = prof.continue_saving_s(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
             flush_rows = self.buffer.predicted_flush_rows(e, staying, steps, step_id)
-            # Rows already parked here: parking more blocks their drain, so the new ones wait for a flush (as
-            # rows parked above the deepest exit point always do).
-            parked = self.buffer.get(e)
-            drained = self.cfg.inline_drain and not parked and e == self.exits[-1]
-            wait = 1 if drained else max(self.buffer.flush_in(parked, step_id) if parked
-                                         else self.cfg.flush_max_wait_steps, 1)
+            drained, wait = self._park_wait(e, step_id)
             park_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
                                          base_attn, parked_steps=wait, drained=drained)
             wants_park = park_s > np.maximum(go_s, 0.0)
@@ -107,6 +105,32 @@ class ExitDecider:
         actions = np.where(split[:, None] & wants, EXIT, CONTINUE).astype(np.int8)
         none = np.zeros_like(wants)
         return PolicyDecision(actions, none, ~split[:, None] & wants, np.zeros(len(split), dtype=bool))
+
+    def _park_wait(self, e: int, step_id: int) -> tuple[bool, int]:
+        """Whether rows parked at e now would drain inline, and the decode steps they would miss."""
+        # Rows already parked here: parking more blocks their drain, so the new ones wait for a flush (as
+        # rows parked above the deepest exit point always do).
+        parked = self.buffer.get(e)
+        drained = self.cfg.inline_drain and not parked and e == self.exits[-1]
+        wait = 1 if drained else max(self.buffer.flush_in(parked, step_id) if parked
+                                     else self.cfg.flush_max_wait_steps, 1)
+        return drained, wait
+
+    def _split_action_one(self, plan: StepPlan, e: int, step: int, stay: np.ndarray, counts: tuple[int, ...],
+                          base: int, base_attn: float, now: float, step_id: int) -> np.ndarray:
+        """``split_action`` for one planned step, in floats: the same prices (profitability's one-step
+        functions are its array functions bit for bit), so the same action."""
+        (rows, staying, context, stay_context), L, cost = counts, self.num_layers, self.cost
+        exiting = rows - staying
+        go_s = prof.continue_saving_one(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
+        flush_rows = int(self.buffer.predicted_flush_rows(e, staying, step, step_id))
+        drained, wait = self._park_wait(e, step_id)
+        park_s = prof.split_saving_one(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
+                                       base_attn, wait, drained)
+        if park_s > max(go_s, 0.0) and not self._can_park_rows(plan, stay, np.array([step]), now, e, step_id)[0]:
+            park_s = -np.inf
+        best = PARK if park_s > go_s else GO
+        return np.array([best if max(park_s, go_s) > 0 else HOLD], dtype=np.int8)
 
     def _can_park_rows(self, plan: StepPlan, stay: np.ndarray, steps: np.ndarray, now: float,
                        layer: int, step_id: int) -> np.ndarray:

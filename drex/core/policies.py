@@ -151,9 +151,9 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     all_exit = (n_want == n_act) & (n_act > 0)
     partial = (n_want > 0) & ~all_exit
     stay = act & ~want
-    choice = np.full(len(partial), HOLD, dtype=np.int8)
+    choice = np.zeros(len(partial), dtype=np.int8)  # HOLD (0)
     if partial.any():
-        idx = np.flatnonzero(partial)
+        idx = partial.nonzero()[0]
         if ctx.split_action is not None:
             choice[idx] = ctx.split_action(idx, stay[partial])
         else:
@@ -167,8 +167,8 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     stayed = (partial & (choice == HOLD))[:, None] & want
     no_exit = ~(all_exit | split) & (n_act > 0)  # drained rows need live rows to ride with
     if split.any():
-        no_exit[np.flatnonzero(split)[0]:] = False  # a parking step ends the run (StepOutcome.record cuts there)
+        no_exit[split.nonzero()[0][0]:] = False  # a parking step ends the run (StepOutcome.record cuts there)
     drain = np.zeros(len(no_exit), dtype=bool)
     if no_exit.any():
-        drain[no_exit] = ctx.drain_pays(np.flatnonzero(no_exit))
-    return PolicyDecision(actions, np.zeros_like(act), stayed, drain)
+        drain[no_exit] = ctx.drain_pays(no_exit.nonzero()[0])
+    return PolicyDecision(actions, np.zeros(act.shape, dtype=bool), stayed, drain)

@@ -80,7 +80,7 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     tokens of the same step, which run the deep layers whatever the decode rows do.
     """
     if _few_steps(cost, rows, exiting, context, stay_context, flush_rows):
-        return np.array([_split_one(cost, exit_layer, num_layers, *v, base_tokens, base_attn, parked_steps, drained)
+        return np.array([split_saving_one(cost, exit_layer, num_layers, *v, base_tokens, base_attn, parked_steps, drained)
                          for v in zip(rows.tolist(), exiting.tolist(), context.tolist(), stay_context.tolist(),
                                       flush_rows.tolist())])
     rows = np.asarray(rows, dtype=float)
@@ -147,7 +147,7 @@ def continue_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, e
     pays exactly when the deep layers' cost shrinks with the rows that leave (KV reads, compute-bound steps).
     """
     if _few_steps(cost, rows, exiting, context, stay_context):
-        return np.array([_continue_one(cost, exit_layer, num_layers, *v, base_tokens, base_attn)
+        return np.array([continue_saving_one(cost, exit_layer, num_layers, *v, base_tokens, base_attn)
                          for v in zip(rows.tolist(), exiting.tolist(), context.tolist(), stay_context.tolist())])
     rows = np.asarray(rows, dtype=float)
     staying = rows - exiting
@@ -161,8 +161,9 @@ def continue_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, e
 # Each function below repeats its vectorised namesake's arithmetic for one step, in the same order, through
 # the cost model's *_one methods (an array element's value), so the result is the vectorised one bit for bit
 # (tests/core/test_profitability_one.py); a 0-d call stays a 0-d call, as numpy may round it differently.
-# Beyond FEW_STEPS steps the vectorised call is as fast (measured: 10 us a step in floats, ~130 us a call).
-FEW_STEPS = 8
+# Beyond FEW_STEPS steps the vectorised call is as fast (measured on the Vidur-calibrated roofline: a step in
+# floats 5.6 us to split and 4.7 us to continue, a vectorised call 160 and 70-120 us whatever its length).
+FEW_STEPS = 20
 
 
 def _few_steps(cost: CostModel, *counts) -> bool:
@@ -173,7 +174,7 @@ def _few_steps(cost: CostModel, *counts) -> bool:
             and all(type(c) is np.ndarray and c.shape == shape for c in counts))
 
 
-def _continue_one(cost: CostModel, e: int, L: int, rows, exiting, context, stay_context, base_tokens,
+def continue_saving_one(cost: CostModel, e: int, L: int, rows, exiting, context, stay_context, base_tokens,
                   base_attn) -> float:
     r = float(rows)
     hold = _marginal_one(cost, e, L, r, context, base_tokens, base_attn)
@@ -201,7 +202,7 @@ def _step_one(cost: CostModel, layers: int, rows, context, attn) -> float:
     return t + cost.head_s_one(rows) + cost.step_overhead_s_one(rows)
 
 
-def _split_one(cost: CostModel, e: int, L: int, rows, exiting, context, stay_context, flush_rows, base_tokens,
+def split_saving_one(cost: CostModel, e: int, L: int, rows, exiting, context, stay_context, flush_rows, base_tokens,
                base_attn, parked_steps, drained) -> float:
     rows = float(rows)
     staying = rows - exiting

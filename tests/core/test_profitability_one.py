@@ -42,7 +42,7 @@ def same(a, b):
 def test_split_and_continue_savings_match_the_array_path(models):
     fast, slow = models
     for i, (rows, exiting, ctx, stay_ctx, base, attn, e) in enumerate(cases(0, 200)):
-        m = 1 + i % 9  # one step to a few, and one more than the float path takes
+        m = 1 + i % (prof.FEW_STEPS + 1)  # one step to a few, and one more than the float path takes
         a = lambda v: np.array([v] * m) + np.arange(m) * (v > 0)  # noqa: E731
         for drained in (False, True):
             args = (e, 40, a(rows), a(exiting), a(ctx), a(stay_ctx), a(max(rows - exiting, 3)), base, attn)
