@@ -3,7 +3,8 @@
 Runs the whole ``drex simulate`` command (``sim_speed.run_case``: 10,000 azure-conv requests, llama2-13b on
 h200, exit after layer 20) of this tree and of an earlier checkout alternately, R pairs per threshold, so
 that the shared machine's drift hits both alike; keeps every wall and CPU time and reports the ratio of
-the fastest runs and the median of the pairwise ratios.
+the fastest runs and the median of the pairwise ratios, in wall time and in each child's own CPU time (the
+verdict: on a shared machine other processes stretch wall times far more than CPU times).
 
     git archive 9cb797c | tar -x -C DIR      (9cb797c: before issue 11's decision)
     python benchmarks/decision_speed.py --baseline DIR [--thresholds 0.8,0.3] [--pairs 3]
@@ -48,13 +49,15 @@ def main() -> None:
         median_cpu = statistics.median(p[3] / p[2] for p in pairs)  # each child's own CPU time: less of the noise
         rows.append({"threshold": t, "pairs": pairs, "speed_fastest": round(fastest, 3),
                      "speed_median_pair": round(median, 3), "speed_cpu_median_pair": round(median_cpu, 3),
-                     "early_exit_fraction": ours["early_exit_fraction"], "within_10_percent": median >= 0.9})
+                     "early_exit_fraction": ours["early_exit_fraction"], "within_10_percent": median_cpu >= 0.9})
     args.out.write_text(json.dumps({"baseline": str(args.baseline), "command": ours["command"], "rows": rows},
                                    indent=2) + "\n")
     md = ["# drex's simulator speed against an earlier commit (issue 11: drop at most 10%)\n",
           f"Baseline checkout: `{args.baseline}`; 10,000 azure-conv requests, whole command, pairs run alternately. "
           "Speed = baseline wall / this tree's wall (1.0: as fast); in CPU time the same with each child's own "
-          "CPU seconds (the other cores' load moves it less). Verdict on the median pair's wall time.\n",
+          "CPU seconds. Verdict on the median pair's CPU time: on this 2-core machine, shared, other work "
+          "doubles wall times and moves them by ±30% between runs a minute apart, while the children's CPU "
+          "times stay within a few %.\n",
           "| threshold | early-exit fraction | pairs (this tree s, baseline s) | speed, fastest runs | "
           "speed, median pair | speed in CPU time, median pair | within 10% |", "|---|---:|---|---:|---:|---:|---|"]
     md += [f"| {r['threshold']} | {r['early_exit_fraction']:.3f} | "
