@@ -61,9 +61,9 @@ class ExitDecider:
                 return np.where(go & self._can_park_rows(plan, stay, steps, now, e, step_id), PARK, HOLD).astype(np.int8)
             c = ctx[steps]
             context, stay_context = (c * act).sum(axis=1), (c * stay).sum(axis=1)
-            if len(steps) == 1 and cost.fast_one:  # the commonest call, priced in floats (same bits)
-                counts = (int(rows[0]), int(staying[0]), int(context[0]), int(stay_context[0]))
-                return self._split_action_one(plan, e, int(steps[0]), stay, counts, base, base_attn, now, step_id)
+            if cost.fast_one and len(steps) <= prof.FEW_STEPS:  # the commonest calls, priced in floats
+                return self._split_actions_few(plan, e, steps, stay, (rows, staying, context, stay_context), base,
+                                               base_attn, now, step_id)
             go_s = prof.continue_saving_s(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
             flush_rows = self.buffer.predicted_flush_rows(e, staying, steps, step_id)
             drained, wait = self._park_wait(e, step_id)
@@ -116,11 +116,25 @@ class ExitDecider:
                                      else self.cfg.flush_max_wait_steps, 1)
         return drained, wait
 
-    def _split_action_one(self, plan: StepPlan, e: int, step: int, stay: np.ndarray, counts: tuple[int, ...],
-                          base: int, base_attn: float, now: float, step_id: int) -> np.ndarray:
-        """``split_action`` for one planned step, in floats: the same prices (profitability's one-step
-        functions are its array functions bit for bit), so the same action."""
-        (rows, staying, context, stay_context), L, cost = counts, self.num_layers, self.cost
+    def _split_actions_few(self, plan: StepPlan, e: int, steps: np.ndarray, stay: np.ndarray, counts: tuple,
+                           base: int, base_attn: float, now: float, step_id: int) -> np.ndarray:
+        """``split_action`` for a few planned steps, step by step in floats: the same prices (profitability's
+        one-step functions are its array functions bit for bit), so the same actions, up to the first step
+        that parks. That step ends the run (``StepOutcome.record`` cuts there): the later ones, never read,
+        are left HOLD unpriced."""
+        actions = np.zeros(len(steps), dtype=np.int8)  # HOLD
+        for j, (step, rows, staying, context, stay_context) in enumerate(zip(steps.tolist(),
+                                                                             *(c.tolist() for c in counts))):
+            actions[j] = self._split_action_one(plan, e, step, stay[j:j + 1], rows, staying, context, stay_context,
+                                                base, base_attn, now, step_id)
+            if actions[j] == PARK:
+                break
+        return actions
+
+    def _split_action_one(self, plan: StepPlan, e: int, step: int, stay: np.ndarray, rows: int, staying: int,
+                          context: int, stay_context: int, base: int, base_attn: float, now: float,
+                          step_id: int) -> int:
+        L, cost = self.num_layers, self.cost
         exiting = rows - staying
         go_s = prof.continue_saving_one(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
         flush_rows = int(self.buffer.predicted_flush_rows(e, staying, step, step_id))
@@ -129,8 +143,7 @@ class ExitDecider:
                                        base_attn, wait, drained)
         if park_s > max(go_s, 0.0) and not self._can_park_rows(plan, stay, np.array([step]), now, e, step_id)[0]:
             park_s = -np.inf
-        best = PARK if park_s > go_s else GO
-        return np.array([best if max(park_s, go_s) > 0 else HOLD], dtype=np.int8)
+        return (PARK if park_s > go_s else GO) if max(park_s, go_s) > 0 else HOLD
 
     def _can_park_rows(self, plan: StepPlan, stay: np.ndarray, steps: np.ndarray, now: float,
                        layer: int, step_id: int) -> np.ndarray:
