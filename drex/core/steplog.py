@@ -49,25 +49,45 @@ class StepLog:
         self._sum = array("d")  # each run's durations summed as numpy sums them (the step times depend on it)
         self._dur = array("d")
         self._kinds: list[str] = []
-        self._int = {name: array("q") for name in self._RUN_FIELDS + self._STEP_FIELDS}
+        self._runints = array("q")  # a run's _RUN_FIELDS, one after another
+        self._exited, self._buffered, self._layer_end, self._buffer_size = (array("q") for _ in self._STEP_FIELDS)
 
     def append(self, run: StepRun) -> None:
-        dur = np.asarray(run.durations_s, dtype=float)
+        self.add(run.step, run.replica, run.start_s, run.durations_s, run.kind, run.num_rows, run.num_decode,
+                 run.num_prefill_tokens, run.num_flush, run.num_exited, run.num_buffered, run.layer_end,
+                 run.buffer_size, run.layer_start, run.kv_blocks)
+
+    def add(self, step: int, replica: int, start_s: float, durations_s, kind: str, num_rows: int, num_decode: int,
+            num_prefill_tokens: int, num_flush: int, num_exited, num_buffered, layer_end, buffer_size,
+            layer_start: int = 0, kv_blocks: int = 0) -> None:
+        """``append`` of a StepRun of these fields, without making one (the simulator adds a run per plan)."""
+        dur = durations_s if type(durations_s) is np.ndarray and durations_s.dtype == float else \
+            np.asarray(durations_s, dtype=float)
         k = len(dur)
         self._runs += 1
         self._k.append(k)
-        self._start.append(run.start_s)
-        self._sum.append(dur.sum())
-        self._dur.extend(dur.tolist())
-        self._kinds.append(run.kind)
-        for name in self._RUN_FIELDS:
-            self._int[name].append(getattr(run, name))
-        for name in self._STEP_FIELDS:
-            v = getattr(run, name)
-            if isinstance(v, np.ndarray):
-                self._int[name].extend((v if v.shape == (k,) else np.broadcast_to(v, k)).tolist())
+        self._start.append(start_s)
+        if k == 1:
+            first = float(dur[0])
+            self._sum.append(first)  # the sum of one: itself
+            self._dur.append(first)
+        else:
+            self._sum.append(dur.sum())
+            self._dur.extend(dur.tolist())
+        self._kinds.append(kind)
+        self._runints.extend((step, replica, num_rows, num_decode, num_prefill_tokens, num_flush, layer_start,
+                              kv_blocks))
+        for a, v in ((self._exited, num_exited), (self._buffered, num_buffered), (self._layer_end, layer_end),
+                     (self._buffer_size, buffer_size)):
+            if type(v) is np.ndarray:
+                if k == 1:
+                    a.append(v.item())
+                else:
+                    a.extend((v if v.shape == (k,) else np.broadcast_to(v, k)).tolist())
+            elif k == 1:
+                a.append(v)
             else:
-                self._int[name].extend([v] * k)
+                a.extend([v] * k)
 
     def __len__(self) -> int:
         return len(self._dur)
@@ -82,14 +102,15 @@ class StepLog:
         # Step start times: each run starts at its own start; within a run, after the previous steps.
         run_offset = np.repeat(np.frombuffer(self._start, dtype=float), lengths)
         within = np.cumsum(durations) - np.repeat(np.cumsum(sums) - sums, lengths) - durations
-        first = np.repeat(np.frombuffer(self._int["step"], dtype=np.int64), lengths)
+        runints = np.frombuffer(self._runints, dtype=np.int64).reshape(-1, len(self._RUN_FIELDS))
+        first = np.repeat(runints[:, 0], lengths)
         run_begin = np.repeat(np.cumsum(lengths) - lengths, lengths)
         cols = {"step": first + (np.arange(len(durations)) - run_begin), "time_s": run_offset + within,
                 "kind": np.repeat(np.array(self._kinds, dtype=object), lengths)}
-        for name in self._RUN_FIELDS[1:]:
-            cols[name] = np.repeat(np.frombuffer(self._int[name], dtype=np.int64), lengths)
-        for name in self._STEP_FIELDS:
-            cols[name] = np.frombuffer(self._int[name], dtype=np.int64).copy()
+        for i, name in enumerate(self._RUN_FIELDS[1:], start=1):
+            cols[name] = np.repeat(runints[:, i], lengths)
+        for name, a in zip(self._STEP_FIELDS, (self._exited, self._buffered, self._layer_end, self._buffer_size)):
+            cols[name] = np.frombuffer(a, dtype=np.int64).copy()
         cols["duration_ms"] = durations * 1e3
         return {c: cols[c] for c in COLUMNS}
 

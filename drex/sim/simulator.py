@@ -53,7 +53,8 @@ class Replica:
                 continue
             nxt = sim.next_arrival_s
             result = self.executor.execute(plan, t, nxt)
-            end = t + float(result.durations_s.sum())
+            dur = result.durations_s
+            end = t + (float(dur[0]) if len(dur) == 1 else float(dur.sum()))
             if end >= nxt:  # an arrival lands during this run of steps: let SimPy deliver it first
                 yield env.timeout(end - env.now)
             sched.complete(plan, result, t)
