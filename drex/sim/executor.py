@@ -13,7 +13,7 @@ import numpy as np
 
 from drex.core.step import StepOutcome, StepPlan, StepResult
 from drex.costmodel.base import CostModel
-from drex.costmodel.price import prefill_work, step_s, step_s_one
+from drex.costmodel.price import plain_run_s, prefill_work, step_s, step_s_one
 
 
 class SimExecutor:
@@ -111,10 +111,19 @@ class SimExecutor:
         if k == 1:
             dur = np.array([step_s_one(cost, L, n + pre_tokens, ctx0, pre_attn, n + pre_last, n + len(plan.prefill))])
             return StepResult(dur, StepOutcome.plain(1, n, L) if n else None)
-        ctx = ctx0 + n * np.arange(k)
-        dur = step_s(cost, np.array([[L]]), np.array([[n + pre_tokens]]), np.atleast_1d(ctx)[None, :], pre_attn,
-                     [n + pre_last], n + len(plan.prefill))
-        dur = dur[:_steps_before(dur, now, until)]
+        if cost.fast_one:  # priced step by step, only as far as the next arrival (numpy's cumsum, in order)
+            dur, total = [], 0.0
+            for d in plain_run_s(cost, L, n + pre_tokens, ctx0, n, pre_attn, n + pre_last, n + len(plan.prefill)):
+                dur.append(d)
+                total += d
+                if len(dur) == k or now + total >= until:
+                    break
+            dur = np.array(dur)
+        else:
+            ctx = ctx0 + n * np.arange(k)
+            dur = step_s(cost, np.array([[L]]), np.array([[n + pre_tokens]]), np.atleast_1d(ctx)[None, :], pre_attn,
+                         [n + pre_last], n + len(plan.prefill))
+            dur = dur[:_steps_before(dur, now, until)]
         return StepResult(dur, StepOutcome.plain(len(dur), n, L) if n else None)
 
     def _ideal(self, plan: StepPlan, out: StepOutcome, now: float, until: float, pre_tokens: int,
