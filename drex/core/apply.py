@@ -18,6 +18,31 @@ RUNNING = RequestStatus.RUNNING
 class ApplyMixin:
     """``Scheduler``'s methods that apply a finished run (see ``Scheduler.complete``)."""
 
+    def _complete_mixed_run(self, plan: StepPlan, dur: np.ndarray, start_s: float) -> None:
+        """A run of mixed steps (``_mixed_run``), applied and logged as the single steps it stands for: times
+        added step by step, a log entry per step with the KV blocks its single step held."""
+        peak, used = self._mixed_kv
+        self._mixed_kv = None
+        k, L, n = len(dur), self.num_layers, len(plan.decode_ids)
+        chunks = [*plan.prefill, *plan.later_prefill][:k]
+        r = self.live[chunks[0].request_id]
+        if k < plan.num_steps:  # cut by an arrival: the blocks taken for the steps that did not run go back
+            self._trim_ahead(plan, k)
+            self.blocks.trim(r.request_id, chunks[-1].start + chunks[-1].num_tokens)
+            r.kv_tokens = self.blocks.capacity_tokens(r.request_id)
+            self.blocks.peak_used = max(peak, used[k - 1])
+        ends = np.cumsum(np.concatenate([[start_s], dur]))[1:]  # ((start + d0) + d1) + ...: single steps' times
+        self.log.add_single_steps(self.step_id, self.replica, [start_s, *ends[:-1].tolist()], dur.tolist(), "mixed",
+                                  n + 1, n, [ch.num_tokens for ch in chunks], L, used)
+        finished_before = len(self.finished)
+        r.num_prefilled = chunks[-1].start + chunks[-1].num_tokens
+        if chunks[-1].last:
+            self._emit(r, 1, float(ends[-1]), L, 0, 0, 0)
+        self._apply_full_depth([self.live[i] for i in plan.decode_ids], ends, gaps_first=True)
+        if len(self.finished) != finished_before:
+            self.running = [x for x in self.running if x.status == RUNNING]
+        self.step_id += k
+
     def _apply_decode(self, plan: StepPlan, out, ends: np.ndarray, starts: np.ndarray, offset_s) -> None:
         k = out.num_steps
         emitted = ~out.buffered
@@ -51,13 +76,18 @@ class ApplyMixin:
             self._rejoin(self.buffer.take(out.drain_layer, self.step_id + k - 1), float(ends[k - 1]))
             self.num_drains += 1
 
-    def _apply_full_depth(self, rows: list[Request], ends: np.ndarray) -> None:
-        """Fast path: every row emitted a token from the last layer at every step."""
+    def _apply_full_depth(self, rows: list[Request], ends: np.ndarray, gaps_first: bool = False) -> None:
+        """Fast path: every row emitted a token from the last layer at every step. Inter-token latencies: the
+        later steps' first, then the first step's (a run of decode steps); ``gaps_first``: in step order (a
+        run of mixed steps, recorded as its single steps record them)."""
         k = len(ends)
-        last = float(ends[-1])
+        last, first = float(ends[-1]), float(ends[0])
+        if gaps_first:
+            self.itl_s.extend_values([first - r.last_token_s for r in rows])
         if k > 1:
-            self.itl_s.append(np.repeat(np.diff(ends), len(rows)))
-        self.itl_s.append(float(ends[0]) - np.array([r.last_token_s for r in rows]))
+            self.itl_s.append(np.repeat(ends[1:] - ends[:-1], len(rows)))  # (np.diff)
+        if not gaps_first:
+            self.itl_s.extend_values([first - r.last_token_s for r in rows])
         layers = k * self.num_layers
         for r in rows:
             r.num_generated += k

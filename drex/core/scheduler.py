@@ -52,12 +52,15 @@ class Scheduler(ApplyMixin):
         self.buffer = RebatchBuffer(cfg)  # exit layer -> parked rows, oldest first
         self.finished: list[Request] = []
         self.live: dict[int, Request] = {}  # admitted or queued, not finished
-        self.itl_s: list[np.ndarray] = ChunkedArrays()  # inter-token latencies, a chunk per run of steps
+        self.itl_s: list[np.ndarray] = ChunkedArrays()  # inter-token latencies, in order
         self.step_id = 0
         self.art = prof.ArtAverages()
         self.log = StepLog()
         self.num_rebatches = self.num_flushes = self.num_drains = self.num_preemptions = 0
         self.recorder = recorder
+        # Plan runs of mixed steps (an executor that runs StepPlan.later_prefill: the simulator's sets this).
+        self.mixed_runs = False
+        self._mixed_kv: tuple[int, list[int]] | None = None  # a planned mixed run: peak before it, KV per step
         self._released: list[int] = []  # requests whose KV blocks were freed since the last plan
         self.decider = ExitDecider(ee, cfg, cost, self.policy, self.num_layers, self.exits, self.buffer, self.live,
                                    self.art)
@@ -129,8 +132,8 @@ class Scheduler(ApplyMixin):
         free = self.blocks.num_free
         if headroom:
             # A decode row holds slots for all but at most its next token: it needs one block or none.
-            free -= self.watermark_blocks + sum(r.prompt_tokens + r.num_generated > r.kv_tokens
-                                                for r in self.running if not r.in_prefill)
+            free -= self.watermark_blocks + sum([r.prompt_tokens + r.num_generated > r.kv_tokens
+                                                 for r in self.running if r.num_prefilled >= r.prefill_target])
         while self.waiting and room > 0:
             req = self.waiting[0]
             first_chunk = min(self.cfg.chunk_size, req.prompt_tokens + req.num_generated)
@@ -179,6 +182,8 @@ class Scheduler(ApplyMixin):
         plan = StepPlan(self.step_id, kind, ids, chunks, decode_context=context, decode_token_index=generated)
         if kind == "decode":
             plan.num_steps = self._lookahead(decode, context)
+        elif kind == "mixed" and self.mixed_runs and len(chunks) == 1:
+            self._mixed_run(plan, decode, len(prefilling) > 1)
         if self.buffer:
             self.buffer.attach_drain(plan, max(self.exits, default=0))
         plan.skip_exits = self.decider.skip.skips(plan)
@@ -229,6 +234,41 @@ class Scheduler(ApplyMixin):
             self._grow(r, r.prompt_tokens + r.num_generated + k - 1)
         return k
 
+    def _mixed_run(self, plan: StepPlan, decode: list[Request], others: bool) -> None:
+        """Mixed steps planned at once: the same decode rows beside the next chunks of one prompt, each filling
+        the token budget (its last chunk too, unless it leaves budget to ``others`` in prefill), while nothing
+        else can change: no exit points, nothing parked, no admission, no decode row finishing before the run
+        ends. Blocks are taken step by step as single steps take them; ``complete`` logs and times the steps as
+        single steps (outputs stay byte-identical)."""
+        first = plan.prefill[0]
+        r = self.live[first.request_id]
+        budget = self.cfg.chunk_size - len(decode)
+        if (first.last or first.num_tokens != budget or r.num_generated or self.exits or self.buffer
+                or self.recorder is not None
+                or (self.waiting and len(self.running) + self.num_buffered < self.cfg.max_batch_size)):
+            return
+        steps = min(self.cfg.max_lookahead_steps, min([x.output_tokens - x.num_generated for x in decode]))
+        used, start, blocks = [self.blocks.num_used], first.start + first.num_tokens, self.blocks
+        peak = blocks.peak_used
+        while len(used) < steps and start < r.prefill_target:
+            j, n = len(used), min(budget, r.prefill_target - start)
+            if n < budget and others:
+                break  # the budget this last chunk leaves goes to another prompt: a step of another shape
+            # A decode row's next token needs a block when its step-(j-1) token filled its last one.
+            grow = [x for x in decode if x.prompt_tokens + x.num_generated + j > x.kv_tokens]
+            if len(grow) + blocks.needed(r.request_id, start + n) > blocks.num_free:
+                break  # (this step would run without its chunk, or preempt)
+            for x in grow:  # as _pack takes them: the decode rows' next token, then the chunk
+                self._grow(x, x.prompt_tokens + x.num_generated + j)
+            if start + n > r.kv_tokens:
+                self._grow(r, start + n)
+            used.append(blocks.num_used)
+            plan.later_prefill.append(PrefillChunk(r.request_id, start, n, start + n == r.prefill_target))
+            start += n
+        if plan.later_prefill:
+            plan.num_steps = len(used)
+            self._mixed_kv = (peak, used)
+
         # -- the rebatching buffer ----------------------------------------------------------------
 
     def _flush_due(self, rows: list[Request], now: float) -> bool:
@@ -265,6 +305,9 @@ class Scheduler(ApplyMixin):
         if type(dur) is not np.ndarray or dur.dtype != float:
             dur = np.asarray(dur, dtype=float)
         k = len(dur)
+        if plan.later_prefill:
+            self._complete_mixed_run(plan, dur, start_s)
+            return
         if self.recorder is not None:
             self.recorder.completed(plan, k)
         self.decider.skip.commit(k)

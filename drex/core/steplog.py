@@ -89,6 +89,25 @@ class StepLog:
             else:
                 a.extend([v] * k)
 
+    def add_single_steps(self, step: int, replica: int, starts: list[float], durations_s: list[float], kind: str,
+                         num_rows: int, num_decode: int, num_prefill_tokens: list[int], layer_end: int,
+                         kv_blocks: list[int]) -> None:
+        """``add`` of len(starts) runs of one step each (no flush, exits or parked rows): a run of mixed steps
+        logged as the single steps it stands for."""
+        k = len(starts)
+        self._runs += k
+        self._k.extend([1] * k)
+        self._start.extend(starts)
+        self._sum.extend(durations_s)
+        self._dur.extend(durations_s)
+        self._kinds.extend([kind] * k)
+        for j in range(k):
+            self._runints.extend((step + j, replica, num_rows, num_decode, num_prefill_tokens[j], 0, 0, kv_blocks[j]))
+        self._exited.extend([0] * k)
+        self._buffered.extend([0] * k)
+        self._layer_end.extend([layer_end] * k)
+        self._buffer_size.extend([0] * k)
+
     def __len__(self) -> int:
         return len(self._dur)
 
@@ -116,21 +135,17 @@ class StepLog:
 
 
 class ChunkedArrays(list):
-    """A list of small arrays that joins every ``every`` appended ones into one: np.concatenate of it gives the
-    same array, and a long run holds a few large arrays instead of millions of small ones (~100 bytes each)."""
-
-    def __init__(self, every: int = 4096) -> None:
-        super().__init__()
-        self._every, self._joined = every, 0
+    """Values appended array by array (or as a list of floats), kept in order in one growing ``array('d')`` (8
+    bytes a value: a long run's millions of small arrays would hold ~100 bytes each): the list holds that one
+    array, so np.concatenate of it gives every value appended, in order."""
 
     def append(self, a) -> None:
-        super().append(a)
-        if len(self) - self._joined >= self._every:
-            tail = np.concatenate(self[self._joined:])
-            del self[self._joined:]
-            super().append(tail)
-            self._joined += 1
+        if not self:
+            super().append(array("d"))
+        self[0].frombytes(np.ascontiguousarray(a, dtype=float).tobytes())
 
-    def clear(self) -> None:
-        super().clear()
-        self._joined = 0
+    def extend_values(self, values: list[float]) -> None:
+        """``append(np.array(values))``, without making the array."""
+        if not self:
+            super().append(array("d"))
+        self[0].extend(values)

@@ -108,6 +108,8 @@ class SimExecutor:
         cost, L = self.cost, self.num_layers
         k, n = plan.num_steps, len(plan.decode_ids)
         ctx0 = float(sum(plan.decode_context))
+        if plan.later_prefill:
+            return self._mixed_run(plan, now, until, ctx0)
         if k == 1:
             dur = np.array([step_s_one(cost, L, n + pre_tokens, ctx0, pre_attn, n + pre_last, n + len(plan.prefill))])
             return StepResult(dur, StepOutcome.plain(1, n, L) if n else None)
@@ -125,6 +127,19 @@ class SimExecutor:
                          [n + pre_last], n + len(plan.prefill))
             dur = dur[:_steps_before(dur, now, until)]
         return StepResult(dur, StepOutcome.plain(len(dur), n, L) if n else None)
+
+    def _mixed_run(self, plan: StepPlan, now: float, until: float, ctx0: float) -> StepResult:
+        """A run of mixed steps (StepPlan.later_prefill), each priced as the single step it stands for, cut at
+        the step in which the next arrival lands (times added step by step, as single steps add them)."""
+        cost, L, n = self.cost, self.num_layers, len(plan.decode_ids)
+        dur, end = [], now
+        for j, chunk in enumerate([*plan.prefill, *plan.later_prefill]):
+            tokens, attn, last = prefill_work([chunk])
+            dur.append(step_s_one(cost, L, n + tokens, ctx0 + n * j, attn, n + last, n + 1))
+            end += dur[-1]
+            if end >= until:
+                break
+        return StepResult(np.array(dur), StepOutcome.plain(len(dur), n, L))
 
     def _ideal(self, plan: StepPlan, out: StepOutcome, now: float, until: float, pre_tokens: int,
                pre_attn: float, pre_last: int) -> StepResult:

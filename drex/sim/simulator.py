@@ -88,7 +88,12 @@ class Replica:
             nxt = sim.next_arrival_s
             result = self.executor.execute(plan, t, nxt)
             dur = result.durations_s
-            end = t + (float(dur[0]) if len(dur) == 1 else float(dur.sum()))
+            if plan.later_prefill:  # a run of mixed steps stands for single steps: their times add one by one
+                end = t
+                for d in dur.tolist():
+                    end += d
+            else:
+                end = t + (float(dur[0]) if len(dur) == 1 else float(dur.sum()))
             if end >= nxt:  # an arrival lands during this run of steps: let SimPy deliver it first
                 yield env.timeout(end - env.now)
             sched.complete(plan, result, t)
@@ -115,6 +120,7 @@ class Simulation:
         self.replicas = []
         for i in range(cfg.replicas):
             sched = Scheduler(self.shape, cfg.ee, cfg.scheduler, self.cost, blocks, replica=i, recorder=recorder)
+            sched.mixed_runs = True  # SimExecutor runs them
             self.replicas.append(Replica(i, sched, SimExecutor(sched, self.cost, self.source), self))
         self.workload = workload
         self.requests = [Request(w.request_id, w.arrival_s, w.prompt_tokens, w.output_tokens, w.slo_ttft_ms,
