@@ -58,8 +58,9 @@ class Scheduler(ApplyMixin):
         self.log = StepLog()
         self.num_rebatches = self.num_flushes = self.num_drains = self.num_preemptions = 0
         self.recorder = recorder
-        # Plan runs of mixed steps (an executor that runs StepPlan.later_prefill: the simulator's sets this).
-        self.mixed_runs = False
+        # The executor holds no KV and runs StepPlan.later_prefill (the simulator's sets this): plan runs of
+        # mixed steps, and take a planned run's blocks once its steps ran (counted when planned).
+        self.kv_free_executor = False
         self._mixed_kv: tuple[int, list[int]] | None = None  # a planned mixed run: peak before it, KV per step
         self._released: list[int] = []  # requests whose KV blocks were freed since the last plan
         self.decider = ExitDecider(ee, cfg, cost, self.policy, self.num_layers, self.exits, self.buffer, self.live,
@@ -182,7 +183,7 @@ class Scheduler(ApplyMixin):
         plan = StepPlan(self.step_id, kind, ids, chunks, decode_context=context, decode_token_index=generated)
         if kind == "decode":
             plan.num_steps = self._lookahead(decode, context)
-        elif kind == "mixed" and self.mixed_runs and len(chunks) == 1:
+        elif kind == "mixed" and self.kv_free_executor and len(chunks) == 1:
             self._mixed_run(plan, decode, len(prefilling) > 1)
         if self.buffer:
             self.buffer.attach_drain(plan, max(self.exits, default=0))
@@ -226,10 +227,14 @@ class Scheduler(ApplyMixin):
         if k <= 1:
             return 1
         short = [r for r in decode if r.prompt_tokens + r.num_generated + k - 1 > r.kv_tokens]
-        need = sum(self.blocks.needed(r.request_id, r.prompt_tokens + r.num_generated + k - 1) for r in short)
+        bs = self.blocks.block_size  # (a row's kv_tokens is its blocks' capacity: blocks.needed, inlined)
+        need = sum([-(-(r.prompt_tokens + r.num_generated + k - 1) // bs) - r.kv_tokens // bs for r in short])
         if need > self.blocks.num_free - len(decode):
             # Do not take blocks ahead under memory pressure: run only as far as the blocks held go.
             return max(1, min(k, *(r.kv_tokens - r.prompt_tokens - r.num_generated + 1 for r in decode)))
+        if self.kv_free_executor:  # taken in complete, for the steps that ran; the peak counts them now
+            self.blocks.peak_used = max(self.blocks.peak_used, self.blocks.num_used + need)
+            return k
         for r in short:
             self._grow(r, r.prompt_tokens + r.num_generated + k - 1)
         return k
@@ -313,6 +318,8 @@ class Scheduler(ApplyMixin):
         self.decider.skip.commit(k)
         if k < plan.num_steps:
             self._trim_ahead(plan, k)
+        if self.kv_free_executor and plan.num_steps > 1:
+            self._take_run_blocks(plan, k)
         if result.tokens:
             for rid, tokens in result.tokens.items():
                 self.live[rid].tokens.extend(tokens)
@@ -355,6 +362,14 @@ class Scheduler(ApplyMixin):
                      n_buffered, layer_end, self._buffer_sizes(k, buffered_before),
                      plan.flush_layer if plan.kind == "flush" else 0, kv_blocks)
         self.step_id += k
+
+    def _take_run_blocks(self, plan: StepPlan, k: int) -> None:
+        """kv_free_executor: the blocks each decode row's k steps needed, taken now (what ``_lookahead`` would
+        have taken and ``_trim_ahead`` left)."""
+        for rid, generated in zip(plan.decode_ids, plan.decode_token_index):
+            r = self.live.get(rid)
+            if r is not None and r.prompt_tokens + generated + k - 1 > r.kv_tokens:
+                self._grow(r, r.prompt_tokens + generated + k - 1)
 
     def _trim_ahead(self, plan: StepPlan, k: int) -> None:
         """A planned run cut after k steps gives back the blocks ``_lookahead`` took for the steps that did not

@@ -55,7 +55,7 @@ class StepPlan:
     released_ids: list[int] = field(default_factory=list)
     block_tables: dict[int, list[int]] | None = None
     # A run of mixed steps (num_steps > 1 with prefill; the simulator's executor only, see
-    # Scheduler.mixed_runs): the one prefill chunk of each step after the first, whose chunk is ``prefill``.
+    # Scheduler.kv_free_executor): the one prefill chunk of each step after the first, whose chunk is ``prefill``.
     later_prefill: list[PrefillChunk] = field(default_factory=list)
 
     @property

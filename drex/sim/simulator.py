@@ -120,7 +120,7 @@ class Simulation:
         self.replicas = []
         for i in range(cfg.replicas):
             sched = Scheduler(self.shape, cfg.ee, cfg.scheduler, self.cost, blocks, replica=i, recorder=recorder)
-            sched.mixed_runs = True  # SimExecutor runs them
+            sched.kv_free_executor = True  # SimExecutor: no KV held, mixed runs run
             self.replicas.append(Replica(i, sched, SimExecutor(sched, self.cost, self.source), self))
         self.workload = workload
         self.requests = [Request(w.request_id, w.arrival_s, w.prompt_tokens, w.output_tokens, w.slo_ttft_ms,

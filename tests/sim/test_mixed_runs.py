@@ -18,7 +18,7 @@ def _run(cfg, work, mixed_runs: bool, tmp_path, name):
     sim = simulator.Simulation(cfg, work)
     planned = []
     for rep in sim.replicas:
-        rep.sched.mixed_runs = mixed_runs
+        rep.sched.kv_free_executor = mixed_runs
         execute = rep.executor.execute
 
         def counted(plan, now, until=np.inf, execute=execute):
