@@ -50,7 +50,7 @@ class StepLog:
         self._dur = array("d")
         self._kinds: list[str] = []
         self._runints = array("q")  # a run's _RUN_FIELDS, one after another
-        self._exited, self._buffered, self._layer_end, self._buffer_size = (array("q") for _ in self._STEP_FIELDS)
+        self._stepints = array("q")  # each step's _STEP_FIELDS, one after another
 
     def append(self, run: StepRun) -> None:
         self.add(run.step, run.replica, run.start_s, run.durations_s, run.kind, run.num_rows, run.num_decode,
@@ -77,17 +77,12 @@ class StepLog:
         self._kinds.append(kind)
         self._runints.extend((step, replica, num_rows, num_decode, num_prefill_tokens, num_flush, layer_start,
                               kv_blocks))
-        for a, v in ((self._exited, num_exited), (self._buffered, num_buffered), (self._layer_end, layer_end),
-                     (self._buffer_size, buffer_size)):
-            if type(v) is np.ndarray:
-                if k == 1:
-                    a.append(v.item())
-                else:
-                    a.extend((v if v.shape == (k,) else np.broadcast_to(v, k)).tolist())
-            elif k == 1:
-                a.append(v)
-            else:
-                a.extend([v] * k)
+        if (type(num_exited) is not np.ndarray and type(num_buffered) is not np.ndarray
+                and type(layer_end) is not np.ndarray and type(buffer_size) is not np.ndarray):
+            self._stepints.extend((num_exited, num_buffered, layer_end, buffer_size) * k)
+        else:  # one row per step, the scalars repeated
+            self._stepints.extend(np.stack([np.broadcast_to(v, k) for v in (num_exited, num_buffered, layer_end,
+                                                                             buffer_size)], axis=1).ravel().tolist())
 
     def add_single_steps(self, step: int, replica: int, starts: list[float], durations_s: list[float], kind: str,
                          num_rows: int, num_decode: int, num_prefill_tokens: list[int], layer_end: int,
@@ -103,10 +98,7 @@ class StepLog:
         self._kinds.extend([kind] * k)
         for j in range(k):
             self._runints.extend((step + j, replica, num_rows, num_decode, num_prefill_tokens[j], 0, 0, kv_blocks[j]))
-        self._exited.extend([0] * k)
-        self._buffered.extend([0] * k)
-        self._layer_end.extend([layer_end] * k)
-        self._buffer_size.extend([0] * k)
+        self._stepints.extend((0, 0, layer_end, 0) * k)
 
     def __len__(self) -> int:
         return len(self._dur)
@@ -128,8 +120,9 @@ class StepLog:
                 "kind": np.repeat(np.array(self._kinds, dtype=object), lengths)}
         for i, name in enumerate(self._RUN_FIELDS[1:], start=1):
             cols[name] = np.repeat(runints[:, i], lengths)
-        for name, a in zip(self._STEP_FIELDS, (self._exited, self._buffered, self._layer_end, self._buffer_size)):
-            cols[name] = np.frombuffer(a, dtype=np.int64).copy()
+        stepints = np.frombuffer(self._stepints, dtype=np.int64).reshape(-1, len(self._STEP_FIELDS))
+        for i, name in enumerate(self._STEP_FIELDS):
+            cols[name] = stepints[:, i].copy()
         cols["duration_ms"] = durations * 1e3
         return {c: cols[c] for c in COLUMNS}
 
