@@ -61,19 +61,17 @@ class BetaConfidence:
         self._tables = None  # inverse CDF tables, made at the first draw (a run without exits never draws)
         self.name = "beta:" + "/".join(f"{a:g},{b:g}" for a, b in params)
 
-    @property
-    def _ppf(self) -> list[np.ndarray]:
+    def _make_tables(self) -> list[np.ndarray]:
         """Inverse CDF tables, one per exit point: a draw is one hash and one interpolation. Made on first use:
         scipy's import (~0.1 s) is paid only by a run that draws."""
-        if self._tables is None:
-            from scipy.special import betaincinv
+        from scipy.special import betaincinv
 
-            self._tables = [betaincinv(a, b, self._GRID) for a, b in self.params]
+        self._tables = [betaincinv(a, b, self._GRID) for a, b in self.params]
         return self._tables
 
     def confidence(self, request_ids, token_index, exit_index: int) -> np.ndarray:
         u = uniform_hash(self.seed, request_ids, token_index, exit_index)
-        return np.interp(u, self._GRID, self._ppf[exit_index])
+        return np.interp(u, self._GRID, (self._tables or self._make_tables())[exit_index])
 
 
 class TraceConfidence:

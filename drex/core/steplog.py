@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from array import array
+from itertools import chain
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,12 +78,15 @@ class StepLog:
         self._kinds.append(kind)
         self._runints.extend((step, replica, num_rows, num_decode, num_prefill_tokens, num_flush, layer_start,
                               kv_blocks))
-        if (type(num_exited) is not np.ndarray and type(num_buffered) is not np.ndarray
-                and type(layer_end) is not np.ndarray and type(buffer_size) is not np.ndarray):
-            self._stepints.extend((num_exited, num_buffered, layer_end, buffer_size) * k)
+        values = (num_exited, num_buffered, layer_end, buffer_size)
+        if k == 1:
+            self._stepints.extend([v.item() if type(v) is np.ndarray else v for v in values])
+        elif not any([type(v) is np.ndarray for v in values]):
+            self._stepints.extend(values * k)
         else:  # one row per step, the scalars repeated
-            self._stepints.extend(np.stack([np.broadcast_to(v, k) for v in (num_exited, num_buffered, layer_end,
-                                                                             buffer_size)], axis=1).ravel().tolist())
+            per_step = [(v.tolist() if v.shape == (k,) else [v.item()] * k) if type(v) is np.ndarray else [v] * k
+                        for v in values]
+            self._stepints.extend(chain.from_iterable(zip(*per_step)))
 
     def add_single_steps(self, step: int, replica: int, starts: list[float], durations_s: list[float], kind: str,
                          num_rows: int, num_decode: int, num_prefill_tokens: list[int], layer_end: int,

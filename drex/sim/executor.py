@@ -37,6 +37,7 @@ class SimExecutor:
         # from the run it replays. Off: state copy, priced as one scatter a step.
         self.recompute_fill = False
         self._pending: dict[int, int] = {}  # request id -> exit layer of its last token, not yet recomputed
+        self._segment_cache: dict[int, tuple] = {}
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
@@ -67,8 +68,7 @@ class SimExecutor:
         ctx = np.asarray(plan.decode_context, dtype=float)[None, :] + np.arange(k)[:, None]
         depth = np.where(out.computing, L, out.reach)
         drain_rows = len(plan.drain_ids) if out.drain_layer >= 0 else 0
-        bounds = np.array(sorted({0, L, *self.exits, *([out.drain_layer] if drain_rows else [])}))
-        lo, hi = bounds[:-1], bounds[1:]
+        lo, hi, seg = self._segments(out.drain_layer if drain_rows else -1)
         # Rows still going through each segment [lo, hi) of layers, per step: one cost-model call for all.
         going = depth[None, :, :] >= hi[:, None, None]
         rows = going.sum(axis=2) + float(pre_tokens)
@@ -83,7 +83,7 @@ class SimExecutor:
         else:
             head_rows = [h[:k] for h in head_rows] + [top_rows]
         kv_rows, kv_layers = (None, None) if self.recompute_fill else self._kv_fill(out)
-        dur = step_s(cost, (hi - lo)[:, None], rows, c, pre_attn, head_rows, n + len(plan.prefill),
+        dur = step_s(cost, seg, rows, c, pre_attn, head_rows, n + len(plan.prefill),
                      out.buffered.sum(axis=1), kv_rows, kv_layers)
         if self.recompute_fill:
             dur = dur + self._recompute_s(plan.decode_ids, out, ctx)
@@ -101,6 +101,17 @@ class SimExecutor:
             frac = np.where(out.exited, out.reach / L, 1.0)
             result.token_offset_s = dur[:, None] * frac
         return result
+
+    def _segments(self, drain_layer: int):
+        """Layer segments [lo, hi) between the exit points (and the drain layer, when >= 0), and their lengths as
+        a column: made once per drain layer (read only)."""
+        segments = self._segment_cache.get(drain_layer)
+        if segments is None:
+            L = self.num_layers
+            bounds = np.array(sorted({0, L, *self.exits, *([drain_layer] if drain_layer >= 0 else [])}))
+            lo, hi = bounds[:-1], bounds[1:]
+            segments = self._segment_cache[drain_layer] = (lo, hi, (hi - lo)[:, None])
+        return segments
 
     def _plain(self, plan: StepPlan, now: float, until: float, pre_tokens: int, pre_attn: float,
                pre_last: int) -> StepResult:
