@@ -21,7 +21,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from scipy.special import betaincinv
 
 from drex import REPO_ROOT
 from drex.traces import TraceError, number_field
@@ -59,13 +58,20 @@ class BetaConfidence:
                 raise ValueError(f"beta confidence: parameters must be positive, got ({a}, {b})")
         self.params = params
         self.seed = seed
-        # Inverse CDF tables: a draw is one hash and one interpolation.
-        self._ppf = [betaincinv(a, b, self._GRID) for a, b in params]
+        self._tables = None  # inverse CDF tables, made at the first draw (a run without exits never draws)
         self.name = "beta:" + "/".join(f"{a:g},{b:g}" for a, b in params)
+
+    def _make_tables(self) -> list[np.ndarray]:
+        """Inverse CDF tables, one per exit point: a draw is one hash and one interpolation. Made on first use:
+        scipy's import (~0.1 s) is paid only by a run that draws."""
+        from scipy.special import betaincinv
+
+        self._tables = [betaincinv(a, b, self._GRID) for a, b in self.params]
+        return self._tables
 
     def confidence(self, request_ids, token_index, exit_index: int) -> np.ndarray:
         u = uniform_hash(self.seed, request_ids, token_index, exit_index)
-        return np.interp(u, self._GRID, self._ppf[exit_index])
+        return np.interp(u, self._GRID, (self._tables or self._make_tables())[exit_index])
 
 
 class TraceConfidence:

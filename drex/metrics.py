@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from drex.core.request import Request, RequestStatus
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REQUEST_COLUMNS = ("request_id", "replica", "arrival_s", "prompt_tokens", "output_tokens", "status", "reason",
                    "ttft_ms", "e2el_ms", "tpot_ms", "generated_tokens", "early_exits", "involuntary_exits",
@@ -40,7 +44,27 @@ def run_fields(schedulers, num_blocks: int, cost_name: str, source_name: str, cf
             "threshold": cfg.ee.threshold, "replicas": cfg.replicas, "seed": cfg.seed}
 
 
-def request_records(requests: list[Request]) -> pd.DataFrame:
+class Columns(dict):
+    """Named columns of equal length (numpy arrays), typed as a DataFrame of them would be: the simulator's
+    records before anyone asks for a DataFrame (``frame``). ``drex simulate`` summarises and writes them without
+    pandas, whose import alone is ~0.15 s of the command."""
+
+    @property
+    def num_rows(self) -> int:
+        return len(next(iter(self.values()))) if self else 0
+
+    def frame(self) -> "pd.DataFrame":
+        import pandas as pd
+
+        return pd.DataFrame(self)
+
+
+def request_records(requests: list[Request]) -> "pd.DataFrame":
+    return request_columns(requests).frame()
+
+
+def request_columns(requests: list[Request]) -> Columns:
+    """requests.csv's columns, one row per request in id order (dtypes as pandas infers them from the rows)."""
     rows = []
     for r in sorted(requests, key=lambda r: r.request_id):
         done = r.status == RequestStatus.FINISHED
@@ -53,8 +77,33 @@ def request_records(requests: list[Request]) -> pd.DataFrame:
                      r.reject_reason, ttft, (r.finish_s - r.arrival_s) * 1e3 if done else math.nan, tpot,
                      r.num_generated, r.num_early_exits, r.num_involuntary_exits, r.num_involuntary_stays,
                      r.sum_exit_layer / r.num_generated if r.num_generated else math.nan, r.num_preemptions,
-                     r.slo_ttft_ms, r.slo_tpot_ms, slo_met))
-    return pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
+                     r.slo_ttft_ms, r.slo_tpot_ms, bool(slo_met)))
+    if not rows:  # as pandas makes a frame of no rows: every column object
+        return Columns((name, np.array([], dtype=object)) for name in REQUEST_COLUMNS)
+    return Columns((name, _typed(name, values)) for name, values in zip(REQUEST_COLUMNS, zip(*rows)))
+
+
+_FLOAT_COLUMNS = {"arrival_s", "ttft_ms", "e2el_ms", "tpot_ms", "mean_exit_layer"}
+
+
+def _typed(name: str, values: tuple) -> np.ndarray:
+    """A column as pandas types it from Python values: ints int64, floats float64, strings str, booleans bool;
+    an optional number (the SLOs) float64 with NaN for None, int64 if all are ints, object if all are None."""
+    if name in _FLOAT_COLUMNS:
+        return np.array(values, dtype=float)
+    if name in ("status", "reason"):
+        return np.array(values, dtype=object)
+    if name == "slo_met":
+        return np.array(values, dtype=bool)
+    if name.startswith("slo_"):
+        given = [v for v in values if v is not None]
+        if not given or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                for v in given):
+            return np.array(values, dtype=object)
+        if len(given) == len(values) and all(isinstance(v, (int, np.integer)) for v in given):
+            return np.array(values, dtype=np.int64)
+        return np.array([math.nan if v is None else v for v in values], dtype=float)
+    return np.array(values, dtype=np.int64)
 
 
 def _stats(prefix: str, values: np.ndarray, own: bool = False) -> dict[str, float]:
@@ -70,37 +119,55 @@ def _stats(prefix: str, values: np.ndarray, own: bool = False) -> dict[str, floa
             f"p99_{prefix}_ms": float(np.percentile(v, 99, overwrite_input=own))}
 
 
-def summarize(req: pd.DataFrame, steps: pd.DataFrame, itl_s: np.ndarray, extra: dict) -> dict:
-    done = req[req.status == RequestStatus.FINISHED.value]
-    start = float(req.arrival_s.min()) if len(req) else 0.0
-    end = float((done.arrival_s + done.e2el_ms / 1e3).max()) if len(done) else start
+def _col(table, name: str) -> np.ndarray:
+    """A column of a DataFrame or of Columns, as a numpy array."""
+    c = table[name]
+    return c if isinstance(c, np.ndarray) else c.to_numpy()
+
+
+def _given(values: np.ndarray) -> np.ndarray:
+    """notna: not None and not NaN."""
+    if values.dtype.kind == "f":
+        return ~np.isnan(values)
+    return np.array([v is not None and v == v for v in values.tolist()], dtype=bool)
+
+
+def summarize(req, steps, itl_s: np.ndarray, extra: dict) -> dict:
+    """The run's metrics from its request and step records (DataFrames, or Columns)."""
+    finished = _col(req, "status") == RequestStatus.FINISHED.value
+    done = {c: _col(req, c)[finished] for c in ("arrival_s", "e2el_ms", "prompt_tokens", "generated_tokens",
+                                                "ttft_ms", "tpot_ms", "early_exits", "mean_exit_layer")}
+    n_req, n_done = len(finished), int(finished.sum())
+    start = float(_col(req, "arrival_s").min()) if n_req else 0.0
+    end = float((done["arrival_s"] + done["e2el_ms"] / 1e3).max()) if n_done else start
     duration = max(end - start, 1e-12)
-    out_tokens = int(done.generated_tokens.sum())
-    s = {"completed": int(len(done)), "failed": int(len(req) - len(done)), "duration": duration,
-         "total_input_tokens": int(done.prompt_tokens.sum()), "total_output_tokens": out_tokens,
-         "request_throughput": len(done) / duration, "output_throughput": out_tokens / duration,
-         "total_token_throughput": (out_tokens + int(done.prompt_tokens.sum())) / duration}
-    s |= _stats("ttft", done.ttft_ms.to_numpy())
-    s |= _stats("tpot", done.tpot_ms.to_numpy())
+    out_tokens = int(done["generated_tokens"].sum())
+    s = {"completed": n_done, "failed": n_req - n_done, "duration": duration,
+         "total_input_tokens": int(done["prompt_tokens"].sum()), "total_output_tokens": out_tokens,
+         "request_throughput": n_done / duration, "output_throughput": out_tokens / duration,
+         "total_token_throughput": (out_tokens + int(done["prompt_tokens"].sum())) / duration}
+    s |= _stats("ttft", done["ttft_ms"])
+    s |= _stats("tpot", done["tpot_ms"])
     s |= _stats("itl", np.asarray(itl_s) * 1e3, own=True)
-    s |= _stats("e2el", done.e2el_ms.to_numpy())
-    if req.slo_ttft_ms.notna().any() or req.slo_tpot_ms.notna().any():
-        s["request_goodput"] = int(req.slo_met.sum()) / duration
+    s |= _stats("e2el", done["e2el_ms"])
+    if _given(_col(req, "slo_ttft_ms")).any() or _given(_col(req, "slo_tpot_ms")).any():
+        s["request_goodput"] = int(_col(req, "slo_met").sum()) / duration
     total = max(out_tokens, 1)
-    s |= {"early_exit_fraction": int(done.early_exits.sum()) / total,
-          "involuntary_exits": int(req.involuntary_exits.sum()),
-          "involuntary_stays": int(req.involuntary_stays.sum()),
-          "mean_exit_layer": float((done.mean_exit_layer * done.generated_tokens).sum() / total),
-          "num_steps": int(len(steps)),
+    preemptions = _col(req, "preemptions")
+    s |= {"early_exit_fraction": int(done["early_exits"].sum()) / total,
+          "involuntary_exits": int(_col(req, "involuntary_exits").sum()),
+          "involuntary_stays": int(_col(req, "involuntary_stays").sum()),
+          "mean_exit_layer": float((done["mean_exit_layer"] * done["generated_tokens"]).sum() / total),
+          "num_steps": steps.num_rows if isinstance(steps, Columns) else int(len(steps)),
           # Recompute preemptions a request suffered (churn shows as a high max against a low mean).
-          "mean_preemptions_per_request": float(req.preemptions.mean()) if len(req) else 0.0,
-          "max_preemptions_per_request": int(req.preemptions.max()) if len(req) else 0}
+          "mean_preemptions_per_request": float(preemptions.mean()) if n_req else 0.0,
+          "max_preemptions_per_request": int(preemptions.max()) if n_req else 0}
     s |= extra
     return s
 
 
-def write_run(out_dir: str | Path, req: pd.DataFrame, steps: pd.DataFrame, summary: dict) -> None:
-    """Deterministic files: fixed float formatting, sorted keys."""
+def write_run(out_dir: str | Path, req, steps, summary: dict) -> None:
+    """Deterministic files: fixed float formatting, sorted keys (records: DataFrames, or Columns)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(req, out / "requests.csv")
@@ -109,22 +176,24 @@ def write_run(out_dir: str | Path, req: pd.DataFrame, steps: pd.DataFrame, summa
                                                  default=_json_default) + "\n")
 
 
-def write_csv(df: pd.DataFrame, path: Path, float_format: str = "%.6f") -> None:
+def write_csv(df, path: Path, float_format: str = "%.6f") -> None:
     """``df.to_csv(path, index=False, float_format=...)``, byte for byte, a few times faster: one format per
     row over columns of numbers, booleans and plain strings; a frame with anything else (a string that needs
-    quoting, an unusual dtype) goes to pandas."""
-    if any(_needs_quotes(str(c)) for c in df.columns) or len(df.columns) < 2 or not _write_rows(df, path,
-                                                                                                  float_format):
-        df.to_csv(path, index=False, float_format=float_format)
+    quoting, an unusual dtype) goes to pandas. ``df``: a DataFrame, or Columns (as their ``frame()``)."""
+    names = list(df) if isinstance(df, Columns) else list(df.columns)
+    if any(_needs_quotes(str(c)) for c in names) or len(names) < 2 or not _write_rows(df, names, path,
+                                                                                       float_format):
+        (df.frame() if isinstance(df, Columns) else df).to_csv(path, index=False, float_format=float_format)
 
 
-def _write_rows(df: pd.DataFrame, path: Path, float_format: str, chunk: int = 1 << 16) -> bool:
+def _write_rows(df, names: list, path: Path, float_format: str, chunk: int = 1 << 16) -> bool:
     """Write df a chunk of rows at a time (memory stays that of a chunk); False if a column cannot be written."""
+    columns = isinstance(df, Columns)
     with open(path, "w", newline="") as f:
-        f.write(",".join(map(str, df.columns)) + "\n")
-        for start in range(0, len(df), chunk):
-            part = df.iloc[start:start + chunk]
-            cols = [_csv_column(part[c], float_format) for c in df.columns]
+        f.write(",".join(map(str, names)) + "\n")
+        for start in range(0, df.num_rows if columns else len(df), chunk):
+            part = {c: df[c][start:start + chunk] for c in names} if columns else df.iloc[start:start + chunk]
+            cols = [_csv_column(part[c], float_format) for c in names]
             if any(c is None for c in cols):
                 return False
             row = ",".join(fmt for fmt, _ in cols) + "\n"
@@ -136,11 +205,12 @@ def _needs_quotes(text: str) -> bool:
     return any(ch in text for ch in ',"\n\r')
 
 
-def _csv_column(col: pd.Series, float_format: str) -> tuple[str, list] | None:
-    """(format, values) that write a column's cells as to_csv does (missing: empty), or None where this cannot
-    promise that."""
+def _csv_column(col, float_format: str) -> tuple[str, list] | None:
+    """(format, values) that write a column's cells (a Series, or a numpy array) as to_csv does (missing:
+    empty), or None where this cannot promise that."""
     kind = col.dtype.kind
-    values = col.to_numpy()
+    array = isinstance(col, np.ndarray)
+    values = col if array else col.to_numpy()
     if kind in "iu":
         return "%d", values.tolist()
     if kind == "b":
@@ -150,8 +220,10 @@ def _csv_column(col: pd.Series, float_format: str) -> tuple[str, list] | None:
             return "%s", ["" if x != x else float_format % x for x in values.tolist()]
         return float_format, values.tolist()
     if kind in "OT" or str(col.dtype) == "string":
-        cells = ["" if x is None or (isinstance(x, float) and x != x) else x for x in col.astype(object).tolist()]
-        if all(type(x) is str and not _needs_quotes(x) for x in cells):
+        cells = ["" if x is None or (isinstance(x, float) and x != x) else x
+                 for x in (col.tolist() if array else col.astype(object).tolist())]
+        # Checked once per distinct value: a long column holds a handful (the steps' kinds).
+        if set(map(type, cells)) <= {str} and not any(_needs_quotes(x) for x in set(cells)):
             return "%s", cells
     return None
 
@@ -167,19 +239,25 @@ def json_safe(x):
     return x
 
 
-def rejection_lines(req: pd.DataFrame) -> list[str]:
+def rejection_lines(req) -> list[str]:
     """What a user must be told about requests that were not served: how many, and why (one line per reason,
-    reasons with numbers folded: 'exceeds max_model_len' once, not once per length)."""
-    bad = req[req.status != RequestStatus.FINISHED.value]
-    if not len(bad):
+    reasons with numbers folded: 'exceeds max_model_len' once, not once per length). ``req``: DataFrame or
+    Columns."""
+    status = _col(req, "status").tolist()
+    reason = _col(req, "reason").tolist()
+    bad = [i for i, st in enumerate(status) if st != RequestStatus.FINISHED.value]
+    if not bad:
         return []
-    reasons = bad.reason.fillna("").astype(str)
-    kinds = reasons.str.replace(r"\d+", "N", regex=True)  # one line per kind of reason, not per number
-    lines = [f"{len(bad)} of {len(req)} requests not served:"]
-    for (status, kind), n in bad.groupby([bad.status, kinds]).size().sort_values(ascending=False).items():
-        example = reasons[(bad.status == status) & (kinds == kind)].iloc[0]
-        lines.append(f"  {n} {status}" + (f", e.g. {example}" if example else ""))
-    if len(bad) == len(req):
+    groups: dict[tuple, list] = {}  # (status, kind of reason) -> [count, first reason]
+    for i in bad:
+        text = "" if reason[i] is None or reason[i] != reason[i] else str(reason[i])
+        key = (status[i], re.sub(r"\d+", "N", text))  # one line per kind of reason, not per number
+        groups.setdefault(key, [0, text])[0] += 1
+    lines = [f"{len(bad)} of {len(status)} requests not served:"]
+    # The most frequent first; ties in (status, kind) order.
+    for (st, _), (n, example) in sorted(sorted(groups.items()), key=lambda g: -g[1][0]):
+        lines.append(f"  {n} {st}" + (f", e.g. {example}" if example else ""))
+    if len(bad) == len(status):
         lines.append("warning: no request was served; every latency metric is empty (null in summary.json)")
     return lines
 

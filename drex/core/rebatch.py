@@ -25,7 +25,7 @@ class RebatchBuffer(dict):
 
     @property
     def num_rows(self) -> int:
-        return sum(len(rows) for rows in self.values())
+        return sum([len(rows) for rows in self.values()]) if self else 0
 
     def park(self, r: Request, layer: int, step_id: int) -> None:
         r.status = RequestStatus.BUFFERED

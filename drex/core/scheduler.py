@@ -21,6 +21,7 @@ from collections import deque
 import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
+from drex.core.apply import ApplyMixin
 from drex.core import profitability as prof
 from drex.core.blocks import BlockManager
 from drex.core.decision import ExitDecider
@@ -28,14 +29,14 @@ from drex.core.policies import PolicyDecision, get_policy
 from drex.core.rebatch import RebatchBuffer
 from drex.core.request import Request, RequestStatus
 from drex.core.step import PrefillChunk, StepPlan, StepResult
-from drex.core.steplog import ChunkedArrays, StepLog, StepRun
+from drex.core.steplog import ChunkedArrays, StepLog
 from drex.costmodel.base import CostModel
 from drex.models import ModelShape
 
 RUNNING = RequestStatus.RUNNING
 
 
-class Scheduler:
+class Scheduler(ApplyMixin):
     def __init__(self, shape: ModelShape, ee: EEConfig, cfg: SchedulerConfig, cost: CostModel,
                  num_blocks: int, replica: int = 0, recorder=None) -> None:
         ee.check_model(shape.num_layers)
@@ -51,12 +52,16 @@ class Scheduler:
         self.buffer = RebatchBuffer(cfg)  # exit layer -> parked rows, oldest first
         self.finished: list[Request] = []
         self.live: dict[int, Request] = {}  # admitted or queued, not finished
-        self.itl_s: list[np.ndarray] = ChunkedArrays()  # inter-token latencies, a chunk per run of steps
+        self.itl_s: list[np.ndarray] = ChunkedArrays()  # inter-token latencies, in order
         self.step_id = 0
         self.art = prof.ArtAverages()
         self.log = StepLog()
         self.num_rebatches = self.num_flushes = self.num_drains = self.num_preemptions = 0
         self.recorder = recorder
+        # The executor holds no KV and runs StepPlan.later_prefill (the simulator's sets this): plan runs of
+        # mixed steps, and take a planned run's blocks once its steps ran (counted when planned).
+        self.kv_free_executor = False
+        self._mixed_kv: tuple[int, list[int]] | None = None  # a planned mixed run: peak before it, KV per step
         self._released: list[int] = []  # requests whose KV blocks were freed since the last plan
         self.decider = ExitDecider(ee, cfg, cost, self.policy, self.num_layers, self.exits, self.buffer, self.live,
                                    self.art)
@@ -128,8 +133,8 @@ class Scheduler:
         free = self.blocks.num_free
         if headroom:
             # A decode row holds slots for all but at most its next token: it needs one block or none.
-            free -= self.watermark_blocks + sum(r.prompt_tokens + r.num_generated > r.kv_tokens
-                                                for r in self.running if not r.in_prefill)
+            free -= self.watermark_blocks + sum([r.prompt_tokens + r.num_generated > r.kv_tokens
+                                                 for r in self.running if r.num_prefilled >= r.prefill_target])
         while self.waiting and room > 0:
             req = self.waiting[0]
             first_chunk = min(self.cfg.chunk_size, req.prompt_tokens + req.num_generated)
@@ -144,14 +149,21 @@ class Scheduler:
 
     def _pack(self) -> StepPlan | None:
         """Decode rows first, then prefill chunks in the leftover token budget; None after a preemption."""
-        decode, prefilling = [], []
+        decode, prefilling, ids, context, generated = [], [], [], [], []
         for r in self.running:
-            (prefilling if r.num_prefilled < r.prefill_target else decode).append(r)  # r.in_prefill, inlined
-        for r in decode:
+            if r.num_prefilled < r.prefill_target:  # r.in_prefill, inlined
+                prefilling.append(r)
+                continue
             # The next decode writes slot context_len = prompt + generated - 1: it needs prompt + generated slots.
-            if r.prompt_tokens + r.num_generated > r.kv_tokens and not self._grow(r, r.prompt_tokens + r.num_generated):
+            g = r.num_generated
+            need = r.prompt_tokens + g
+            if need > r.kv_tokens and not self._grow(r, need):
                 self._preempt(protect=r)
                 return None
+            decode.append(r)
+            ids.append(r.request_id)
+            context.append(need - 1 if g else r.prompt_tokens)  # r.context_len, inlined
+            generated.append(g)
         budget = self.cfg.chunk_size - len(decode)
         chunks = []
         for r in prefilling:
@@ -168,12 +180,13 @@ class Scheduler:
         if not decode and not chunks:
             return None
         kind = "mixed" if decode and chunks else ("decode" if decode else "prefill")
-        plan = StepPlan(self.step_id, kind, decode_ids=[r.request_id for r in decode], prefill=chunks,
-                        decode_context=[r.context_len for r in decode],
-                        decode_token_index=[r.num_generated for r in decode])
+        plan = StepPlan(self.step_id, kind, ids, chunks, decode_context=context, decode_token_index=generated)
         if kind == "decode":
-            plan.num_steps = self._lookahead(decode)
-        self.buffer.attach_drain(plan, max(self.exits, default=0))
+            plan.num_steps = self._lookahead(decode, context)
+        elif kind == "mixed" and self.kv_free_executor and len(chunks) == 1:
+            self._mixed_run(plan, decode, len(prefilling) > 1)
+        if self.buffer:
+            self.buffer.attach_drain(plan, max(self.exits, default=0))
         plan.skip_exits = self.decider.skip.skips(plan)
         return plan
 
@@ -196,7 +209,7 @@ class Scheduler:
         self.num_preemptions += 1
         self.decider.no_park_until = self.step_id + self.cfg.park_calm_steps
 
-    def _lookahead(self, decode: list[Request]) -> int:
+    def _lookahead(self, decode: list[Request], context: list[int]) -> int:
         """Identical decode steps that can be planned at once: nothing the scheduler controls changes."""
         if self.waiting and len(self.running) + self.num_buffered < self.cfg.max_batch_size:
             return 1  # an admission may happen at the next step
@@ -204,23 +217,62 @@ class Scheduler:
             return 1  # the running averages move every step; or the last run parked at once (so may this one)
         if self.policy.rebatches and any(r.slo_tpot_ms is not None for r in decode):
             return 1  # whether a row may park depends on the clock and its last token time, which move every step
-        k = min(self.cfg.max_lookahead_steps, min(r.remaining_tokens for r in decode))
+        k = min(self.cfg.max_lookahead_steps, min([r.output_tokens - r.num_generated for r in decode]))
         if self.buffer:
             k = min(k, self.buffer.steps_until_flush(self.step_id))
         if (self.policy.rebatches and self.cfg.profitability == "costmodel"
                 and 0 < self.decider.no_park_until - self.step_id < k):
             k = self.decider.no_park_until - self.step_id  # parking is allowed again from then on
-        k = self.decider.skip.run_cap(self.step_id, [r.context_len for r in decode], k)
+        k = self.decider.skip.run_cap(self.step_id, context, k)  # (the rows' context_len)
         if k <= 1:
             return 1
         short = [r for r in decode if r.prompt_tokens + r.num_generated + k - 1 > r.kv_tokens]
-        need = sum(self.blocks.needed(r.request_id, r.prompt_tokens + r.num_generated + k - 1) for r in short)
+        bs = self.blocks.block_size  # (a row's kv_tokens is its blocks' capacity: blocks.needed, inlined)
+        need = sum([-(-(r.prompt_tokens + r.num_generated + k - 1) // bs) - r.kv_tokens // bs for r in short])
         if need > self.blocks.num_free - len(decode):
             # Do not take blocks ahead under memory pressure: run only as far as the blocks held go.
             return max(1, min(k, *(r.kv_tokens - r.prompt_tokens - r.num_generated + 1 for r in decode)))
+        if self.kv_free_executor:  # taken in complete, for the steps that ran; the peak counts them now
+            self.blocks.peak_used = max(self.blocks.peak_used, self.blocks.num_used + need)
+            return k
         for r in short:
             self._grow(r, r.prompt_tokens + r.num_generated + k - 1)
         return k
+
+    def _mixed_run(self, plan: StepPlan, decode: list[Request], others: bool) -> None:
+        """Mixed steps planned at once: the same decode rows beside the next chunks of one prompt, each filling
+        the token budget (its last chunk too, unless it leaves budget to ``others`` in prefill), while nothing
+        else can change: no exit points, nothing parked, no admission, no decode row finishing before the run
+        ends. Blocks are taken step by step as single steps take them; ``complete`` logs and times the steps as
+        single steps (outputs stay byte-identical)."""
+        first = plan.prefill[0]
+        r = self.live[first.request_id]
+        budget = self.cfg.chunk_size - len(decode)
+        if (first.last or first.num_tokens != budget or r.num_generated or self.exits or self.buffer
+                or self.recorder is not None
+                or (self.waiting and len(self.running) + self.num_buffered < self.cfg.max_batch_size)):
+            return
+        steps = min(self.cfg.max_lookahead_steps, min([x.output_tokens - x.num_generated for x in decode]))
+        used, start, blocks = [self.blocks.num_used], first.start + first.num_tokens, self.blocks
+        peak = blocks.peak_used
+        while len(used) < steps and start < r.prefill_target:
+            j, n = len(used), min(budget, r.prefill_target - start)
+            if n < budget and others:
+                break  # the budget this last chunk leaves goes to another prompt: a step of another shape
+            # A decode row's next token needs a block when its step-(j-1) token filled its last one.
+            grow = [x for x in decode if x.prompt_tokens + x.num_generated + j > x.kv_tokens]
+            if len(grow) + blocks.needed(r.request_id, start + n) > blocks.num_free:
+                break  # (this step would run without its chunk, or preempt)
+            for x in grow:  # as _pack takes them: the decode rows' next token, then the chunk
+                self._grow(x, x.prompt_tokens + x.num_generated + j)
+            if start + n > r.kv_tokens:
+                self._grow(r, start + n)
+            used.append(blocks.num_used)
+            plan.later_prefill.append(PrefillChunk(r.request_id, start, n, start + n == r.prefill_target))
+            start += n
+        if plan.later_prefill:
+            plan.num_steps = len(used)
+            self._mixed_kv = (peak, used)
 
         # -- the rebatching buffer ----------------------------------------------------------------
 
@@ -254,19 +306,27 @@ class Scheduler:
 
     def complete(self, plan: StepPlan, result: StepResult, start_s: float) -> None:
         """Apply a finished run of steps: tokens, exits, parking, flushes, finishing, and the step log."""
-        dur = np.asarray(result.durations_s, dtype=float)
+        dur = result.durations_s
+        if type(dur) is not np.ndarray or dur.dtype != float:
+            dur = np.asarray(dur, dtype=float)
         k = len(dur)
+        if plan.later_prefill:
+            self._complete_mixed_run(plan, dur, start_s)
+            return
         if self.recorder is not None:
             self.recorder.completed(plan, k)
         self.decider.skip.commit(k)
         if k < plan.num_steps:
             self._trim_ahead(plan, k)
+        if self.kv_free_executor and plan.num_steps > 1:
+            self._take_run_blocks(plan, k)
         if result.tokens:
             for rid, tokens in result.tokens.items():
                 self.live[rid].tokens.extend(tokens)
-        ends = start_s + np.cumsum(dur)
+        ends = start_s + (np.cumsum(dur) if k > 1 else dur)
         L = self.num_layers
         buffered_before = self.num_buffered
+        finished_before = len(self.finished)
         kv_blocks = self.blocks.num_used  # before this run's finished requests free theirs
         n_exited = n_buffered = 0
         layer_end = L
@@ -285,7 +345,8 @@ class Scheduler:
                 self._emit(r, 1, float(ends[-1]), L, 0, 0, 0)
         out = result.outcome
         if plan.decode_ids and out is not None and out.is_plain:
-            self._apply_full_depth([self.live[i] for i in plan.decode_ids], ends)
+            live = self.live
+            self._apply_full_depth([live[i] for i in plan.decode_ids], ends)
         elif plan.decode_ids and out is not None:
             n_exited, n_buffered = out.exited.sum(axis=1), out.buffered.sum(axis=1)
             layer_end = np.where(out.computing.any(axis=1) | bool(plan.prefill), L, out.reach.max(axis=1))
@@ -294,12 +355,21 @@ class Scheduler:
             split = out is not None and not out.is_plain and out.buffered.any()
             kind = "flush" if plan.kind == "flush" else ("split" if split else "full")
             self.art.update(kind, float(dur[-1]))
-        self.running = [r for r in self.running if r.status == RUNNING]
-        self.log.append(StepRun(self.step_id, self.replica, start_s, dur, plan.kind, plan.num_rows,
-                                len(plan.decode_ids), sum(c.num_tokens for c in plan.prefill), len(plan.flush_ids),
-                                n_exited, n_buffered, layer_end, self._buffer_sizes(k, buffered_before),
-                                plan.flush_layer if plan.kind == "flush" else 0, kv_blocks))
+        if len(self.finished) != finished_before or (out is not None and not out.is_plain):  # some left
+            self.running = [r for r in self.running if r.status == RUNNING]
+        self.log.add(self.step_id, self.replica, start_s, dur, plan.kind, plan.num_rows, len(plan.decode_ids),
+                     sum(c.num_tokens for c in plan.prefill) if plan.prefill else 0, len(plan.flush_ids), n_exited,
+                     n_buffered, layer_end, self._buffer_sizes(k, buffered_before),
+                     plan.flush_layer if plan.kind == "flush" else 0, kv_blocks)
         self.step_id += k
+
+    def _take_run_blocks(self, plan: StepPlan, k: int) -> None:
+        """kv_free_executor: the blocks each decode row's k steps needed, taken now (what ``_lookahead`` would
+        have taken and ``_trim_ahead`` left)."""
+        for rid, generated in zip(plan.decode_ids, plan.decode_token_index):
+            r = self.live.get(rid)
+            if r is not None and r.prompt_tokens + generated + k - 1 > r.kv_tokens:
+                self._grow(r, r.prompt_tokens + generated + k - 1)
 
     def _trim_ahead(self, plan: StepPlan, k: int) -> None:
         """A planned run cut after k steps gives back the blocks ``_lookahead`` took for the steps that did not
@@ -318,82 +388,3 @@ class Scheduler:
         if k == 1 or after == before:
             return after
         return np.concatenate([np.full(k - 1, before), [after]])
-
-    def _apply_decode(self, plan: StepPlan, out, ends: np.ndarray, starts: np.ndarray, offset_s) -> None:
-        k = out.num_steps
-        emitted = ~out.buffered
-        times = np.broadcast_to(ends[:k, None], emitted.shape) if offset_s is None else starts[:k, None] + offset_s
-        rows = [self.live[i] for i in plan.decode_ids]
-        if (offset_s is None and out.drain_layer < 0 and not out.exited.any() and not out.buffered.any()
-                and not out.stayed.any()):
-            self._apply_full_depth(rows, ends[:k])
-            return
-        prev = np.array([r.last_token_s for r in rows])
-        itl = np.diff(np.vstack([prev, np.where(emitted, times, np.nan)]), axis=0)
-        self.itl_s.append(itl[~np.isnan(itl)])
-        counts = emitted.sum(axis=0).tolist()
-        early = (out.exited & emitted).sum(axis=0).tolist()
-        forced = out.forced.sum(axis=0).tolist()
-        stayed = out.stayed.sum(axis=0).tolist()
-        layers = np.where(emitted, out.reach, 0).sum(axis=0).tolist()
-        last_emit = np.where(emitted[-1], k - 1, k - 2)
-        last_time = times[np.maximum(last_emit, 0), np.arange(len(rows))].tolist()
-        parked = out.buffered[-1].tolist()
-        for j, r in enumerate(rows):
-            # A parked token's involuntary stays count now, though it emits only at its flush.
-            r.num_involuntary_stays += stayed[j]
-            if counts[j]:
-                self._emit(r, counts[j], last_time[j], layers[j], early[j], forced[j], 0)
-            if parked[j] and r.status == RUNNING:
-                self.buffer.park(r, int(out.reach[-1, j]), self.step_id + k - 1)
-        if out.buffered[-1].any():
-            self.num_rebatches += 1
-        if out.drain_layer >= 0:
-            self._rejoin(self.buffer.take(out.drain_layer, self.step_id + k - 1), float(ends[k - 1]))
-            self.num_drains += 1
-
-    def _apply_full_depth(self, rows: list[Request], ends: np.ndarray) -> None:
-        """Fast path: every row emitted a token from the last layer at every step."""
-        k, L = len(ends), self.num_layers
-        last = float(ends[-1])
-        if k > 1:
-            self.itl_s.append(np.repeat(np.diff(ends), len(rows)))
-        self.itl_s.append(float(ends[0]) - np.array([r.last_token_s for r in rows]))
-        for r in rows:
-            r.num_generated += k
-            r.last_token_s = last
-            r.sum_exit_layer += k * L
-            if r.num_generated >= r.output_tokens:
-                self._finish(r)
-
-    def _rejoin(self, rows: list[Request], time_s: float, layers=None, exited=None, stayed=None) -> None:
-        """Buffered rows ran on from their layer (to the top, or to a deeper exit point in a flush): each
-        emits its token and rejoins the running set."""
-        self.itl_s.append(np.array([time_s - r.last_token_s for r in rows]))
-        for j, r in enumerate(rows):
-            r.status = RequestStatus.RUNNING
-            r.buffer_layer = -1
-            self.running.append(r)
-            self._emit(r, 1, time_s, self.num_layers if layers is None else layers[j], int(bool(exited and exited[j])),
-                       0, int(bool(stayed and stayed[j])))
-
-    def _emit(self, r: Request, count: int, last_time_s: float, sum_layers: int, early: int, forced: int,
-              stayed: int) -> None:
-        if r.num_generated == 0:
-            r.first_token_s = last_time_s  # the first token always comes from a prefill
-        r.num_generated += count
-        r.last_token_s = last_time_s
-        r.sum_exit_layer += sum_layers
-        r.num_early_exits += early
-        r.num_involuntary_exits += forced
-        r.num_involuntary_stays += stayed
-        if r.num_generated >= r.output_tokens:
-            self._finish(r)
-
-    def _finish(self, r: Request) -> None:
-        r.status = RequestStatus.FINISHED
-        r.finish_s = r.last_token_s
-        self.blocks.free(r.request_id)
-        self._released.append(r.request_id)
-        del self.live[r.request_id]
-        self.finished.append(r)

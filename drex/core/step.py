@@ -54,6 +54,9 @@ class StepPlan:
     # preempted) since the previous plan, and the block manager's tables (request id -> block ids; read only).
     released_ids: list[int] = field(default_factory=list)
     block_tables: dict[int, list[int]] | None = None
+    # A run of mixed steps (num_steps > 1 with prefill; the simulator's executor only, see
+    # Scheduler.kv_free_executor): the one prefill chunk of each step after the first, whose chunk is ``prefill``.
+    later_prefill: list[PrefillChunk] = field(default_factory=list)
 
     @property
     def num_rows(self) -> int:

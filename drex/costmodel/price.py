@@ -49,4 +49,21 @@ def step_s_one(cost: CostModel, layers: int, rows, context, prefill_attn, head_r
     ``step_s`` gives for it with one-element arrays, without their cost (the simulator's commonest step)."""
     t = layers * cost.layer_s_one(rows, context, prefill_attn)
     t = t + cost.head_s_one(head_rows)
-    return float(t + cost.step_overhead_s(overhead_rows))
+    # (a fast_one model's overhead is plain arithmetic: its float is the 0-d call's value)
+    overhead = cost.step_overhead_s_one(overhead_rows) if cost.fast_one else cost.step_overhead_s(overhead_rows)
+    return float(t + overhead)
+
+
+def plain_run_s(cost: CostModel, layers: int, rows, context0, context_step, prefill_attn, head_rows, overhead_rows):
+    """Steps of a run of identical plain steps whose context grows by ``context_step`` a step, one at a time
+    (the caller stops when it has enough): step j is ``step_s_one`` at context ``context0 + context_step * j``,
+    bit for bit what ``step_s`` gives for the run's steps stacked. Only for ``cost.fast_one`` models."""
+    head = cost.head_s_one(head_rows)
+    overhead = cost.step_overhead_s_one(overhead_rows) if cost.fast_one else cost.step_overhead_s(overhead_rows)
+    layer_s_one = cost.layer_s_one
+    j = 0
+    while True:
+        t = layers * layer_s_one(rows, context0 + context_step * j, prefill_attn)
+        t = t + head
+        yield float(t + overhead)
+        j += 1

@@ -76,6 +76,7 @@ class RooflineCostModel(CostModel):
         assert self._attn.z == ("decode_context", "prefill_attn", "decode_rows") and not self._attn.x
         self._attn_coef = (self._attn.c0, *self._attn.a)
         self._tables: dict[tuple, np.ndarray] = {}
+        self._floats: dict[tuple, list[float]] = {}
         self._memo: dict[tuple, float] = {}
 
     @staticmethod
@@ -96,6 +97,7 @@ class RooflineCostModel(CostModel):
         table = self._tables.get(coef)
         if table is None:
             table = self._tables[coef] = self._curve_s(coef, np.arange(_TABLE_TOKENS, dtype=float))
+            self._floats[coef] = table.tolist()  # the same values as Python floats, for _curve_one
         if n.size == 1:  # the commonest array: checked as a Python number
             v = n.item()
             if 0 <= v < _TABLE_TOKENS and v == int(v):
@@ -107,10 +109,10 @@ class RooflineCostModel(CostModel):
         return self._curve_s(coef, n)
 
     def _curve_one(self, coef, n: float) -> float:
-        """``_curve_memo`` of a one-element array, as a float."""
-        table = self._tables.get(coef)
-        if table is not None and 0 <= n < _TABLE_TOKENS and n == int(n):
-            return float(table[int(n)])
+        """``_curve_memo`` of a one-element array, as a float (the table's values, kept as Python floats)."""
+        values = self._floats.get(coef)
+        if values is not None and 0 <= n < _TABLE_TOKENS and n == int(n):
+            return values[int(n)]
         return float(self._curve_memo(coef, np.array([n]))[0])
 
     def layer_s_one(self, num_tokens, decode_context=0.0, prefill_attn=0.0) -> float:

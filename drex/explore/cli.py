@@ -46,7 +46,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         bar.close()
     cap = out["capacity"]
     knee = out["knee"]
-    write_capacity(Path(args.out), {"capacity": cap, "knee": None if knee is None else vars(knee)})
+    write_capacity(Path(args.out), {"capacity": cap, "knee": None if knee is None else {
+        "summary": knee.summary, "requests": knee.request_columns, "steps": knee.step_columns}})
     if cap["max_request_rate"] is None:
         print(f"no load tried met the SLOs for {args.min_goodput_fraction:.0%} of requests "
               f"({cap['num_runs']} runs); records in {args.out}/")

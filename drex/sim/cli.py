@@ -17,14 +17,14 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _tell_rejections(res, policy: str | None = None) -> None:
-    for line in rejection_lines(res.requests):
+    for line in rejection_lines(res.request_columns):
         print((f"{policy}: " if policy else "") + line, file=sys.stderr)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     workload = load_workload(args)
     res = simulate(settings_from_args(args, args.policy), workload, progress=_progress(args))
-    write_run(args.out, res.requests, res.steps, res.summary)
+    write_run(args.out, res.request_columns, res.step_columns, res.summary)
     print(format_table({args.policy: res.summary}))
     _tell_rejections(res)
     print(f"cost model: {res.summary['cost_model']}; {len(workload)} requests in {res.summary['sim_wall_s']:.2f} s "
@@ -47,9 +47,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for policy in policies:
         res = simulate(settings[policy], workload, progress=_progress(args))
         summaries[policy] = res.summary
-        rejections[policy] = rejection_lines(res.requests)
+        rejections[policy] = rejection_lines(res.request_columns)
         if args.out:
-            write_run(Path(args.out) / policy, res.requests, res.steps, res.summary)
+            write_run(Path(args.out) / policy, res.request_columns, res.step_columns, res.summary)
     first = next(iter(summaries.values()))
     print(f"{len(workload)} requests of {args.trace} | model {first['model']} on {args.device} | exits "
           f"{first['exits']} threshold {first['threshold']} | confidence {first['confidence_source']} | "

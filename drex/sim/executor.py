@@ -13,7 +13,7 @@ import numpy as np
 
 from drex.core.step import StepOutcome, StepPlan, StepResult
 from drex.costmodel.base import CostModel
-from drex.costmodel.price import prefill_work, step_s, step_s_one
+from drex.costmodel.price import plain_run_s, prefill_work, step_s, step_s_one
 
 
 class SimExecutor:
@@ -37,6 +37,7 @@ class SimExecutor:
         # from the run it replays. Off: state copy, priced as one scatter a step.
         self.recompute_fill = False
         self._pending: dict[int, int] = {}  # request id -> exit layer of its last token, not yet recomputed
+        self._segment_cache: dict[int, tuple] = {}
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
@@ -67,8 +68,7 @@ class SimExecutor:
         ctx = np.asarray(plan.decode_context, dtype=float)[None, :] + np.arange(k)[:, None]
         depth = np.where(out.computing, L, out.reach)
         drain_rows = len(plan.drain_ids) if out.drain_layer >= 0 else 0
-        bounds = np.array(sorted({0, L, *self.exits, *([out.drain_layer] if drain_rows else [])}))
-        lo, hi = bounds[:-1], bounds[1:]
+        lo, hi, seg = self._segments(out.drain_layer if drain_rows else -1)
         # Rows still going through each segment [lo, hi) of layers, per step: one cost-model call for all.
         going = depth[None, :, :] >= hi[:, None, None]
         rows = going.sum(axis=2) + float(pre_tokens)
@@ -83,7 +83,7 @@ class SimExecutor:
         else:
             head_rows = [h[:k] for h in head_rows] + [top_rows]
         kv_rows, kv_layers = (None, None) if self.recompute_fill else self._kv_fill(out)
-        dur = step_s(cost, (hi - lo)[:, None], rows, c, pre_attn, head_rows, n + len(plan.prefill),
+        dur = step_s(cost, seg, rows, c, pre_attn, head_rows, n + len(plan.prefill),
                      out.buffered.sum(axis=1), kv_rows, kv_layers)
         if self.recompute_fill:
             dur = dur + self._recompute_s(plan.decode_ids, out, ctx)
@@ -102,20 +102,55 @@ class SimExecutor:
             result.token_offset_s = dur[:, None] * frac
         return result
 
+    def _segments(self, drain_layer: int):
+        """Layer segments [lo, hi) between the exit points (and the drain layer, when >= 0), and their lengths as
+        a column: made once per drain layer (read only)."""
+        segments = self._segment_cache.get(drain_layer)
+        if segments is None:
+            L = self.num_layers
+            bounds = np.array(sorted({0, L, *self.exits, *([drain_layer] if drain_layer >= 0 else [])}))
+            lo, hi = bounds[:-1], bounds[1:]
+            segments = self._segment_cache[drain_layer] = (lo, hi, (hi - lo)[:, None])
+        return segments
+
     def _plain(self, plan: StepPlan, now: float, until: float, pre_tokens: int, pre_attn: float,
                pre_last: int) -> StepResult:
         """No exit points evaluated: every row runs all layers."""
         cost, L = self.cost, self.num_layers
         k, n = plan.num_steps, len(plan.decode_ids)
         ctx0 = float(sum(plan.decode_context))
+        if plan.later_prefill:
+            return self._mixed_run(plan, now, until, ctx0)
         if k == 1:
             dur = np.array([step_s_one(cost, L, n + pre_tokens, ctx0, pre_attn, n + pre_last, n + len(plan.prefill))])
             return StepResult(dur, StepOutcome.plain(1, n, L) if n else None)
-        ctx = ctx0 + n * np.arange(k)
-        dur = step_s(cost, np.array([[L]]), np.array([[n + pre_tokens]]), np.atleast_1d(ctx)[None, :], pre_attn,
-                     [n + pre_last], n + len(plan.prefill))
-        dur = dur[:_steps_before(dur, now, until)]
+        if cost.fast_one:  # priced step by step, only as far as the next arrival (numpy's cumsum, in order)
+            dur, total = [], 0.0
+            for d in plain_run_s(cost, L, n + pre_tokens, ctx0, n, pre_attn, n + pre_last, n + len(plan.prefill)):
+                dur.append(d)
+                total += d
+                if len(dur) == k or now + total >= until:
+                    break
+            dur = np.array(dur)
+        else:
+            ctx = ctx0 + n * np.arange(k)
+            dur = step_s(cost, np.array([[L]]), np.array([[n + pre_tokens]]), np.atleast_1d(ctx)[None, :], pre_attn,
+                         [n + pre_last], n + len(plan.prefill))
+            dur = dur[:_steps_before(dur, now, until)]
         return StepResult(dur, StepOutcome.plain(len(dur), n, L) if n else None)
+
+    def _mixed_run(self, plan: StepPlan, now: float, until: float, ctx0: float) -> StepResult:
+        """A run of mixed steps (StepPlan.later_prefill), each priced as the single step it stands for, cut at
+        the step in which the next arrival lands (times added step by step, as single steps add them)."""
+        cost, L, n = self.cost, self.num_layers, len(plan.decode_ids)
+        dur, end = [], now
+        for j, chunk in enumerate([*plan.prefill, *plan.later_prefill]):
+            tokens, attn, last = prefill_work([chunk])
+            dur.append(step_s_one(cost, L, n + tokens, ctx0 + n * j, attn, n + last, n + 1))
+            end += dur[-1]
+            if end >= until:
+                break
+        return StepResult(np.array(dur), StepOutcome.plain(len(dur), n, L))
 
     def _ideal(self, plan: StepPlan, out: StepOutcome, now: float, until: float, pre_tokens: int,
                pre_attn: float, pre_last: int) -> StepResult:

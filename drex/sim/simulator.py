@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import simpy
 
 from drex.confidence import make_confidence_source
@@ -22,17 +23,50 @@ from drex.core.request import Request
 from drex.core.scheduler import Scheduler
 from drex.costmodel.base import CostModel
 from drex.devices import get_device
-from drex.metrics import check_accounted, request_records, run_fields, summarize
+from drex.metrics import Columns, check_accounted, request_columns, run_fields, summarize
 from drex.models import get_model
 from drex.settings import RunSettings, build_cost_model
 from drex.sim.executor import SimExecutor
 from drex.traces import TraceRequest
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+
 @dataclass
 class SimResult:
-    requests: pd.DataFrame
-    steps: pd.DataFrame
+    """A run's records as Columns (``request_columns``, and ``replica_steps``: each replica's step columns) and its
+    summary; ``requests`` and ``steps`` are DataFrames of them, made when first asked for (``drex simulate``
+    writes the columns without importing pandas)."""
+
+    request_columns: Columns
+    replica_steps: list[Columns]
     summary: dict
+
+    @property
+    def requests(self) -> "pd.DataFrame":
+        if "_requests" not in self.__dict__:
+            self.__dict__["_requests"] = self.request_columns.frame()
+        return self.__dict__["_requests"]
+
+    @property
+    def steps(self) -> "pd.DataFrame":
+        if "_steps" not in self.__dict__:
+            import pandas as pd
+
+            self.__dict__["_steps"] = pd.concat([c.frame() for c in self.replica_steps], ignore_index=True)
+        return self.__dict__["_steps"]
+
+    @property
+    def step_columns(self) -> "Columns | pd.DataFrame":
+        """Every replica's steps, one after another: Columns where they join as numpy arrays would (every
+        replica ran steps), else the DataFrame (pandas types the columns of a replica without steps)."""
+        if len(self.replica_steps) == 1:
+            return self.replica_steps[0]
+        if all(c.num_rows for c in self.replica_steps):
+            return Columns((name, np.concatenate([c[name] for c in self.replica_steps]))
+                           for name in self.replica_steps[0])
+        return self.steps
 
 
 class Replica:
@@ -53,7 +87,13 @@ class Replica:
                 continue
             nxt = sim.next_arrival_s
             result = self.executor.execute(plan, t, nxt)
-            end = t + float(result.durations_s.sum())
+            dur = result.durations_s
+            if plan.later_prefill:  # a run of mixed steps stands for single steps: their times add one by one
+                end = t
+                for d in dur.tolist():
+                    end += d
+            else:
+                end = t + (float(dur[0]) if len(dur) == 1 else float(dur.sum()))
             if end >= nxt:  # an arrival lands during this run of steps: let SimPy deliver it first
                 yield env.timeout(end - env.now)
             sched.complete(plan, result, t)
@@ -80,6 +120,7 @@ class Simulation:
         self.replicas = []
         for i in range(cfg.replicas):
             sched = Scheduler(self.shape, cfg.ee, cfg.scheduler, self.cost, blocks, replica=i, recorder=recorder)
+            sched.kv_free_executor = True  # SimExecutor: no KV held, mixed runs run
             self.replicas.append(Replica(i, sched, SimExecutor(sched, self.cost, self.source), self))
         self.workload = workload
         self.requests = [Request(w.request_id, w.arrival_s, w.prompt_tokens, w.output_tokens, w.slo_ttft_ms,
@@ -126,15 +167,17 @@ class Simulation:
         return self._result(time.perf_counter() - t0)
 
     def _result(self, wall_s: float) -> SimResult:
-        req = request_records(self.requests)
-        steps = pd.concat([pd.DataFrame(r.sched.log.columns()) for r in self.replicas], ignore_index=True)
+        req = request_columns(self.requests)
+        steps = [Columns(r.sched.log.columns()) for r in self.replicas]
         itl = np.concatenate([c for r in self.replicas for c in r.sched.itl_s] or [np.array([])])
         for r in self.replicas:  # 8 bytes a token: one copy is enough (a 100k-request run has ~20 million)
             r.sched.itl_s.clear()
         extra = run_fields([r.sched for r in self.replicas], self.num_blocks, self.cost.name, self.source.name,
                            self.cfg, self.shape.name)
         extra["sim_wall_s"] = wall_s
-        return SimResult(req, steps, summarize(req, steps, itl, extra))
+        res = SimResult(req, steps, {})
+        res.summary = summarize(req, res.step_columns, itl, extra)
+        return res
 
 
 def simulate(cfg: RunSettings, workload: list[TraceRequest], progress: bool = False,

@@ -52,10 +52,13 @@ def test_columns_match_the_run_by_run_expansion():
 def test_chunked_arrays_concatenate_to_the_same_array():
     rng = np.random.default_rng(1)
     parts = [rng.random(int(rng.integers(0, 5))) for _ in range(1000)]
-    chunked = ChunkedArrays(every=64)
-    for p in parts:
-        chunked.append(p)
-    assert len(chunked) < 100
+    chunked = ChunkedArrays()
+    for i, p in enumerate(parts):
+        if i % 3:
+            chunked.append(p)
+        else:
+            chunked.extend_values(p.tolist())
+    assert len(chunked) == 1
     assert np.concatenate(chunked).tobytes() == np.concatenate(parts).tobytes()
     chunked.clear()
     for p in parts[:100]:

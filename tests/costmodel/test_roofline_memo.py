@@ -65,3 +65,25 @@ def test_one_element_floats_match_the_vectorised_call(cm):
         one = step_s_one(cm, 40, rows, ctx, attn, heads, heads + 3)
         assert same(one, step_s(cm, np.array([[40]]), np.array([[rows]]), np.array([[ctx]]), attn, [heads],
                                 heads + 3)[0]), (rows, ctx, attn)
+
+
+
+def test_a_plain_run_priced_step_by_step_matches_the_stacked_call(cm):
+    """plain_run_s (the simulator's runs of plain steps, priced only as far as the next arrival) gives what
+    step_s gives for the run's steps stacked, bit for bit."""
+    from itertools import islice
+
+    from drex.costmodel.price import plain_run_s, step_s
+
+    assert cm.fast_one
+    rng = np.random.default_rng(2)
+    for trial in range(300):
+        n, k = int(rng.integers(1, 300)), int(rng.integers(2, 65))
+        pre_tokens = [0, int(rng.integers(1, 400))][trial % 2]
+        attn = 0.0 if not pre_tokens else float(pre_tokens * rng.integers(1, 2000))
+        ctx0 = float(rng.integers(0, 200_000))
+        stacked = step_s(cm, np.array([[40]]), np.array([[n + pre_tokens]]), (ctx0 + n * np.arange(k))[None, :],
+                         attn, [n + trial % 2], n + 1)
+        one_by_one = np.array(list(islice(plain_run_s(cm, 40, n + pre_tokens, ctx0, n, attn, n + trial % 2, n + 1),
+                                          k)))
+        assert same(one_by_one, stacked), (n, k, ctx0, attn)

@@ -172,3 +172,15 @@ def test_module_entry_point_exit_status(tmp_path, monkeypatch, capsys):
         runpy.run_module("drex.cli", run_name="__main__")
     assert exc.value.code == 2
     assert f"{bad}:3: field 'prompt_tokens'" in capsys.readouterr().err
+
+
+def test_simulate_off_imports_neither_pandas_nor_scipy_nor_torch(tmp_path):
+    """Start-up is part of what a user waits for (issue 13): ``drex simulate --policy off`` summarises and
+    writes its records without pandas, draws no confidence (no scipy) and never needs torch."""
+    code = ("import sys; from drex.cli import main; "
+            f"rc = main(['simulate', '--trace', 'azure-conv', '--num-requests', '50', '--policy', 'off', '--out', "
+            f"{str(tmp_path / 'run')!r}, '--no-progress']); "
+            "print(rc, sorted(m for m in ('pandas', 'scipy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 []"
+    assert (tmp_path / "run" / "requests.csv").read_text().count("\n") == 51
