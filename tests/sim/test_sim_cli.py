@@ -163,6 +163,8 @@ def test_malformed_confidence_trace_exits_2_with_location(tmp_path, capsys, defe
     assert field in err
 
 
+# runpy warns that the tests imported drex.cli already: expected in-process, and no user ever sees it.
+@pytest.mark.filterwarnings("ignore:'drex.cli' found in sys.modules:RuntimeWarning")
 def test_module_entry_point_exit_status(tmp_path, monkeypatch, capsys):
     """``python -m drex.cli`` passes main's status to the shell (run in-process: no interpreter start)."""
     bad = tmp_path / "bad.csv"
