@@ -180,5 +180,5 @@ class HeadSkip:
     def _value_exceeds_price(self, i: int, n: int, bucket: int, p: float) -> bool:
         value = evaluation_value_s(self.cost, self.exits[i], self.num_layers, n, (bucket + 0.5) * CONTEXT_BUCKET,
                                    p, self.flush_rows)
-        price = 0.0 if self.deferred else float(self.cost.head_s(float(n)))
+        price = float(self.cost.exit_eval_s(float(n)) if self.deferred else self.cost.head_s(float(n)))
         return value > price

@@ -43,6 +43,17 @@ class CostModel(ABC):
     def buffer_s(self, num_rows):
         """Seconds to park or fetch num_rows hidden states in the rebatching pool."""
 
+    # -- priced only where measured (a fitted profile's laws); zero otherwise ----------------------
+
+    def exit_eval_s(self, num_rows):
+        """Seconds to evaluate one learned exit point (adapter, exit norm, estimator, decision) over num_rows:
+        what a learned exit costs instead of an LM-head pass (``head_s``)."""
+        return np.zeros_like(np.asarray(num_rows, dtype=float)) if np.ndim(num_rows) else 0.0
+
+    def regroup_s(self, num_rows):
+        """Seconds to regroup the num_rows that go on past an exit point where others stopped."""
+        return np.zeros_like(np.asarray(num_rows, dtype=float)) if np.ndim(num_rows) else 0.0
+
     # -- compositions shared by every model -------------------------------------------------
 
     def layers_s(self, first: int, last: int, num_tokens, decode_context=0, prefill_attn=0):

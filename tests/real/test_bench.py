@@ -22,6 +22,8 @@ POINTS = [
     pf.Point("buffer", "fit", 4), pf.Point("buffer", "held", 2),
     pf.Point("step", "fit", 4), pf.Point("step", "held", 2),
     pf.Point("kv_copy", "fit", 4, num_layers=3), pf.Point("kv_copy", "held", 2, num_layers=1),
+    pf.Point("exit_eval", "fit", 4), pf.Point("exit_eval", "held", 2),
+    pf.Point("regroup", "fit", 4), pf.Point("regroup", "held", 2),
 ]
 
 
@@ -32,6 +34,32 @@ def test_every_op_runs_on_the_real_modules():
             bench.fn(p)()
         h = bench.fn(pf.Point("layer_decode", "fit", 4, 128))()
         assert h.shape == (4, SHAPE.hidden_size) and torch.isfinite(h).all()
+
+
+def test_step_and_exit_eval_time_decode_steps(monkeypatch):
+    """``step`` and ``exit_eval`` time real decode steps of all their rows (the scheduler is told of each step,
+    so it does not plan the same prefill again and again); ``exit_eval`` runs every exit's estimator."""
+    import drex.real.bench as bench_mod
+    from drex.real.executor import RealExecutor
+
+    kinds, estimated = [], []
+    execute, estimate = RealExecutor.execute, bench_mod._NoLayers.estimate
+    monkeypatch.setattr(RealExecutor, "execute",
+                        lambda self, plan, now, until=float("inf"): kinds.append((plan.kind, len(plan.decode_ids)))
+                        or execute(self, plan, now, until))
+    monkeypatch.setattr(bench_mod._NoLayers, "estimate",
+                        lambda self, x, e: estimated.append((e, x.shape[0])) or estimate(self, x, e))
+    with torch.inference_mode():
+        bench = Bench(SHAPE, "fp32", "cpu", POINTS)
+        step = bench.fn(pf.Point("step", "fit", 4))
+        kinds.clear()
+        times = [step() for _ in range(3)]
+        assert kinds == [("decode", 4)] * 3 and all(t > 0 for t in times)
+        per_exit = bench.fn(pf.Point("exit_eval", "fit", 4))
+        kinds.clear()
+        per_exit()
+        assert kinds == [("decode", 4)] * 2  # one step with the exits, one without
+        assert estimated[-bench_mod.EXIT_POINTS:] == [(e, 4) for e in range(1, bench_mod.EXIT_POINTS + 1)]
 
 
 def test_profile_command_end_to_end(tmp_path, monkeypatch):
