@@ -98,7 +98,8 @@ class HeadSkip:
     def __init__(self, ee: EEConfig, cfg: SchedulerConfig, cost: CostModel, num_layers: int,
                  exits: tuple[int, ...], enabled: bool) -> None:
         self.cost, self.num_layers, self.exits, self.enabled = cost, num_layers, exits, enabled
-        # Learned exits defer their tokens to the top LM-head pass: the exit point itself is priced free.
+        # Learned exits defer their tokens to the top LM-head pass: the exit point costs its evaluation
+        # (adapter, norm, estimator, decision: ``exit_eval_s``, zero where the profile did not measure it).
         self.deferred = ee.metric == "learned"
         self.flush_rows = min(cfg.flush_rows, cfg.max_batch_size)
         self.seen = np.zeros(len(exits))

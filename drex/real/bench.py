@@ -40,6 +40,7 @@ STEP_CONTEXT = 128  # the step's bookkeeping does not depend on context length; 
 
 # On CPU, per-layer ops cycle through this many bytes of distinct layers (at most the model's own depth).
 RING_BYTES = 1 << 30
+KV_RING_BYTES = 1 << 30  # decode ops: distinct cache layers (K/V and decode mirror) up to this many bytes
 # ``exit_eval``: learned exit heads of smollm2-ee's sizes, evaluated at this many exit points a step.
 EXIT_POINTS = 3
 BENCH_POLICY = "drex"  # the decision priced: drex's (others decide faster)
@@ -60,14 +61,21 @@ class Bench:
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         # CPU: a ring of distinct layers, each call on the next, so their weights come from memory as in a
         # real forward (one layer timed again and again stays in the caches: SmolLM2's decode layer measured
-        # that way is half the time it takes inside a real 30-layer step). All share cache layer 0.
-        ring = 1 if self.cuda else max(1, min(shape.num_layers, RING_BYTES // max(_layer_bytes(shape, self.dtype), 1)))
+        # that way is half the time it takes inside a real 30-layer step). All share cache layer 0. The ring
+        # streams what a real step streams between two uses of one layer (every layer and the LM head): a ring
+        # of the model's depth alone (420 MB for SmolLM2) fits this VM's 480 MB L3 and timed layers at half
+        # their real cost whenever the other core left the L3 alone. The LM head cycles likewise (``_head``).
+        ring = 1 if self.cuda else ring_layers(shape, self.dtype)
         self.model = EEModel.random(shape, dtype=self.dtype, device=device, seed=seed, num_layers=ring)
         self.layer = self.model.layers[0]
         self.ring, self._turn = list(self.model.layers), 0
         for layer in self.ring:
             layer.layer_idx = layer.self_attn.layer_idx = 0
         self.layers_built = ring
+        self.heads = [self.model.lm_head] + ([] if self.cuda else [
+            torch.nn.Linear(shape.hidden_size, shape.vocab_size, bias=False).to(device=self.device, dtype=self.dtype)
+            for _ in range(_head_ring(shape, self.dtype) - 1)])
+        self._head_turn = 0
         # One-layer cache sized for the largest decode or prefill point, allocated once.
         att = [p for p in points if p.op.endswith(("_decode", "_prefill")) or p.op in ("step", "regroup")]
         need_blocks = max((self._blocks_for(p) for p in att), default=1)
@@ -82,7 +90,9 @@ class Bench:
     def _next(self):
         """The ring's next layer (the only one on GPU)."""
         self._turn = (self._turn + 1) % len(self.ring)
-        return self.ring[self._turn]
+        layer = self.ring[self._turn]
+        layer.layer_idx = layer.self_attn.layer_idx = 0  # cache layer 0 (decode ops then pick their own)
+        return layer
 
     @staticmethod
     def _context(p: Point) -> int:
@@ -131,28 +141,49 @@ class Bench:
         meta.rope(self.layer.self_attn.inv_freq, self.dtype)
         return cache, meta
 
-    @staticmethod
-    def _steady(fn, cache):
-        """A decode call repeated at one context, timed as a run of decode steps meets it: with the CPU's
-        decode mirror (drex.real.kvmirror) each call appends one token to K/V already gathered, so the
-        mirror takes the last token back before each call (the first call builds it, like a run's first)."""
-        if cache.mirror is None:
-            return fn
+    def _decode_ring(self, p: Point):
+        """A decode point's own cache (CPU) with one layer per ring layer, up to ``KV_RING_BYTES``: in a real
+        step every layer attends its own K/V (its decode mirror), so a step reads all layers' K/V from memory
+        (SmolLM2 at 16 rows of 170 tokens: 180 MB a step); one cache layer shared by the ring stays in the
+        caches and timed decode attention at a fraction of its real cost. Returns (cache, meta, cache layers)."""
+        if self.cuda:
+            cache, meta = self._decode_meta(p)
+            return cache, meta, 1
+        blocks = self._blocks_for(p)
+        per_layer = 2 * blocks * BLOCK_SIZE * self.shape.kv_dim * 2 * self.dtype.itemsize  # paged + mirror, K and V
+        layers = max(1, min(len(self.ring), KV_RING_BYTES // max(per_layer, 1)))
+        cache = self._cache(blocks, p.num_rows, layers)
+        for r in range(p.num_rows):
+            cache.reserve(r, p.context + 1)
+        meta = cache.meta(range(p.num_rows), [p.context] * p.num_rows, [1] * p.num_rows)
+        meta.rope(self.layer.self_attn.inv_freq, self.dtype)  # once per step: priced in ``step``
+        return cache, meta, layers
+
+    def _decode_call(self, p: Point, attn_only: bool):
+        """A decode call repeated at one context, timed as a run of decode steps meets it: each ring layer on its
+        own cache layer (``_decode_ring``); with the CPU's decode mirror (drex.real.kvmirror) each call appends
+        one token to K/V already gathered, so the mirror takes that layer's last token back before each call
+        (each layer's mirror is built by one call at set-up, like a run's first step, and not timed)."""
+        cache, meta, kv_layers = self._decode_ring(p)
+        h = self._hidden(p.num_rows)
 
         def call():
-            cache.mirror.rewind(0)
-            return fn()
+            layer = self._next()
+            i = self._turn % kv_layers
+            layer.layer_idx = layer.self_attn.layer_idx = i
+            if cache.mirror is not None:
+                cache.mirror.rewind(i)
+            return layer.attn_block(h, meta, cache) if attn_only else layer(h, meta, cache)
+
+        for _ in range(kv_layers):  # every cache layer's mirror built now, outside the timing
+            call()
         return call
 
     def _layer_decode(self, p: Point):
-        cache, meta = self._decode_meta(p)
-        h = self._hidden(p.num_rows)
-        return self._steady(lambda: self._next()(h, meta, cache), cache)
+        return self._decode_call(p, attn_only=False)
 
     def _attn_decode(self, p: Point):
-        cache, meta = self._decode_meta(p)
-        h = self._hidden(p.num_rows)
-        return self._steady(lambda: self._next().attn_block(h, meta, cache), cache)
+        return self._decode_call(p, attn_only=True)
 
     def _layer_prefill(self, p: Point):
         cache, meta = self._prefill_meta(p)
@@ -172,7 +203,12 @@ class Bench:
         from drex.real.model import confidence
 
         h, model = self._hidden(p.num_rows), self.model
-        return lambda: confidence(model.exit_logits(h, model.num_layers), "margin")
+
+        def head():
+            self._head_turn = (self._head_turn + 1) % len(self.heads)
+            model.lm_head = self.heads[self._head_turn]  # the next LM head of the ring (weights from memory)
+            return confidence(model.exit_logits(h, model.num_layers), "margin")
+        return head
 
     def _buffer(self, p: Point):
         rows = list(range(p.num_rows))
@@ -338,6 +374,26 @@ class _NoLayers:
 
     def head_logits(self, x: torch.Tensor, exit_layer: int) -> torch.Tensor:
         return self._logits[: x.shape[0]]
+
+
+def ring_layers(shape: ModelShape, dtype) -> int:
+    """Distinct layers the CPU ring cycles through: as many bytes as a step's layers and LM head (a real
+    step's reuse distance for a layer's weights), capped by ``RING_BYTES``; at least the model's depth
+    when that fits."""
+    per = max(_layer_bytes(shape, dtype), 1)
+    step = shape.num_layers * per + _head_bytes(shape, dtype)
+    return max(1, min(-(-step // per), RING_BYTES // per))
+
+
+def _head_ring(shape: ModelShape, dtype) -> int:
+    """Distinct LM heads ``head`` cycles through on CPU: a step's bytes' worth, capped by ``RING_BYTES``."""
+    per = max(_head_bytes(shape, dtype), 1)
+    step = shape.num_layers * _layer_bytes(shape, dtype) + per
+    return max(1, min(-(-step // per), RING_BYTES // per))
+
+
+def _head_bytes(shape: ModelShape, dtype) -> int:
+    return shape.vocab_size * shape.hidden_size * torch.empty(0, dtype=dtype).element_size()
 
 
 def _layer_bytes(shape: ModelShape, dtype) -> int:

@@ -79,15 +79,17 @@ def test_profile_command_end_to_end(tmp_path, monkeypatch):
 
 
 def test_cpu_layer_ops_cycle_through_distinct_layers_and_time_steady_decode(monkeypatch):
-    """On CPU the per-layer ops run on a ring of the model's depth (weights from memory, as in a real
-    forward), all against cache layer 0; the ring is capped by bytes; decode calls take the decode mirror's
-    append path (one build), not a rebuild per call."""
+    """On CPU the per-layer ops run on a ring of a step's bytes (weights from memory, as in a real forward);
+    the ring is capped by bytes; decode calls run each ring layer on a cache layer of its own and take the
+    decode mirror's append path (one build per cache layer), not a rebuild per call."""
     import drex.real.bench as bench_mod
     import drex.real.kvmirror as km
 
     with torch.inference_mode():
         bench = Bench(SHAPE, "fp32", "cpu", POINTS)
-        assert bench.layers_built == SHAPE.num_layers == len({id(layer) for layer in bench.ring})
+        per, head = bench_mod._layer_bytes(SHAPE, torch.float32), bench_mod._head_bytes(SHAPE, torch.float32)
+        want = -(-(SHAPE.num_layers * per + head) // per)  # a step's layers and LM head, in layers
+        assert bench.layers_built == want == len({id(layer) for layer in bench.ring}) > SHAPE.num_layers
         assert all(layer.self_attn.layer_idx == 0 for layer in bench.ring)
         seen, real_call = [], type(bench.ring[0]).__call__
         monkeypatch.setattr(type(bench.ring[0]), "__call__",
@@ -95,8 +97,17 @@ def test_cpu_layer_ops_cycle_through_distinct_layers_and_time_steady_decode(monk
         builds, real_build = [], km.DecodeMirror.build
         monkeypatch.setattr(km.DecodeMirror, "build", lambda self, *a: builds.append(1) or real_build(self, *a))
         fn = bench.fn(pf.Point("layer_decode", "fit", 4, 128))
-        for _ in range(2 * SHAPE.num_layers):
+        assert len(builds) == want  # built at set-up
+        for _ in range(2 * want):
             fn()
-        assert len(set(seen)) == SHAPE.num_layers and seen[0] != seen[1] and len(builds) == 1
+        # each ring layer attends its own cache layer (its K/V from memory, as in a real step): one mirror build
+        # per cache layer, then appends
+        assert len(set(seen)) == want and seen[0] != seen[1] and len(builds) == want
+        heads = {id(h) for h in bench.heads}
+        head_fn, used = bench.fn(pf.Point("head", "fit", 4)), set()
+        for _ in range(2 * len(heads)):
+            head_fn()
+            used.add(id(bench.model.lm_head))
+        assert used == heads and len(heads) == -(-(SHAPE.num_layers * per + head) // head) > 1
         monkeypatch.setattr(bench_mod, "RING_BYTES", 1)
         assert Bench(SHAPE, "fp32", "cpu", POINTS).layers_built == 1
