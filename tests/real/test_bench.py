@@ -39,15 +39,15 @@ def test_every_op_runs_on_the_real_modules():
 def test_step_and_exit_eval_time_decode_steps(monkeypatch):
     """``step`` and ``exit_eval`` time real decode steps of all their rows (the scheduler is told of each step,
     so it does not plan the same prefill again and again); ``exit_eval`` runs every exit's estimator."""
-    import drex.real.bench as bench_mod
+    import drex.real.benchsteps as bench_mod
     from drex.real.executor import RealExecutor
 
     kinds, estimated = [], []
-    execute, estimate = RealExecutor.execute, bench_mod._NoLayers.estimate
+    execute, estimate = RealExecutor.execute, bench_mod.NoLayers.estimate
     monkeypatch.setattr(RealExecutor, "execute",
                         lambda self, plan, now, until=float("inf"): kinds.append((plan.kind, len(plan.decode_ids)))
                         or execute(self, plan, now, until))
-    monkeypatch.setattr(bench_mod._NoLayers, "estimate",
+    monkeypatch.setattr(bench_mod.NoLayers, "estimate",
                         lambda self, x, e: estimated.append((e, x.shape[0])) or estimate(self, x, e))
     with torch.inference_mode():
         bench = Bench(SHAPE, "fp32", "cpu", POINTS)
