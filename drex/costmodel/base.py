@@ -22,6 +22,10 @@ class CostModel(ABC):
     # True: the *_one methods below answer in plain float arithmetic (fast); callers may then price one-step
     # decisions element by element (drex.core.profitability) and get the vectorised values bit for bit.
     fast_one: bool = False
+    # True: a decode segment's attention reads the K/V of every row of its step's decode batch, however few
+    # rows go on (the real CPU backend's decode mirror attends a subset of its rows in place); set for
+    # profiles measured on a CPU.
+    decode_attends_batch: bool = False
 
     @abstractmethod
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):

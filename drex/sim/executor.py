@@ -75,6 +75,8 @@ class SimExecutor:
         going = depth[None, :, :] >= hi[:, None, None]
         rows = going.sum(axis=2) + float(pre_tokens)
         c = (going * ctx[None]).sum(axis=2)
+        if cost.decode_attends_batch:  # the rows going on are attended in place among all the step's rows
+            c = np.where(going.any(axis=2), ctx.sum(axis=1)[None, :], 0.0)
         if drain_rows:
             joined = lo >= out.drain_layer
             rows[joined, -1] += drain_rows
@@ -173,7 +175,8 @@ class SimExecutor:
         for j in range(out.num_steps):
             for e in np.unique(prev[prev >= 0]):
                 sel = prev == e
-                t[j] += (L - e) * float(cost.layer_s(float(sel.sum()), float((ctx[j][sel] - 1).sum())))
+                read = ctx[j] - 1 if cost.decode_attends_batch else (ctx[j] - 1)[sel]  # K/V the pass attends
+                t[j] += (L - e) * float(cost.layer_s(float(sel.sum()), float(read.sum())))
             prev = np.where(gone[j], out.reach[j], -1)
         return t
 

@@ -54,3 +54,17 @@ def test_latency_only_rows_keep_computing_no_regroup():
     extra = (_price(_Priced(TINY, "cpu", 4), actions, policy="latency-only")
              - _price(RooflineCostModel(TINY, "cpu", 4), actions, policy="latency-only"))
     assert extra == pytest.approx(EVAL_S + 3 * EVAL_ROW_S, rel=1e-9)
+
+
+def test_decode_attention_of_the_whole_batch_where_the_cost_model_says_so():
+    """A CPU profile's rows going on past an exit are attended in place among all the step's rows (the decode
+    mirror): the deeper segment is priced with the whole batch's context, its matmuls with the rows going on."""
+    actions = (EXIT, CONTINUE, CONTINUE)
+    plain = RooflineCostModel(TINY, "cpu", 4)
+    whole = RooflineCostModel(TINY, "cpu", 4)
+    whole.decode_attends_batch = True
+    extra = _price(whole, actions) - _price(plain, actions)
+    deep = TINY.num_layers - 2  # layers [2, 4) after the exit at 2: rows 1 and 2 go on
+    want = deep * (float(plain.layer_s(2.0, 90.0)) - float(plain.layer_s(2.0, 70.0)))  # 20 + 30 + 40 vs 30 + 40
+    assert extra == pytest.approx(want, rel=1e-9) and extra > 0
+    assert _price(whole, (CONTINUE,) * 3) == pytest.approx(_price(plain, (CONTINUE,) * 3), rel=1e-12)
