@@ -41,7 +41,7 @@ STEP_CONTEXT = 128  # the step's bookkeeping does not depend on context length; 
 
 # On CPU, per-layer ops cycle through at most this many bytes of distinct layers (see ``ring_layers``).
 RING_BYTES = 1 << 30
-KV_RING_BYTES = 1 << 30  # decode ops: distinct cache layers (K/V and decode mirror) up to this many bytes
+KV_RING_BYTES = 1 << 28  # decode ops: distinct cache layers (K/V and decode mirror) up to this many bytes
 
 
 class Bench:
