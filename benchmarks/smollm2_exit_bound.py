@@ -10,11 +10,14 @@ benchmarks/quality_smollm2_ee_exits.csv, recompute fill) simply leave the batch 
 - ``copy``: plus the state-copy scatter of the exited tokens' K/V into the layers they skipped;
 - ``recompute``: plus, next step, their skipped layers run again as one pass per exit layer (what
   ``RealExecutor`` does; a pass over a few rows still streams those layers' weights).
+- ``*_priced``: plus the learned exit points' evaluation (adapter, norm, estimator, decision) over the rows
+  reaching each and the regroup of the rows going on, as the profile's exit_eval and regroup laws price them.
 Speedup = full step / that step. Writes benchmarks/results/smollm2_loop/exit_bound.csv.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -28,14 +31,20 @@ from drex.costmodel.load import load_fitted  # noqa: E402
 ROWS, CONTEXT, LAYERS = 16, 170, 30
 
 
-def step_s(cost, exits: dict[int, float], fill: str | None) -> float:
-    """A decode step whose tokens leave at each exit layer e with probability exits[e] (expected rows)."""
+def step_s(cost, exits: dict[int, float], fill: str | None, priced: bool = False) -> float:
+    """A decode step whose tokens leave at each exit layer e with probability exits[e] (expected rows);
+    ``priced``: plus each exit point's learned evaluation over the rows reaching it and the regroup of the
+    rows going on (the profile's exit_eval and regroup)."""
     t, rows, start = 0.0, float(ROWS), 0
     for e in sorted(exits) + [LAYERS]:
         t += (e - start) * float(cost.layer_s(rows, rows * CONTEXT))
         start = e
         if e < LAYERS:
+            if priced:
+                t += float(cost.exit_eval_s(rows))
             rows -= ROWS * exits[e]
+            if priced and exits[e] > 0:
+                t += float(cost.regroup_s(rows))
     t += float(cost.head_s(float(ROWS))) + float(cost.step_overhead_s(float(ROWS)))
     for e, f in exits.items():
         if fill == "copy":
@@ -58,9 +67,12 @@ def main() -> None:
                "rouge_l": qual.rouge_l, "full_step_ms": full * 1e3}
         for fill in ("free", "copy", "recompute"):
             row[f"speedup_{fill}"] = full / step_s(cost, exits, None if fill == "free" else fill)
+        for fill in ("copy", "recompute"):  # what drex pays besides: evaluating the exits, regrouping
+            row[f"speedup_{fill}_priced"] = full / step_s(cost, exits, fill, priced=True)
         rows.append(row)
     # What exiting would need: every token leaving at one exit layer, no fill.
-    for e in (8, 15, 22):
+    meta = json.loads((ROOT / "benchmarks/quality_smollm2_ee_meta.json").read_text())
+    for e in meta["exit_layers"]:
         rows.append({"metric": f"all at {e}", "threshold": None, "early_exit_fraction": 1.0, "rouge_l": None,
                      "full_step_ms": full * 1e3, "speedup_free": full / step_s(cost, {e: 1.0}, None),
                      "speedup_copy": full / step_s(cost, {e: 1.0}, "copy"), "speedup_recompute": None})

@@ -98,7 +98,8 @@ class HeadSkip:
     def __init__(self, ee: EEConfig, cfg: SchedulerConfig, cost: CostModel, num_layers: int,
                  exits: tuple[int, ...], enabled: bool) -> None:
         self.cost, self.num_layers, self.exits, self.enabled = cost, num_layers, exits, enabled
-        # Learned exits defer their tokens to the top LM-head pass: the exit point itself is priced free.
+        # Learned exits defer their tokens to the top LM-head pass: the exit point costs its evaluation
+        # (adapter, norm, estimator, decision: ``exit_eval_s``, zero where the profile did not measure it).
         self.deferred = ee.metric == "learned"
         self.flush_rows = min(cfg.flush_rows, cfg.max_batch_size)
         self.seen = np.zeros(len(exits))
@@ -180,5 +181,5 @@ class HeadSkip:
     def _value_exceeds_price(self, i: int, n: int, bucket: int, p: float) -> bool:
         value = evaluation_value_s(self.cost, self.exits[i], self.num_layers, n, (bucket + 0.5) * CONTEXT_BUCKET,
                                    p, self.flush_rows)
-        price = 0.0 if self.deferred else float(self.cost.head_s(float(n)))
+        price = float(self.cost.exit_eval_s(float(n)) if self.deferred else self.cost.head_s(float(n)))
         return value > price

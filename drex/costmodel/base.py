@@ -22,6 +22,13 @@ class CostModel(ABC):
     # True: the *_one methods below answer in plain float arithmetic (fast); callers may then price one-step
     # decisions element by element (drex.core.profitability) and get the vectorised values bit for bit.
     fast_one: bool = False
+    # True: a decode segment's attention reads the K/V of every row of its step's decode batch, however few
+    # rows go on (the real CPU backend's decode mirror attends a subset of its rows in place); set for
+    # profiles measured on a CPU.
+    decode_attends_batch: bool = False
+    # True: ``regroup_s`` prices something (a profile with a regroup law); False: it is zero, and the simulator
+    # skips counting the rows regrouped at each exit point.
+    prices_regroup: bool = False
 
     @abstractmethod
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0):
@@ -42,6 +49,17 @@ class CostModel(ABC):
     @abstractmethod
     def buffer_s(self, num_rows):
         """Seconds to park or fetch num_rows hidden states in the rebatching pool."""
+
+    # -- priced only where measured (a fitted profile's laws); zero otherwise ----------------------
+
+    def exit_eval_s(self, num_rows):
+        """Seconds to evaluate one learned exit point (adapter, exit norm, estimator, decision) over num_rows:
+        what a learned exit costs instead of an LM-head pass (``head_s``)."""
+        return np.zeros_like(np.asarray(num_rows, dtype=float)) if np.ndim(num_rows) else 0.0
+
+    def regroup_s(self, num_rows):
+        """Seconds to regroup the num_rows that go on past an exit point where others stopped."""
+        return np.zeros_like(np.asarray(num_rows, dtype=float)) if np.ndim(num_rows) else 0.0
 
     # -- compositions shared by every model -------------------------------------------------
 

@@ -49,14 +49,18 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
     "kv_copy": (("rows_x_layers",), ("layers", "rows"), ()),
     # The layer without its attention kernel (imported profiles measure it apart): optional.
     "linear": (("tokens",), (), ()),
+    # A learned exit point evaluated (adapter, norm, estimator, decision) and rows regrouped past an exit:
+    # optional (profiles made before they were measured price them at zero).
+    "exit_eval": (("rows",), (), ()),
+    "regroup": (("rows",), (), ()),
 }
-OPTIONAL_FAMILIES = ("linear",)
+OPTIONAL_FAMILIES = ("linear", "exit_eval", "regroup")
 
 # measured op -> the family that predicts it
 OP_FAMILY = {
     "layer_decode": "layer", "layer_prefill": "layer", "attn_decode": "attn", "attn_prefill": "attn",
     "mlp": "mlp", "head": "head", "buffer": "buffer", "step": "step", "kv_copy": "kv_copy",
-    "linear": "linear",
+    "linear": "linear", "exit_eval": "exit_eval", "regroup": "regroup",
 }
 
 
@@ -178,6 +182,7 @@ class FittedCostModel(CostModel):
             raise ValueError(f"fitted cost model lacks laws for {missing}")
         self.laws = laws
         self.name = name
+        self.prices_regroup = "regroup" in laws
 
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0, num_decode=None, prefill_context=None):
         """One layer; ``num_decode`` / ``prefill_context`` (see ``layer_features``) sharpen mixed steps."""
@@ -203,6 +208,16 @@ class FittedCostModel(CostModel):
     def step_overhead_s(self, num_rows):
         return _out(self.laws["step"]({"rows": num_rows}), num_rows)
 
+    def exit_eval_s(self, num_rows):
+        if "exit_eval" not in self.laws:
+            return super().exit_eval_s(num_rows)
+        return _out(self.laws["exit_eval"]({"rows": num_rows}), num_rows)
+
+    def regroup_s(self, num_rows):
+        if "regroup" not in self.laws:
+            return super().regroup_s(num_rows)
+        return _out(self.laws["regroup"]({"rows": num_rows}), num_rows)
+
     def kv_copy_s(self, num_rows, num_layers):
         rows, layers = np.asarray(num_rows, dtype=float), np.asarray(num_layers, dtype=float)
         t = self.laws["kv_copy"]({"rows_x_layers": rows * layers, "layers": layers, "rows": rows})
@@ -224,4 +239,5 @@ class FittedCostModel(CostModel):
             return self.mlp_s(num_rows) if op == "mlp" else self.linear_s(num_rows)
         if op == "kv_copy":
             return self.kv_copy_s(num_rows, num_layers)
-        return {"head": self.head_s, "buffer": self.buffer_s, "step": self.step_overhead_s}[op](num_rows)
+        return {"head": self.head_s, "buffer": self.buffer_s, "step": self.step_overhead_s,
+                "exit_eval": self.exit_eval_s, "regroup": self.regroup_s}[op](num_rows)

@@ -62,7 +62,9 @@ def load_fitted(path: str | Path, shape: ModelShape | None = None) -> FittedCost
     if missing:
         raise ValueError(f"{fit_path}: field laws lacks {missing}")
     laws = {fam: Law.from_json(laws_json[fam], f"{fit_path} laws.{fam}") for fam in FAMILIES if fam in laws_json}
-    return FittedCostModel(laws, name=f"profile:{_display(path)}")
+    model = FittedCostModel(laws, name=f"profile:{_display(path)}")
+    model.decode_attends_batch = (meta.get("device") or {}).get("requested") == "cpu"
+    return model
 
 
 def load_cost_model(device: str, shape: ModelShape, dtype_bytes: int = 2, root: str | Path | None = None,

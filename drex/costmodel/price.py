@@ -22,7 +22,7 @@ def prefill_work(chunks) -> tuple[int, float, int]:
 
 
 def step_s(cost: CostModel, layers, rows, context, prefill_attn=0.0, head_rows=None, overhead_rows=None,
-           buffer_rows=None, kv_rows=None, kv_layers=None):
+           buffer_rows=None, kv_rows=None, kv_layers=None, eval_rows=None, regroup_rows=None):
     """Seconds of a step (or of many stacked ones: trailing axes broadcast).
 
     - ``layers``, ``rows``, ``context``: segment axis first; segment i runs ``layers[i]`` layers over
@@ -31,10 +31,16 @@ def step_s(cost: CostModel, layers, rows, context, prefill_attn=0.0, head_rows=N
     - ``overhead_rows``: rows the step's fixed overhead scales with (None: a part of a step, no overhead).
     - ``buffer_rows``: rows parked in or fetched from the rebatching pool; ``kv_rows`` x ``kv_layers``:
       KV state copy of exited tokens into the layers they skipped.
+    - ``eval_rows``: rows of each learned exit point evaluated (adapter, norm, estimator, decision), evaluation
+      axis first; ``regroup_rows``: rows going on past each exit point where others stopped (0: no regroup).
     """
     t = (np.asarray(layers) * cost.layer_s(rows, context, prefill_attn)).sum(axis=0)
     if head_rows is not None:
         t = t + cost.head_s(np.asarray(head_rows, dtype=float)).sum(axis=0)
+    if eval_rows is not None:
+        t = t + cost.exit_eval_s(np.asarray(eval_rows, dtype=float)).sum(axis=0)
+    if regroup_rows is not None:
+        t = t + cost.regroup_s(np.asarray(regroup_rows, dtype=float)).sum(axis=0)
     if overhead_rows is not None:
         t = t + cost.step_overhead_s(overhead_rows)
     if buffer_rows is not None and kv_rows is not None:

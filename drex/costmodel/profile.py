@@ -34,7 +34,8 @@ FIT = "fit.json"
 FIT_REPORT = "fit_report.txt"
 
 # Operations a profile measures. Decode/prefill ops describe one decoder layer.
-OPS = ("layer_decode", "attn_decode", "layer_prefill", "attn_prefill", "mlp", "head", "buffer", "kv_copy", "step")
+OPS = ("layer_decode", "attn_decode", "layer_prefill", "attn_prefill", "mlp", "head", "buffer", "kv_copy", "step",
+       "exit_eval", "regroup")
 # Ops only imported profiles hold (vidur.py): "linear", the layer less attention (num_rows = tokens).
 IMPORTED_OPS = ("linear",)
 ALL_OPS = OPS + IMPORTED_OPS
@@ -43,7 +44,8 @@ SPLITS = ("fit", "held")  # held points are never used by the fit: they measure 
 
 @dataclass(frozen=True)
 class Point:
-    """One grid point. ``num_rows``: decode batch, head/buffer/step rows, KV-copy rows, or MLP tokens;
+    """One grid point. ``num_rows``: decode batch, head/buffer/step/exit-evaluation rows, rows going on past a
+    regroup, KV-copy rows, or MLP tokens;
     ``context``: cached tokens per decode row, or prior context of a prefill chunk."""
 
     op: str
@@ -135,7 +137,7 @@ def build_grid(shape: ModelShape, quick: bool = False) -> list[Point]:
         pts += [Point(op, "fit", 1, p, n) for n in chunks for p in priors if n + p <= max_ctx]
         pts += [Point(op, "held", 1, p, n) for n, p in held_prefill if n + p <= max_ctx]
     pts += [Point("mlp", "fit", t) for t in mlp_tokens] + [Point("mlp", "held", t) for t in held_mlp]
-    for op in ("head", "buffer", "step"):
+    for op in ("head", "buffer", "step", "exit_eval", "regroup"):
         pts += [Point(op, "fit", r) for r in rows] + [Point(op, "held", r) for r in held_rows]
     pts += [Point("kv_copy", "fit", r, num_layers=n) for r in kv_rows for n in kv_layers]
     pts += [Point("kv_copy", "held", r, num_layers=n) for r, n in held_kv]

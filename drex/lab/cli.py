@@ -59,6 +59,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--default-threshold", type=float, default=0.9, help="the learned metric's default threshold")
     p.add_argument("--adapters-from", default=None,
                    help="an exits.safetensors whose adapters and exit norms are kept; only estimators are trained")
+    p.add_argument("--dump-val", default=None,
+                   help="also save each exit's confidences and labels on the estimator's tokens (a torch file) to "
+                        "compare exit sets offline (benchmarks/smollm2_exit_choice.py)")
     _config_flags(p, train_exits.ExitTrainConfig())
     p.set_defaults(func=_cmd_train_exits)
     add_quality_parser(sub)
@@ -82,7 +85,7 @@ def _cmd_train_exits(args) -> int:
     if not args.overwrite:
         refuse_shipped(args.out, "training exits", "--out another directory, or --overwrite")
     cfg = train_exits.ExitTrainConfig(**{k: getattr(args, k) for k in asdict(train_exits.ExitTrainConfig())})
-    train_exits.run(cfg, Path(args.out), args.log, args.default_threshold, args.adapters_from)
+    train_exits.run(cfg, Path(args.out), args.log, args.default_threshold, args.adapters_from, args.dump_val)
     return 0
 
 

@@ -42,9 +42,11 @@ class ExitTrainConfig:
     base: str = "smollm2"
     exits: tuple[int, ...] = (8, 15, 22)
     seq_len: int = 256
-    windows_per_source: int = 40  # teacher-forced windows from each of plays, stdlib, humaneval, generated
-    num_generate: int = 48  # training HumanEval prompts continued by the model itself
+    windows_per_source: int = 40  # teacher-forced windows of raw text from each of plays, stdlib, humaneval
+    num_generate: int = 48  # training HumanEval tasks whose prompt (only) the model itself continues
     generate_tokens: int = 96
+    num_generate_text: int = 0  # 64-token windows of training plays/stdlib text continued by the model
+    text_generate_tokens: int = 64
     estimator_windows: int = 32  # held apart from adapter training: the estimator's labels are honest
     adapter_rank: int = 128
     estimator_width: int = 64
@@ -69,13 +71,39 @@ def _windows(ids: list[int], seq_len: int, num: int, rng) -> list[list[int]]:
     return [ids[s:s + seq_len] for s in sorted(pick)]
 
 
-def build_windows(cfg: ExitTrainConfig, model: EEModel, tok, rng, log) -> list[list[int]]:
-    """Teacher-forced windows: plays, stdlib, HumanEval training tasks, and the model's own continuations."""
+def _continue(model: EEModel, prompts: list[list[int]], tokens: int, desc: str) -> list[list[int]]:
+    """The model's own greedy continuations (full depth), in batches of 16: prompt + continuation."""
     from drex.real.generate import greedy_decode
+
+    out: list[list[int]] = []
+    for i in tqdm(range(0, len(prompts), 16), desc=desc, file=sys.stderr):
+        batch = prompts[i:i + 16]
+        dec = greedy_decode(model, batch, tokens)
+        out += [p + t for p, t in zip(batch, dec.tokens)]
+    return out
+
+
+def _text_prompts(corpus, tok, num: int, length: int, rng) -> list[list[int]]:
+    """``num`` windows of ``length`` tokens from training plays and stdlib text, starting at line starts."""
+    prompts = []
+    for k, source in enumerate(("plays", "python")):
+        text = "".join(d.text for d in corpus.train if d.source == source)
+        for off in rng.integers(0, len(text) - 4000, size=(num + 1 - k) // 2):
+            start = text.find("\n", int(off)) + 1
+            prompts.append(tok.encode(text[start:start + 8 * length]).ids[:length])
+    return prompts
+
+
+def build_windows(cfg: ExitTrainConfig, model: EEModel, tok, rng, log) -> list[tuple[list[int], int]]:
+    """Teacher-forced sequences, each with where its model-generated part starts (len: none): raw windows of
+    plays, stdlib and HumanEval training tasks; the model's own greedy continuations of training HumanEval
+    prompts (the prompt alone, as ``drex quality`` and ``--trace humaneval`` give it) and of text windows:
+    with recompute fill, decoding's hidden states are exactly a teacher-forced pass over its own output."""
+    from drex.lab.corpus import HUMANEVAL_HOLDOUT_EVERY, load_humaneval
 
     corpus = build_corpus()
     eos = tok.token_to_id("<|endoftext|>") or 0
-    out: list[list[int]] = []
+    out: list[tuple[list[int], int]] = []
     for source in ("plays", "python", "humaneval"):
         ids: list[int] = []
         for doc in corpus.train:
@@ -83,25 +111,28 @@ def build_windows(cfg: ExitTrainConfig, model: EEModel, tok, rng, log) -> list[l
                 ids += tok.encode(doc.text).ids + [eos]
         got = _windows(ids, cfg.seq_len, cfg.windows_per_source, rng)
         _log(log, event="source", source=source, tokens=len(ids), windows=len(got))
-        out += got
-    prompts = [tok.encode(d.text).ids for d in corpus.train if d.source == "humaneval"][: cfg.num_generate]
-    t0 = time.perf_counter()
-    gen: list[list[int]] = []
-    for i in tqdm(range(0, len(prompts), 16), desc="generating continuations", file=sys.stderr):
-        batch = prompts[i:i + 16]
-        dec = greedy_decode(model, batch, cfg.generate_tokens)
-        gen += [(p + t)[-cfg.seq_len:] for p, t in zip(batch, dec.tokens)]
-    _log(log, event="source", source="generated", prompts=len(prompts), windows=len(gen),
-         seconds=round(time.perf_counter() - t0, 1))
-    return out + gen
+        out += [(w, len(w)) for w in got]
+    tasks = [t for i, t in enumerate(load_humaneval()) if i % HUMANEVAL_HOLDOUT_EVERY != 0]
+    for name, prompts, tokens in (
+            ("generated", [tok.encode(t["prompt"]).ids for t in tasks[: cfg.num_generate]], cfg.generate_tokens),
+            ("generated_text", _text_prompts(corpus, tok, cfg.num_generate_text, 64, rng), cfg.text_generate_tokens)):
+        if not prompts:
+            continue
+        t0 = time.perf_counter()
+        seqs = _continue(model, prompts, tokens, f"generating {name}")
+        out += [(s, len(p)) for s, p in zip(seqs, prompts)]
+        _log(log, event="source", source=name, prompts=len(prompts), tokens=sum(map(len, seqs)),
+             generated=len(prompts) * tokens, seconds=round(time.perf_counter() - t0, 1))
+    return out
 
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed the adapters' autograd later
-def collect(model: EEModel, windows: list[list[int]], exits, top_k: int):
-    """Per token: the hidden state after each exit layer, the top's top-k ids and log-probabilities."""
+def collect(model: EEModel, windows: list[tuple[list[int], int]], exits, top_k: int):
+    """Per token: the hidden state after each exit layer, the top's top-k ids and log-probabilities, and
+    whether the token's position is in the model-generated part of its sequence."""
     hid = {e: [] for e in exits}
-    top_ids, top_lp = [], []
-    for w in tqdm(windows, desc="teacher pass", file=sys.stderr):
+    top_ids, top_lp, gen_mask = [], [], []
+    for w, gen_start in tqdm(windows, desc="teacher pass", file=sys.stderr):
         ids = torch.tensor([w])
         h = model.embed(ids)
         meta = DenseMeta(ids.shape[1], ids.device)
@@ -113,7 +144,9 @@ def collect(model: EEModel, windows: list[list[int]], exits, top_k: int):
         v, k = lp.topk(top_k, -1)
         top_ids.append(k)
         top_lp.append(v)
-    return {e: torch.cat(v) for e, v in hid.items()}, torch.cat(top_ids), torch.cat(top_lp)
+        # a decode step feeds a generated token (position >= gen_start) and predicts the next one
+        gen_mask.append(torch.arange(len(w)) >= gen_start)
+    return {e: torch.cat(v) for e, v in hid.items()}, torch.cat(top_ids), torch.cat(top_lp), torch.cat(gen_mask)
 
 
 def train_adapter(model: EEModel, e: int, h, top_ids, top_lp, cfg: ExitTrainConfig, gen, log) -> None:
@@ -149,9 +182,10 @@ def exit_labels(model: EEModel, e: int, h, top_ids, chunk: int = 512):
     return torch.cat(xs), torch.cat(ok).float()
 
 
-def train_estimator(model: EEModel, e: int, x, y, cfg: ExitTrainConfig, gen, log) -> None:
+def train_estimator(model: EEModel, e: int, x, y, gen_mask, cfg: ExitTrainConfig, gen, log):
     """BCE on (exit token == full model's token), early-stopped on a fifth held apart: a few thousand tokens
-    overfit within a few hundred steps, and an overconfident estimator exits wrong tokens."""
+    overfit within a few hundred steps, and an overconfident estimator exits wrong tokens. Returns the
+    held-apart fifth's (rows, confidences) for the log and an optional dump."""
     est = model.exit_heads[str(e)].estimator
     opt = torch.optim.AdamW(est.parameters(), lr=1e-3, weight_decay=1e-2)
     n = x.shape[0]
@@ -180,11 +214,15 @@ def train_estimator(model: EEModel, e: int, x, y, cfg: ExitTrainConfig, gen, log
     _log(log, event="estimator_stop", exit=e, best_step=best_step, val_bce=round(best, 4), last_step=step)
     with torch.no_grad():
         pv = est(x[val])
-    for thr in (0.5, 0.7, 0.8, 0.9, 0.95):
-        sel = pv > thr
-        _log(log, event="estimator", exit=e, threshold=thr, exit_fraction=round(sel.float().mean().item(), 3),
-             agreement_of_exited=round(y[val][sel].mean().item(), 3) if sel.any() else None)
-    _log(log, event="estimator_done", exit=e, val_tokens=len(val), base_agreement=round(y[val].mean().item(), 3))
+    for part, rows in (("all", torch.ones(len(val), dtype=torch.bool)), ("generated", gen_mask[val])):
+        for thr in (0.5, 0.8, 0.9, 0.95, 0.99):
+            sel = (pv > thr) & rows
+            _log(log, event="estimator", exit=e, tokens=part, threshold=thr,
+                 exit_fraction=round(sel.float().sum().item() / max(1, rows.sum().item()), 3),
+                 agreement_of_exited=round(y[val][sel].mean().item(), 3) if sel.any() else None)
+    _log(log, event="estimator_done", exit=e, val_tokens=len(val), base_agreement=round(y[val].mean().item(), 3),
+         base_agreement_generated=round(y[val][gen_mask[val]].mean().item(), 3) if gen_mask[val].any() else None)
+    return val, pv
 
 
 def _load_parts(model: EEModel, e: int, path: str) -> None:
@@ -209,14 +247,21 @@ def save_exits(model: EEModel, cfg: ExitTrainConfig, out: Path, default_threshol
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def _exit_rng(cfg: ExitTrainConfig, e: int) -> torch.Generator:
+    """Each exit's own seeded generator (and initialisation): an exit trains the same whatever others do."""
+    torch.manual_seed(cfg.seed * 1000 + e)
+    return torch.Generator().manual_seed(cfg.seed * 1000 + e)
+
+
 def run(cfg: ExitTrainConfig, out: Path, log_path: str | None = None, default_threshold: float = 0.9,
-        adapters_from: str | None = None) -> None:
+        adapters_from: str | None = None, dump_val: str | None = None) -> None:
     """Train (or, with ``adapters_from``, load an exits.safetensors' adapters and norms and retrain only the
-    estimators) and write ``out``."""
+    estimators) and write ``out``; ``dump_val``: also save each exit's held-apart confidences and labels
+    (torch file) to compare exit sets offline."""
     from tokenizers import Tokenizer
 
     torch.manual_seed(cfg.seed)
-    rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     shape = get_model(cfg.base)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -230,12 +275,14 @@ def run(cfg: ExitTrainConfig, out: Path, log_path: str | None = None, default_th
         order = rng.permutation(len(windows))
         est_w = [windows[i] for i in order[: cfg.estimator_windows]]
         fit_w = [] if adapters_from else [windows[i] for i in order[cfg.estimator_windows:]]
-        h, top_ids, top_lp = collect(model, fit_w, cfg.exits, cfg.top_k) if fit_w else (None, None, None)
-        h_est, ids_est, _ = collect(model, est_w, cfg.exits, 1)
+        h, top_ids, top_lp, _ = collect(model, fit_w, cfg.exits, cfg.top_k) if fit_w else (None,) * 4
+        h_est, ids_est, _, gen_est = collect(model, est_w, cfg.exits, 1)
         _log(log, event="collected", fit_tokens=0 if top_ids is None else int(top_ids.shape[0]),
-             estimator_tokens=int(ids_est.shape[0]),
+             estimator_tokens=int(ids_est.shape[0]), estimator_generated_tokens=int(gen_est.sum()),
              seconds=round(time.perf_counter() - t0, 1))
+        dump = {"generated": gen_est}
         for e in cfg.exits:
+            gen = _exit_rng(cfg, e)
             model.add_exit_head(e, norm=True, lm_head=False, adapter_rank=cfg.adapter_rank,
                                 estimator_width=cfg.estimator_width)
             _, before = exit_labels(model, e, h_est[e], ids_est)
@@ -245,9 +292,14 @@ def run(cfg: ExitTrainConfig, out: Path, log_path: str | None = None, default_th
                 train_adapter(model, e, h[e], top_ids, top_lp, cfg, gen, log)
             x, y = exit_labels(model, e, h_est[e], ids_est)
             _log(log, event="exit_agreement", exit=e, before=round(before.mean().item(), 3),
-                 after=round(y.mean().item(), 3))
-            train_estimator(model, e, x, y, cfg, gen, log)
+                 after=round(y.mean().item(), 3), after_generated=round(y[gen_est].mean().item(), 3))
+            val, pv = train_estimator(model, e, x, y, gen_est, cfg, gen, log)
+            with torch.no_grad():
+                dump[e] = {"conf": model.estimate(x, e).float(), "right": y, "val": val}
             for p in model.parameters():
                 p.requires_grad_(False)
+            _log(log, event="exit_done", exit=e, seconds=round(time.perf_counter() - t0, 1))
         save_exits(model, cfg, out, default_threshold)
+        if dump_val:
+            torch.save(dump, dump_val)
         _log(log, event="done", seconds=round(time.perf_counter() - t0, 1))

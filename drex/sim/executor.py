@@ -28,10 +28,12 @@ class SimExecutor:
         self.exits = decider.exits
         self.keeps_batch = decider.policy.keeps_batch
         self.ideal = decider.policy.ideal
-        # Learned exits (the real executor's): a small estimator decides at each exit and the exited rows'
-        # tokens join the top's one LM-head pass, so the exit points charge no head and the top one per token.
+        # Learned exits (the real executor's): a small estimator decides at each exit (``exit_eval``) and the
+        # exited rows' tokens join the top's one LM-head pass (latency-only: an LM-head pass over the rows that
+        # exit, at their exit), so the exit points charge no head pass over every row.
         ee = getattr(decider, "ee", None)
-        self.deferred_heads = ee is not None and ee.metric == "learned" and not self.keeps_batch
+        self.learned = ee is not None and ee.metric == "learned"
+        self.deferred_heads = self.learned and not self.keeps_batch
         # KV fill by recompute (the real executor's RecomputeFill): a token that exited at layer e has its layers
         # [e, L) run at its request's next step, before that step's layers, grouped by e; set by drex validate
         # from the run it replays. Off: state copy, priced as one scatter a step.
@@ -73,18 +75,25 @@ class SimExecutor:
         going = depth[None, :, :] >= hi[:, None, None]
         rows = going.sum(axis=2) + float(pre_tokens)
         c = (going * ctx[None]).sum(axis=2)
+        if cost.decode_attends_batch:  # the rows going on are attended in place among all the step's rows
+            c = np.where(going.any(axis=2), ctx.sum(axis=1)[None, :], 0.0)
         if drain_rows:
             joined = lo >= out.drain_layer
             rows[joined, -1] += drain_rows
             c[joined, -1] += float(sum(plan.drain_context))
         top_rows = (depth >= L).sum(axis=1) + pre_last
+        eval_rows = [h[:k] for h in head_rows] if self.learned else None
         if self.deferred_heads:
-            head_rows = [np.zeros_like(h[:k]) for h in head_rows] + [top_rows + out.exited.sum(axis=1)]
+            head_rows = [top_rows + out.exited.sum(axis=1)]
+        elif self.learned:  # latency-only: the exiting rows' head at their exit, the top over the others
+            head_rows = [(out.exited & (out.reach == e)).sum(axis=1) for e in self.exits[:len(head_rows)]]
+            head_rows += [(~out.exited).sum(axis=1) + pre_last]
         else:
             head_rows = [h[:k] for h in head_rows] + [top_rows]
         kv_rows, kv_layers = (None, None) if self.recompute_fill else self._kv_fill(out)
+        regroups = self._regroups(out, depth, len(plan.prefill), drain_rows) if cost.prices_regroup else None
         dur = step_s(cost, seg, rows, c, pre_attn, head_rows, n + len(plan.prefill),
-                     out.buffered.sum(axis=1), kv_rows, kv_layers)
+                     out.buffered.sum(axis=1), kv_rows, kv_layers, eval_rows, regroups)
         if self.recompute_fill:
             dur = dur + self._recompute_s(plan.decode_ids, out, ctx)
         if drain_rows:  # the drained rows joined the last step only
@@ -177,6 +186,20 @@ class SimExecutor:
             dur = dur[:cut]
         return StepResult(dur, out)
 
+    def _regroups(self, out: StepOutcome, depth: np.ndarray, chunks: int, drain_rows: int):
+        """Rows regrouped past each exit point per step [exits, k]: where rows stopped there (exited, unless they
+        keep computing, or parked) or drained rows joined, the rows that go on (0: no regroup)."""
+        if self.keeps_batch and not out.buffered.any() and out.drain_layer < 0:
+            return None
+        regroups = []
+        for e in self.exits:
+            going = (depth > e).sum(axis=1) + chunks
+            stopped = (depth == e).any(axis=1)
+            if drain_rows and e == out.drain_layer:
+                stopped, going = np.ones_like(stopped), going + drain_rows
+            regroups.append(np.where(stopped, going, 0))
+        return regroups
+
     def _recompute_s(self, ids, out: StepOutcome, ctx: np.ndarray) -> np.ndarray:
         """Seconds of each step's KV recompute [k]: the skipped layers of the tokens its rows exited with one
         step before (at step 0: in the request's previous step), one pass per exit layer over those rows."""
@@ -187,7 +210,8 @@ class SimExecutor:
         for j in range(out.num_steps):
             for e in np.unique(prev[prev >= 0]):
                 sel = prev == e
-                t[j] += (L - e) * float(cost.layer_s(float(sel.sum()), float((ctx[j][sel] - 1).sum())))
+                read = ctx[j] - 1 if cost.decode_attends_batch else (ctx[j] - 1)[sel]  # K/V the pass attends
+                t[j] += (L - e) * float(cost.layer_s(float(sel.sum()), float(read.sum())))
             prev = np.where(gone[j], out.reach[j], -1)
         return t
 
