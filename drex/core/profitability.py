@@ -145,7 +145,11 @@ def continue_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, e
     The exiting rows emit their exit-head token now (their skipped KV filled by state copy); the staying rows
     go on through [e, L) in this very step, in a smaller batch. Nobody waits, so no decode step is lost: it
     pays exactly when the deep layers' cost shrinks with the rows that leave (KV reads, compute-bound steps).
+    Where the backend attends the rows that go on in place among the whole batch (``decode_attends_batch``:
+    the CPU decode mirror), their attention reads every row's K/V: only the linear layers shrink.
     """
+    if cost.decode_attends_batch:
+        stay_context = context
     if _few_steps(cost, rows, exiting, context, stay_context):
         return np.array([continue_saving_one(cost, exit_layer, num_layers, *v, base_tokens, base_attn)
                          for v in zip(rows.tolist(), exiting.tolist(), context.tolist(), stay_context.tolist())])
@@ -177,6 +181,8 @@ def _few_steps(cost: CostModel, *counts) -> bool:
 def continue_saving_one(cost: CostModel, e: int, L: int, rows, exiting, context, stay_context, base_tokens,
                   base_attn) -> float:
     r = float(rows)
+    if cost.decode_attends_batch:  # (see continue_saving_s)
+        stay_context = context
     hold = _marginal_one(cost, e, L, r, context, base_tokens, base_attn)
     stay = _marginal_one(cost, e, L, r - exiting, stay_context, base_tokens, base_attn)
     stay = stay if base_tokens or r - exiting > 0 else 0.0

@@ -62,3 +62,18 @@ def test_the_float_path_is_taken_only_for_a_few_steps_of_one_shape(models):
     assert prof._few_steps(fast, np.array([3])) and prof._few_steps(fast, two, two)
     assert not prof._few_steps(fast, np.arange(prof.FEW_STEPS + 1)) and not prof._few_steps(fast, two, np.array([1]))
     assert not prof._few_steps(fast, np.array(3)) and not prof._few_steps(fast, 3) and not prof._few_steps(slow, two)
+
+
+def test_split_and_continue_saves_no_attention_where_the_batch_is_attended_in_place(models):
+    """decode_attends_batch (the CPU decode mirror): the rows that go on read every row's K/V, so going on
+    saves only the linear layers of the rows that left; the float and array paths agree."""
+    fast, _ = models
+    batch = copy.copy(fast)
+    batch.decode_attends_batch = True
+    rows, exiting, ctx = np.array([64.0]), np.array([40.0]), np.array([64.0 * 3000])
+    few, many = ctx * 0.1, ctx * 0.3  # the stayers' own context: ignored
+    got = prof.continue_saving_s(batch, 20, 40, rows, exiting, ctx, few)
+    assert same(got, prof.continue_saving_s(batch, 20, 40, rows, exiting, ctx, many))
+    assert same(got, prof.continue_saving_s(fast, 20, 40, rows, exiting, ctx, ctx))
+    assert got[0] == prof.continue_saving_one(batch, 20, 40, 64, 40, 64 * 3000, 0, 0, 0.0)
+    assert got[0] < prof.continue_saving_s(fast, 20, 40, rows, exiting, ctx, few)[0]  # it saved attention there
