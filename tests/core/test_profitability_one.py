@@ -70,10 +70,11 @@ def test_split_and_continue_saves_no_attention_where_the_batch_is_attended_in_pl
     fast, _ = models
     batch = copy.copy(fast)
     batch.decode_attends_batch = True
-    rows, exiting, ctx = np.array([64.0]), np.array([40.0]), np.array([64.0 * 3000])
-    few, many = ctx * 0.1, ctx * 0.3  # the stayers' own context: ignored
-    got = prof.continue_saving_s(batch, 20, 40, rows, exiting, ctx, few)
-    assert same(got, prof.continue_saving_s(batch, 20, 40, rows, exiting, ctx, many))
-    assert same(got, prof.continue_saving_s(fast, 20, 40, rows, exiting, ctx, ctx))
-    assert got[0] == prof.continue_saving_one(batch, 20, 40, 64, 40, 64 * 3000, 0, 0, 0.0)
-    assert got[0] < prof.continue_saving_s(fast, 20, 40, rows, exiting, ctx, few)[0]  # it saved attention there
+    for m in (1, prof.FEW_STEPS + 1):  # the float path, and the array path
+        rows, exiting, ctx = np.full(m, 64.0), np.full(m, 40.0), np.full(m, 64.0 * 3000)
+        few, many = ctx * 0.1, ctx * 0.3  # the stayers' own context: ignored
+        got = prof.continue_saving_s(batch, 20, 40, rows, exiting, ctx, few)
+        assert same(got, prof.continue_saving_s(batch, 20, 40, rows, exiting, ctx, many))
+        assert same(got, prof.continue_saving_s(fast, 20, 40, rows, exiting, ctx, ctx))
+        assert got[0] == prof.continue_saving_one(batch, 20, 40, 64, 40, 64 * 3000, 0, 0, 0.0)
+        assert got[0] < prof.continue_saving_s(fast, 20, 40, rows, exiting, ctx, few)[0]  # it saved attention
