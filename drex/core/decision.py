@@ -66,7 +66,8 @@ class ExitDecider:
                                                base_attn, now, step_id)
             go_s = prof.continue_saving_s(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
             flush_rows = self.buffer.predicted_flush_rows(e, staying, steps, step_id)
-            drained, wait = self._park_wait(e, step_id)
+            # (the buffer ages a step per planned step: each step's wait from its own step id)
+            drained, wait = self._park_wait(e, step_id + steps)
             park_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
                                          base_attn, parked_steps=wait, drained=drained)
             wants_park = park_s > np.maximum(go_s, 0.0)
@@ -106,15 +107,20 @@ class ExitDecider:
         none = np.zeros_like(wants)
         return PolicyDecision(actions, none, ~split[:, None] & wants, np.zeros(len(split), dtype=bool))
 
-    def _park_wait(self, e: int, step_id: int) -> tuple[bool, int]:
-        """Whether rows parked at e now would drain inline, and the decode steps they would miss."""
+    def _park_wait(self, e: int, step):
+        """Whether rows parked at e at step (an id, or an array of them) would drain inline, and the decode
+        steps they would miss."""
         # Rows already parked here: parking more blocks their drain, so the new ones wait for a flush (as
         # rows parked above the deepest exit point always do).
         parked = self.buffer.get(e)
         drained = self.cfg.inline_drain and not parked and e == self.exits[-1]
-        wait = 1 if drained else max(self.buffer.flush_in(parked, step_id) if parked
-                                     else self.cfg.flush_max_wait_steps, 1)
-        return drained, wait
+        if drained:
+            return True, 1
+        if not parked:
+            return False, max(self.cfg.flush_max_wait_steps, 1)
+        if np.ndim(step):
+            return False, np.array([max(self.buffer.flush_in(parked, int(s)), 1) for s in step])
+        return False, max(self.buffer.flush_in(parked, step), 1)
 
     def _split_actions_few(self, plan: StepPlan, e: int, steps: np.ndarray, stay: np.ndarray, counts: tuple,
                            base: int, base_attn: float, now: float, step_id: int) -> np.ndarray:
@@ -138,7 +144,7 @@ class ExitDecider:
         exiting = rows - staying
         go_s = prof.continue_saving_one(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
         flush_rows = int(self.buffer.predicted_flush_rows(e, staying, step, step_id))
-        drained, wait = self._park_wait(e, step_id)
+        drained, wait = self._park_wait(e, step_id + step)
         park_s = prof.split_saving_one(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
                                        base_attn, wait, drained)
         if park_s > max(go_s, 0.0) and not self._can_park_rows(plan, stay, np.array([step]), now, e, step_id)[0]:

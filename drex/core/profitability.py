@@ -71,8 +71,9 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     and (c) each parked row misses ``parked_steps`` decode steps: it is absent
     from the next shallow pass, a lost row-step worth the part of this step's
     cost (prefill tokens included) that does not shrink with its rows,
-    T(b)/b less what the next step saves without the row (its shallow layers,
-    e/L of dT/db). (c) is what running averages miss: when decode is
+    T(b)/b - dT/db: its layers it runs anyway, shallow now and deep in the flush
+    or drain, so over its tokens it pays one more step's fixed share, no more
+    layer work. (c) is what running averages miss: when decode is
     memory-bound, T barely depends on b, and (c) turns the rule into "split
     when more than half want to exit".
 
@@ -80,9 +81,10 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     tokens of the same step, which run the deep layers whatever the decode rows do.
     """
     if _few_steps(cost, rows, exiting, context, stay_context, flush_rows):
-        return np.array([split_saving_one(cost, exit_layer, num_layers, *v, base_tokens, base_attn, parked_steps, drained)
-                         for v in zip(rows.tolist(), exiting.tolist(), context.tolist(), stay_context.tolist(),
-                                      flush_rows.tolist())])
+        waits = np.broadcast_to(parked_steps, rows.shape).tolist()  # (one per step, or one for all)
+        return np.array([split_saving_one(cost, exit_layer, num_layers, *v, base_tokens, base_attn, w, drained)
+                         for *v, w in zip(rows.tolist(), exiting.tolist(), context.tolist(), stay_context.tolist(),
+                                          flush_rows.tolist(), waits)])
     rows = np.asarray(rows, dtype=float)
     staying = rows - exiting
     flush_rows = np.maximum(flush_rows, staying)
@@ -108,9 +110,9 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
         share = staying / flush_rows * flush
     park = 2 * cost.buffer_s(staying)  # park now, fetch at flush
     kv_fill = cost.kv_copy_s(exiting, deep)
-    # A lost row-step: a token fewer for this step's cost, less what the next step saves without the row,
-    # which is only its shallow layers [0, e) (its deep ones run anyway, in the flush or drain that carries it).
-    fixed_per_row = np.maximum(full / np.maximum(rows, 1) - exit_layer / num_layers * (full_plus - full), 0.0)
+    # A lost row-step: the row's share of this step's cost that does not shrink with its rows (its layers run
+    # anyway: shallow now, deep in the flush or drain that carries it).
+    fixed_per_row = np.maximum(full / np.maximum(rows, 1) - (full_plus - full), 0.0)
     lost = staying * parked_steps * fixed_per_row
     return hold - (share + park + kv_fill + lost)
 
@@ -230,6 +232,6 @@ def split_saving_one(cost: CostModel, e: int, L: int, rows, exiting, context, st
         share = staying / flush_rows * flush
     park = 2 * cost.buffer_s_one(staying)
     kv_fill = cost.kv_copy_s_one(exiting, deep)
-    fixed_per_row = max(full / max(rows, 1.0) - e / L * (full_plus - full), 0.0)
+    fixed_per_row = max(full / max(rows, 1.0) - (full_plus - full), 0.0)
     lost = staying * parked_steps * fixed_per_row
     return hold - (share + park + kv_fill + lost)
