@@ -316,10 +316,10 @@ class Scheduler(ApplyMixin):
         if self.recorder is not None:
             self.recorder.completed(plan, k)
         self.decider.skip.commit(k)
-        if k < plan.num_steps:
-            self._trim_ahead(plan, k)
         if self.kv_free_executor and plan.num_steps > 1:
-            self._take_run_blocks(plan, k)
+            self._take_run_blocks(plan, k)  # (nothing was taken ahead: nothing to trim)
+        elif k < plan.num_steps:
+            self._trim_ahead(plan, k)
         if result.tokens:
             for rid, tokens in result.tokens.items():
                 self.live[rid].tokens.extend(tokens)

@@ -182,7 +182,10 @@ class FittedCostModel(CostModel):
             raise ValueError(f"fitted cost model lacks laws for {missing}")
         self.laws = laws
         self.name = name
-        self.prices_regroup = "regroup" in laws
+
+    @property
+    def prices_regroup(self) -> bool:
+        return "regroup" in self.laws
 
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0, num_decode=None, prefill_context=None):
         """One layer; ``num_decode`` / ``prefill_context`` (see ``layer_features``) sharpen mixed steps."""

@@ -74,9 +74,10 @@ class SimExecutor:
         # Rows still going through each segment [lo, hi) of layers, per step: one cost-model call for all.
         going = depth[None, :, :] >= hi[:, None, None]
         rows = going.sum(axis=2) + float(pre_tokens)
-        c = (going * ctx[None]).sum(axis=2)
         if cost.decode_attends_batch:  # the rows going on are attended in place among all the step's rows
             c = np.where(going.any(axis=2), ctx.sum(axis=1)[None, :], 0.0)
+        else:
+            c = (going * ctx[None]).sum(axis=2)
         if drain_rows:
             joined = lo >= out.drain_layer
             rows[joined, -1] += drain_rows
