@@ -63,6 +63,9 @@ class ApplyMixin:
         last_emit = np.where(emitted[-1], k - 1, k - 2)
         last_time = times[np.maximum(last_emit, 0), np.arange(len(rows))].tolist()
         parked = out.buffered[-1].tolist()
+        # The rows drained at the step's end leave the buffer before its own stayers enter it (the same step can
+        # do both where prefill chunks carry the drained rows).
+        drained = self.buffer.take(out.drain_layer, self.step_id + k - 1) if out.drain_layer >= 0 else None
         for j, r in enumerate(rows):
             # A parked token's involuntary stays count now, though it emits only at its flush.
             r.num_involuntary_stays += stayed[j]
@@ -72,8 +75,12 @@ class ApplyMixin:
                 self.buffer.park(r, int(out.reach[-1, j]), self.step_id + k - 1)
         if out.buffered[-1].any():
             self.num_rebatches += 1
-        if out.drain_layer >= 0:
-            self._rejoin(self.buffer.take(out.drain_layer, self.step_id + k - 1), float(ends[k - 1]))
+            for layer in np.unique(out.reach[-1][out.buffered[-1]]).tolist():
+                if self.decider.flush_next.get(layer) == k - 1:  # priced on a flush at the next step
+                    self.buffer.due[layer] = self.step_id + k
+        self.decider.flush_next.clear()
+        if drained is not None:
+            self._rejoin(drained, float(ends[k - 1]))
             self.num_drains += 1
 
     def _apply_full_depth(self, rows: list[Request], ends: np.ndarray, gaps_first: bool = False) -> None:

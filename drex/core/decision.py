@@ -29,6 +29,9 @@ class ExitDecider:
         self.num_layers, self.exits, self.buffer, self.live, self.art = num_layers, exits, buffer, live, art
         self.no_park_until = 0  # step from which parking is allowed again (the scheduler sets it at preemptions)
         self.parked = False  # the last run parked at its first step: the scheduler then plans single steps
+        # exit layer -> planned step whose park was priced on a flush at the next step (the scheduler's apply
+        # reads it when that step parked, and sets the buffer's due step)
+        self.flush_next: dict[int, int] = {}
         self.skip = HeadSkip(ee, cfg, cost, num_layers, exits, enabled=cfg.skip_exit_heads and policy.rebatches
                              and cfg.profitability == "costmodel")
 
@@ -67,27 +70,36 @@ class ExitDecider:
             go_s = prof.continue_saving_s(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
             flush_rows = self.buffer.predicted_flush_rows(e, staying, steps, step_id)
             # (the buffer ages a step per planned step: each step's wait from its own step id)
-            drained, wait = self._park_wait(e, step_id + steps)
+            drained, wait = self._park_wait(plan, e, step_id + steps)
             park_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
                                          base_attn, parked_steps=wait, drained=drained)
+            # or a flush at the very next step, before the next decode step (the rows miss none)
+            soon_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context,
+                                         self._soon_rows(plan, e) + staying, base, base_attn, parked_steps=0)
+            soon = soon_s > park_s
+            park_s = np.maximum(park_s, soon_s)
             wants_park = park_s > np.maximum(go_s, 0.0)
             if wants_park.any():  # only where parking would win: its budget and SLO test walk the rows
                 can = self._can_park_rows(plan, stay[wants_park], steps[wants_park], now, e, step_id)
                 park_s[np.flatnonzero(wants_park)[~can]] = -np.inf
             best = np.where(park_s > go_s, PARK, GO)
-            return np.where(np.maximum(park_s, go_s) > 0, best, HOLD).astype(np.int8)
+            actions = np.where(np.maximum(park_s, go_s) > 0, best, HOLD).astype(np.int8)
+            first = np.flatnonzero(actions == PARK)[:1]
+            if len(first) and soon[first[0]]:
+                self.flush_next[e] = int(steps[first[0]])
+            return actions
 
-        def drain_pays(steps: np.ndarray) -> np.ndarray:
+        def drain_pays(steps: np.ndarray, stop: np.ndarray) -> np.ndarray:
             if not plan.drain_ids or plan.drain_layer != e:
                 return np.zeros(len(steps), dtype=bool)
-            act = active[steps]
+            act = active[steps] & ~stop[:, None]  # the decode rows that go on with them
             saving = prof.drain_saving_s(cost, e, L, act.sum(axis=1), (ctx[steps] * act).sum(axis=1),
                                          len(plan.drain_ids), sum(plan.drain_context), base, base_attn)
             return saving > 0
 
         action = None if self.cfg.profitability == "art" else split_action
         d = self.policy.decide(ExitContext(e, L, wants, confidence, active, self.ee.threshold, higher,
-                                           split_pays, drain_pays, action))
+                                           split_pays, drain_pays, action, base_continues=bool(plan.prefill)))
         self.parked = bool((d.actions[0] == BUFFER).any())
         return d
 
@@ -107,20 +119,36 @@ class ExitDecider:
         none = np.zeros_like(wants)
         return PolicyDecision(actions, none, ~split[:, None] & wants, np.zeros(len(split), dtype=bool))
 
-    def _park_wait(self, e: int, step):
+    def _park_wait(self, plan: StepPlan, e: int, step):
         """Whether rows parked at e at step (an id, or an array of them) would drain inline, and the decode
         steps they would miss."""
-        # Rows already parked here: parking more blocks their drain, so the new ones wait for a flush (as
-        # rows parked above the deepest exit point always do).
+        # Rows already parked here: parking more blocks their drain (unless they leave with this step's prefill
+        # chunks), so the new ones wait for a flush (as rows parked above the deepest exit point always do).
         parked = self.buffer.get(e)
-        drained = self.cfg.inline_drain and not parked and e == self.exits[-1]
+        drained = self.cfg.inline_drain and e == self.exits[-1] and (not parked or self._swap(plan, e))
         if drained:
             return True, 1
+        # A flush runs before the step it is due at: the rows miss the decode steps before it, one fewer than
+        # the steps they wait (a drained row misses the step it drains in).
         if not parked:
-            return False, max(self.cfg.flush_max_wait_steps, 1)
+            return False, max(self.cfg.flush_max_wait_steps, 1) - 1
         if np.ndim(step):
-            return False, np.array([max(self.buffer.flush_in(parked, int(s)), 1) for s in step])
-        return False, max(self.buffer.flush_in(parked, step), 1)
+            return False, np.array([max(self.buffer.flush_in(parked, int(s)), 1) - 1 for s in step])
+        return False, max(self.buffer.flush_in(parked, step), 1) - 1
+
+    def _soon_rows(self, plan: StepPlan, e: int) -> int:
+        """Rows already parked at e that a flush at the next step would share with the new ones. None where they
+        could drain at this step: they leave now (with the prefill), or parking here cancels their drain, and
+        the flush's whole pass is then the new rows' to pay."""
+        if plan.drain_ids and plan.drain_layer == e:
+            return 0
+        return len(self.buffer.get(e, ()))
+
+    @staticmethod
+    def _swap(plan: StepPlan, e: int) -> bool:
+        """The rows parked at e can leave on this step's prefill chunks as new ones park: the next step drains
+        the new ones as this one drains the old."""
+        return bool(plan.prefill) and plan.drain_layer == e and bool(plan.drain_ids)
 
     def _split_actions_few(self, plan: StepPlan, e: int, steps: np.ndarray, stay: np.ndarray, counts: tuple,
                            base: int, base_attn: float, now: float, step_id: int) -> np.ndarray:
@@ -144,12 +172,19 @@ class ExitDecider:
         exiting = rows - staying
         go_s = prof.continue_saving_one(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
         flush_rows = int(self.buffer.predicted_flush_rows(e, staying, step, step_id))
-        drained, wait = self._park_wait(e, step_id + step)
+        drained, wait = self._park_wait(plan, e, step_id + step)
         park_s = prof.split_saving_one(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
                                        base_attn, wait, drained)
+        soon_s = prof.split_saving_one(cost, e, L, rows, exiting, context, stay_context,  # (see split_action)
+                                       self._soon_rows(plan, e) + staying, base, base_attn, 0, False)
+        soon = soon_s > park_s
+        park_s = max(park_s, soon_s)
         if park_s > max(go_s, 0.0) and not self._can_park_rows(plan, stay, np.array([step]), now, e, step_id)[0]:
             park_s = -np.inf
-        return (PARK if park_s > go_s else GO) if max(park_s, go_s) > 0 else HOLD
+        action = (PARK if park_s > go_s else GO) if max(park_s, go_s) > 0 else HOLD
+        if action == PARK and soon:
+            self.flush_next[e] = step
+        return action
 
     def _can_park_rows(self, plan: StepPlan, stay: np.ndarray, steps: np.ndarray, now: float,
                        layer: int, step_id: int) -> np.ndarray:

@@ -31,11 +31,15 @@ class ExitContext:
     higher_is_better: bool
     # Whether splitting pays at the given steps, whose staying rows are stay [len(steps), n] -> bool.
     split_pays: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    # Whether buffered rows waiting at this exit should join the continuing rows at the given steps -> bool.
-    drain_pays: Callable[[np.ndarray], np.ndarray]
+    # Whether buffered rows waiting at this exit should join the rows going on at the given steps, where
+    # stop [len(steps)] says no decode row goes on past the exit (they ride with the prefill chunks) -> bool.
+    drain_pays: Callable[[np.ndarray, np.ndarray], np.ndarray]
     # drex: the best split action at the given steps (HOLD, PARK or GO, int8 [len(steps)]); None: PARK where
     # split_pays says so.
     split_action: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # The steps' prefill chunks run on to the top whatever the decode rows do (a mixed step): buffered rows can
+    # ride with them even where every decode row exits or parks.
+    base_continues: bool = False
 
 
 # What a split does with the rows that must go deeper: HOLD (no split: everyone continues, the confident rows
@@ -165,10 +169,13 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     actions[exits] = EXIT
     actions[buffered] = BUFFER
     stayed = (partial & (choice == HOLD))[:, None] & want
-    no_exit = ~(all_exit | split) & (n_act > 0)  # drained rows need live rows to ride with
-    if split.any():
-        no_exit[split.nonzero()[0][0]:] = False  # a parking step ends the run (StepOutcome.record cuts there)
-    drain = np.zeros(len(no_exit), dtype=bool)
-    if no_exit.any():
-        drain[no_exit] = ctx.drain_pays(no_exit.nonzero()[0])
+    # Drained rows need rows going on to ride with: live decode rows, or a mixed step's prefill chunks (then
+    # the old parked rows leave the buffer at the exit where new ones enter it).
+    stop = all_exit | split
+    rides = (n_act > 0) & (~stop | ctx.base_continues)
+    if split.any():  # a parking step ends the run (StepOutcome.record cuts there)
+        rides[split.nonzero()[0][0] + int(ctx.base_continues):] = False
+    drain = np.zeros(len(rides), dtype=bool)
+    if rides.any():
+        drain[rides] = ctx.drain_pays(rides.nonzero()[0], stop[rides])
     return PolicyDecision(actions, np.zeros(act.shape, dtype=bool), stayed, drain)

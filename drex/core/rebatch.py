@@ -22,6 +22,9 @@ class RebatchBuffer(dict):
     def __init__(self, cfg: SchedulerConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # exit layer -> the step its rows flush at, whatever the rules say: set where drex priced a park on a
+        # flush at the next step (the rules would have kept the rows waiting longer).
+        self.due: dict[int, int] = {}
 
     @property
     def num_rows(self) -> int:
@@ -36,6 +39,7 @@ class RebatchBuffer(dict):
     def take(self, layer: int, step_id: int) -> list[Request]:
         """Remove the rows parked at layer as they rejoin at step_id, counting the steps each spent parked."""
         rows = self.pop(layer)
+        self.due.pop(layer, None)
         for r in rows:
             r.num_parked_steps += max(step_id - r.buffered_step, 1)
         return rows
@@ -53,7 +57,8 @@ class RebatchBuffer(dict):
         steps = cfg.flush_max_wait_steps - age
         if cfg.flush_age_alpha > 0:
             steps = min(steps, int(np.ceil((cfg.max_batch_size / len(rows) - 1) / cfg.flush_age_alpha)) - age)
-        return steps
+        due = self.due.get(rows[0].buffer_layer)
+        return steps if due is None else min(steps, due - step_id)
 
     def steps_until_flush(self, step_id: int) -> int:
         """Decode steps that can be planned at once before a rule may flush (1 when SLOs may force one)."""

@@ -153,3 +153,25 @@ def test_no_parking_right_after_a_preemption():
     s.running.append(s.running.pop())  # a preemption sets it from the scheduler's step and the setting
     s._preempt(protect=s.running[0])
     assert s.decider.no_park_until == s.step_id + s.cfg.park_calm_steps
+
+
+def test_park_on_a_flush_at_the_next_step():
+    """Weight reads only, seven rows already parked at the exit: a new stayer parked under the flush rules would
+    wait 16 steps (too many lost steps), but a flush at the very next step of the eight reads the deep weights
+    once for them all. drex parks it and the buffer flushes before the next decode step."""
+    cost = WeightBound()
+    s, plan = decoding(cost, 8)
+    for i in range(8, 15):  # seven parked rows, not drainable into a decode step that parks
+        r = Request(i, 0.0, 8, 50)
+        r.num_prefilled, r.prefill_target, r.num_generated, r.last_token_s = 8, 8, 10, 0.0
+        s.live[i] = r
+        s.buffer.park(r, 2, 0)
+    wants = [True] * 7 + [False]
+    conf = np.where(np.array(wants), 0.9, 0.1)
+    assert s.buffer.flush_in(s.buffer[2], 1) > 1  # the rules alone would keep them waiting
+    ex = SimExecutor(s, cost, Fixed({0: conf}))
+    res = ex.execute(plan, 0.0)
+    assert res.outcome.buffered[0].tolist() == [False] * 7 + [True]
+    s.complete(plan, res, 0.0)
+    flush = s.schedule(float(res.durations_s.sum()))
+    assert flush is not None and flush.kind == "flush" and sorted(flush.flush_ids) == [7, *range(8, 15)]

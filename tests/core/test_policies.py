@@ -41,18 +41,20 @@ def exit_contexts(draw):
     higher = draw(st.booleans())
     pays = draw(hnp.arrays(np.bool_, (k,)))
     drains = draw(hnp.arrays(np.bool_, (k,)))
-    calls = {"split": [], "drain": []}
+    base = draw(st.booleans())  # prefill chunks run on to the top (a mixed step)
+    calls = {"split": [], "drain": [], "stop": []}
 
     def split_pays(steps, stay):
         calls["split"].append((np.asarray(steps).copy(), np.asarray(stay).copy()))
         return pays[steps]
 
-    def drain_pays(steps):
+    def drain_pays(steps, stop):
         calls["drain"].append(np.asarray(steps).copy())
+        calls["stop"].append(np.asarray(stop).copy())
         return drains[steps]
 
     wants = conf > threshold if higher else conf < threshold
-    ctx = ExitContext(2, 4, wants, conf, active, threshold, higher, split_pays, drain_pays)
+    ctx = ExitContext(2, 4, wants, conf, active, threshold, higher, split_pays, drain_pays, base_continues=base)
     return ctx, pays, drains, calls
 
 
@@ -133,7 +135,9 @@ def test_drex_splits_never_forces(case):
             assert (ex[j] == want[j]).all() and (buf[j] == (act[j] & ~want[j])).all()
         else:  # a split that does not pay: everyone goes on; the confident stayed involuntarily
             assert not ex[j].any() and not buf[j].any() and (d.stayed[j] == want[j]).all()
-        if ex[j].any() or buf[j].any():
+        if ctx.base_continues:  # prefill chunks carry drained rows whatever the decode rows do
+            assert d.drain[j] == (drains[j] and n_act[j] > 0)
+        elif ex[j].any() or buf[j].any():
             assert not d.drain[j]
     # The profitability callbacks are asked only about the steps they concern, each once, up to the run's end.
     asked = np.concatenate([s for s, _ in calls["split"]]) if calls["split"] else np.array([], int)
@@ -141,10 +145,13 @@ def test_drex_splits_never_forces(case):
     assert set(np.flatnonzero(partial[:end]).tolist()) <= set(asked.tolist())
     for steps, stay in calls["split"]:
         assert (stay == (act & ~want)[steps]).all()
-    no_exit = ~((n_want == n_act) & (n_act > 0)) & ~(partial & pays) & (n_act > 0)
-    no_exit[end:] = False
+    stop = ((n_want == n_act) & (n_act > 0)) | (partial & pays)  # no decode row goes on past the exit
+    rides = (~stop | ctx.base_continues) & (n_act > 0)
+    rides[end if ctx.base_continues else end - (len(parks) > 0):] = False  # a parking step drains only on prefill
     asked = np.concatenate(calls["drain"]) if calls["drain"] else np.array([], int)
-    assert sorted(asked.tolist()) == np.flatnonzero(no_exit).tolist()
+    assert sorted(asked.tolist()) == np.flatnonzero(rides).tolist()
+    told = np.concatenate(calls["stop"]) if calls["stop"] else np.array([], bool)
+    assert (told == stop[asked]).all()
 
 
 # --- whole runs ---------------------------------------------------------------------------------

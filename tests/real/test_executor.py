@@ -66,9 +66,9 @@ def model3():
     return EEModel.random(TINY, seed=7, exit_layers=EE_THREE.exits)
 
 
-# Parking forced (knobs: split when a tenth wants to exit, unbounded TPOT inflation) so that rebatching,
+# Parking forced (knobs: split whenever a row wants to exit, unbounded TPOT inflation) so that rebatching,
 # flushes and drains all happen; "go" lets the staying rows continue at once instead.
-REBATCH = dict(profitability="knobs", split_fraction=0.1, max_tpot_inflation=float("inf"))
+REBATCH = dict(profitability="knobs", split_fraction=0.0, max_tpot_inflation=float("inf"))
 
 
 @pytest.mark.parametrize("kv_fill", ["copy", "recompute"])
