@@ -4,7 +4,9 @@ A parked row waits at the exit layer it left; a flush runs every row parked at
 one layer through [e, L) at once, and an inline drain lets them join a live
 decode batch at that layer. The buffer is a mapping exit layer -> rows; the
 size and age rules (the authors' set) are one function, ``flush_in``, so that
-flushing now and planning a run of steps ahead can never disagree.
+flushing now and planning a run of steps ahead can never disagree; it also
+honours a layer's due step, set where drex priced a park on a flush at the
+next step.
 """
 
 from __future__ import annotations
