@@ -173,10 +173,8 @@ class ExitDecider:
         go_s = prof.continue_saving_one(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
         flush_rows = int(self.buffer.predicted_flush_rows(e, staying, step, step_id))
         drained, wait = self._park_wait(plan, e, step_id + step)
-        park_s = prof.split_saving_one(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
-                                       base_attn, wait, drained)
-        soon_s = prof.split_saving_one(cost, e, L, rows, exiting, context, stay_context,  # (see split_action)
-                                       self._soon_rows(plan, e) + staying, base, base_attn, 0, False)
+        park_s, soon_s = prof.split_saving_one(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
+                                               base_attn, wait, drained, self._soon_rows(plan, e) + staying)
         soon = soon_s > park_s
         park_s = max(park_s, soon_s)
         if park_s > max(go_s, 0.0) and not self._can_park_rows(plan, stay, np.array([step]), now, e, step_id)[0]:

@@ -211,14 +211,15 @@ def _step_one(cost: CostModel, layers: int, rows, context, attn) -> float:
 
 
 def split_saving_one(cost: CostModel, e: int, L: int, rows, exiting, context, stay_context, flush_rows, base_tokens,
-               base_attn, parked_steps, drained) -> float:
+               base_attn, parked_steps, drained, soon_rows=None):
+    """One step of split_saving_s; with soon_rows, also the saving of parking on a flush at the next step of
+    soon_rows rows (no step lost): a pair, the terms both share computed once, each what its own call gives."""
     rows = float(rows)
     staying = rows - exiting
     flush_rows = max(float(flush_rows), staying)
     stay_ctx_row = stay_context / max(staying, 1.0) if staying > 0 else 0.0
     ctx_row = context / max(rows, 1.0)
     deep = L - e
-    flush = _step_one(cost, deep, flush_rows, stay_ctx_row * flush_rows, 0.0)
     full = _step_one(cost, L, rows + base_tokens, float(context), base_attn)
     full_plus = _step_one(cost, L, rows + base_tokens + 1, context + ctx_row, base_attn)
     hold_layer = cost.layer_s_one(base_tokens + rows, context, base_attn)
@@ -228,10 +229,15 @@ def split_saving_one(cost: CostModel, e: int, L: int, rows, exiting, context, st
     if drained:
         share = (deep * (cost.layer_s_one(exiting + staying * 2, context + stay_context)
                          - cost.layer_s_one(exiting + staying, context)) + cost.head_s_one(staying))
-    else:
-        share = staying / flush_rows * flush
+    else:  # (the flush's pass priced only here: a drained row has none)
+        share = staying / flush_rows * _step_one(cost, deep, flush_rows, stay_ctx_row * flush_rows, 0.0)
     park = 2 * cost.buffer_s_one(staying)
     kv_fill = cost.kv_copy_s_one(exiting, deep)
     fixed_per_row = max(full / max(rows, 1.0) - (full_plus - full), 0.0)
     lost = staying * parked_steps * fixed_per_row
-    return hold - (share + park + kv_fill + lost)
+    saving = hold - (share + park + kv_fill + lost)
+    if soon_rows is None:
+        return saving
+    soon_rows = max(float(soon_rows), staying)
+    soon = staying / soon_rows * _step_one(cost, deep, soon_rows, stay_ctx_row * soon_rows, 0.0)
+    return saving, hold - (soon + park + kv_fill + staying * 0 * fixed_per_row)
