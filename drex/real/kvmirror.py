@@ -38,10 +38,14 @@ class DecodeMirror:
             self.layers[layer] = None
 
     def forget_row(self, row: int) -> None:
-        """A row's blocks or owner changed: drop every layer's mirror that holds it."""
+        """A row's blocks or owner changed: every layer's mirror that holds it lets its slot go. The slot stays
+        a hole (its stale K/V attended with a zero query, the output dropped, as a subset view does) until a
+        joining row takes it; a mirror mostly holes is dropped."""
         for i, m in enumerate(self.layers):
             if m is not None and row in m.index:
-                self.layers[i] = None
+                m.rows[m.index.pop(row)] = -1
+                if 2 * m.rows.count(-1) > len(m.rows):
+                    self.layers[i] = None
 
     def written(self, layer: int, rows: list[int], starts: list[int], lens: list[int], k, v) -> None:
         """Tokens [start, start + n) of ``rows`` were written at ``layer`` (k, v [N, Hkv, D] in row order):
@@ -109,7 +113,13 @@ class DecodeMirror:
                 torch.tensor(idx, device=m.k.device))
 
     def build(self, layer: int, rows: list[int], context: list[int], k_cache, v_cache, block_tables_cpu):
-        """Gather the rows' blocks (one copy, as an uncached step would) into a new mirror; returns its view."""
+        """Gather the rows' blocks (one copy, as an uncached step would) into a new mirror; returns its view.
+        Where the mirror holds every other row at its context, only the joining rows are gathered, into holes
+        or spare slots."""
+        if self._join(layer, rows, context, k_cache, v_cache, block_tables_cpu):
+            got = self.view(layer, rows, context)
+            if got is not None:
+                return got
         bs = self.block_size
         capacity = -(-(max(context) + self.headroom) // bs) * bs
         tables = block_tables_cpu[rows, : -(-max(context) // bs)].long().to(k_cache.device)  # [S, nb]
@@ -119,7 +129,9 @@ class DecodeMirror:
             # Zeros (finite) where nothing is gathered; grown, never shrunk: a fresh multi-MB tensor on CPU
             # costs more in page faults than the gather itself.
             old = (0, 0) if buf is None else buf[0].shape[:2]
-            shape = (max(len(rows), old[0]), max(capacity, old[1]), k_cache.shape[1], k_cache.shape[2])
+            # (a quarter more rows than the batch: room for requests that join it, see _join)
+            shape = (max(len(rows) + len(rows) // 4 + 1, old[0]), max(capacity, old[1]), k_cache.shape[1],
+                     k_cache.shape[2])
             with torch.inference_mode(False):  # a normal tensor: written in and outside inference mode
                 buf = self._buffers[layer] = (torch.zeros(shape, dtype=k_cache.dtype, device=k_cache.device),
                                               torch.zeros(shape, dtype=k_cache.dtype, device=k_cache.device))
@@ -129,3 +141,33 @@ class DecodeMirror:
         v[:, :nb * bs] = v_cache.view(-1, per_block)[tables].view(len(rows), nb * bs, *v.shape[2:])
         self.layers[layer] = _Layer(list(rows), list(context), k, v)
         return self.view(layer, rows, context)
+
+    def _join(self, layer: int, rows: list[int], context: list[int], k_cache, v_cache, block_tables_cpu) -> bool:
+        """Gather only the rows the layer's mirror lacks (a request that finished its prefill), when it holds
+        the others at their context and has room (holes, or spare slots in its buffer; the span it covers)."""
+        m, buf = self.layers[layer], self._buffers[layer]
+        if m is None or buf is None or m.k.data_ptr() != buf[0].data_ptr():
+            return False
+        new = [(r, c) for r, c in zip(rows, context) if r not in m.index]
+        if not new or any(m.lens[m.index[r]] != c for r, c in zip(rows, context) if r in m.index):
+            return False
+        bs, cap = self.block_size, m.k.shape[1]
+        if -(-max(context) // bs) * bs > cap:
+            return False
+        slots = [i for i, r in enumerate(m.rows) if r == -1][:len(new)]
+        size = len(m.rows) + len(new) - len(slots)
+        if size > buf[0].shape[0]:
+            return False
+        slots += list(range(len(m.rows), size))
+        m.rows += [-1] * (size - len(m.rows))
+        m.lens += [0] * (size - len(m.lens))
+        m.k, m.v = buf[0][:size, :cap], buf[1][:size, :cap]
+        nb = -(-max(c for _, c in new) // bs)
+        tables = block_tables_cpu[[r for r, _ in new], :nb].long().to(k_cache.device)
+        per_block = bs * k_cache.shape[1] * k_cache.shape[2]
+        at = torch.tensor(slots, device=m.k.device)
+        m.k[at, :nb * bs] = k_cache.view(-1, per_block)[tables].view(len(new), nb * bs, *m.k.shape[2:])
+        m.v[at, :nb * bs] = v_cache.view(-1, per_block)[tables].view(len(new), nb * bs, *m.v.shape[2:])
+        for slot, (r, c) in zip(slots, new):
+            m.rows[slot], m.lens[slot], m.index[r] = r, c, slot
+        return True

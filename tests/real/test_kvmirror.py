@@ -66,11 +66,31 @@ def test_mirror_matches_paged_attention_through_steps_exits_refills_and_row_reus
     assert mirror.layers[0] is not None and all(m is None for m in mirror.layers[1:])
     _decode(model, caches, [0, 1, 2], [pos[r] for r in (0, 1, 2)], gen)
     pos = {r: p + 1 for r, p in pos.items()}
-    # Row 1 finishes and a new request takes it (new blocks, a new prompt), in a different order.
+    # Row 1 finishes and a new request takes it (new blocks, a new prompt), in a different order: its slot is
+    # a hole until the new request joins into it (only its blocks gathered, the mirrors kept).
+    kept = list(mirror.layers)
     for c in caches:
         c.release(1)
+    assert mirror.layers == kept and all(m.rows == [0, -1, 2] for m in kept)
     _prefill(model, caches, 1, torch.randint(TINY.vocab_size, (6,), generator=gen))
+    _decode(model, caches, [2, 0], [pos[2], pos[0]], gen)  # a hole among the rows attended
+    pos = {r: p + 1 for r, p in pos.items()}
     _decode(model, caches, [2, 1, 0], [pos[2], 6, pos[0]], gen)
+    assert all(a is b for a, b in zip(mirror.layers, kept)) and all(m.rows == [0, 1, 2] for m in kept)
+    pos = {r: p + 1 for r, p in pos.items()}
+    # Another request joins, into spare room in the mirror's buffer; a mirror mostly holes is dropped.
+    _prefill(model, caches, 3, torch.randint(TINY.vocab_size, (4,), generator=gen))
+    _decode(model, caches, [3, 2, 1, 0], [4, pos[2], 7, pos[0]], gen)
+    assert all(a is b for a, b in zip(mirror.layers, kept)) and all(m.rows == [0, 1, 2, 3] for m in kept)
+    for c in caches:
+        c.release(0)
+        c.release(2)
+    _decode(model, caches, [1, 3], [8, 5], gen)  # half the slots holes: kept
+    assert all(a is b for a, b in zip(mirror.layers, kept))
+    for c in caches:
+        c.release(3)
+    assert all(m is None for m in mirror.layers)  # mostly holes: dropped
+    _decode(model, caches, [1], [9], gen)
 
 
 @torch.inference_mode()
