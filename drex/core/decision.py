@@ -21,6 +21,11 @@ from drex.costmodel.base import CostModel
 from drex.costmodel.price import prefill_work
 
 
+def _drains_at(plan: StepPlan, e: int) -> bool:
+    """The plan offers the rows parked at exit layer e an inline drain."""
+    return bool(plan.drain_ids) and plan.drain_layer == e
+
+
 class ExitDecider:
     def __init__(self, ee: EEConfig, cfg: SchedulerConfig, cost: CostModel, policy: Policy, num_layers: int,
                  exits: tuple[int, ...], buffer: RebatchBuffer, live: dict[int, Request],
@@ -71,11 +76,10 @@ class ExitDecider:
             flush_rows = self.buffer.predicted_flush_rows(e, staying, steps, step_id)
             # (the buffer ages a step per planned step: each step's wait from its own step id)
             drained, wait = self._park_wait(plan, e, step_id + steps)
-            park_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
-                                         base_attn, parked_steps=wait, drained=drained)
-            # or a flush at the very next step, before the next decode step (the rows miss none)
-            soon_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context,
-                                         self._soon_rows(plan, e) + staying, base, base_attn, parked_steps=0)
+            # (and the option of a flush at the very next step, before the next decode step: the rows miss none)
+            park_s, soon_s = prof.split_saving_s(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
+                                                 base_attn, parked_steps=wait, drained=drained,
+                                                 soon_rows=self._soon_rows(plan, e) + staying)
             soon = soon_s > park_s
             park_s = np.maximum(park_s, soon_s)
             wants_park = park_s > np.maximum(go_s, 0.0)
@@ -90,7 +94,7 @@ class ExitDecider:
             return actions
 
         def drain_pays(steps: np.ndarray, stop: np.ndarray) -> np.ndarray:
-            if not plan.drain_ids or plan.drain_layer != e:
+            if not _drains_at(plan, e):
                 return np.zeros(len(steps), dtype=bool)
             act = active[steps] & ~stop[:, None]  # the decode rows that go on with them
             saving = prof.drain_saving_s(cost, e, L, act.sum(axis=1), (ctx[steps] * act).sum(axis=1),
@@ -140,15 +144,13 @@ class ExitDecider:
         """Rows already parked at e that a flush at the next step would share with the new ones. None where they
         could drain at this step: they leave now (with the prefill), or parking here cancels their drain, and
         the flush's whole pass is then the new rows' to pay."""
-        if plan.drain_ids and plan.drain_layer == e:
-            return 0
-        return len(self.buffer.get(e, ()))
+        return 0 if _drains_at(plan, e) else len(self.buffer.get(e, ()))
 
     @staticmethod
     def _swap(plan: StepPlan, e: int) -> bool:
         """The rows parked at e can leave on this step's prefill chunks as new ones park: the next step drains
         the new ones as this one drains the old."""
-        return bool(plan.prefill) and plan.drain_layer == e and bool(plan.drain_ids)
+        return bool(plan.prefill) and _drains_at(plan, e)
 
     def _split_actions_few(self, plan: StepPlan, e: int, steps: np.ndarray, stay: np.ndarray, counts: tuple,
                            base: int, base_attn: float, now: float, step_id: int) -> np.ndarray:

@@ -60,7 +60,7 @@ def marginal_deep_s(cost: CostModel, exit_layer: int, num_layers: int, rows, con
 
 
 def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exiting, context, stay_context,
-                   flush_rows, base_tokens=0, base_attn=0.0, parked_steps=1, drained=False):
+                   flush_rows, base_tokens=0, base_attn=0.0, parked_steps=1, drained=False, soon_rows=None):
     """Predicted device seconds saved by splitting and parking instead of holding (positive: split pays).
 
     Holding runs all rows through [e, L) now. Splitting skips that for the
@@ -79,12 +79,17 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
 
     Counts may be arrays (one entry per planned step). base_tokens are prefill
     tokens of the same step, which run the deep layers whatever the decode rows do.
+
+    With ``soon_rows``: also the saving of parking on a flush at the very next step, of soon_rows rows (the
+    stayers miss no decode step), from the same terms; a pair (that option second).
     """
     if _few_steps(cost, rows, exiting, context, stay_context, flush_rows):
         waits = np.broadcast_to(parked_steps, rows.shape).tolist()  # (one per step, or one for all)
-        return np.array([split_saving_one(cost, exit_layer, num_layers, *v, base_tokens, base_attn, w, drained)
-                         for *v, w in zip(rows.tolist(), exiting.tolist(), context.tolist(), stay_context.tolist(),
-                                          flush_rows.tolist(), waits)])
+        soon = [None] * len(waits) if soon_rows is None else np.broadcast_to(soon_rows, rows.shape).tolist()
+        got = [split_saving_one(cost, exit_layer, num_layers, *v, base_tokens, base_attn, w, drained, n)
+               for *v, w, n in zip(rows.tolist(), exiting.tolist(), context.tolist(), stay_context.tolist(),
+                                   flush_rows.tolist(), waits, soon)]
+        return np.array(got) if soon_rows is None else tuple(np.array(x) for x in zip(*got))
     rows = np.asarray(rows, dtype=float)
     staying = rows - exiting
     flush_rows = np.maximum(flush_rows, staying)
@@ -92,12 +97,19 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     stay_ctx_row = np.where(staying > 0, stay_context / np.maximum(staying, 1), 0.0)
     ctx_row = context / np.maximum(rows, 1)
     deep = num_layers - exit_layer
-    # Three whole steps priced in one stacked call (this runs at every partial exit): the flush that will
-    # carry the stayers, a full-depth step of these rows (and the step's prefill), and the same with one row more.
-    stacked = _rows3(flush_rows, rows + base_tokens, rows + base_tokens + 1)
-    flush, full, full_plus = step_s(cost, np.array([deep, num_layers, num_layers])[None, :, None], stacked[None],
-                                    _rows3(stay_ctx_row * flush_rows, context, context + ctx_row)[None],
-                                    np.array([0.0, base_attn, base_attn])[:, None], stacked[None], stacked)
+    # Whole steps priced in one stacked call (this runs at every partial exit): the flush that will carry the
+    # stayers, a full-depth step of these rows (and the step's prefill), the same with one row more, and with
+    # soon_rows the flush at the next step.
+    steps = [(deep, flush_rows, stay_ctx_row * flush_rows, 0.0), (num_layers, rows + base_tokens, context, base_attn),
+             (num_layers, rows + base_tokens + 1, context + ctx_row, base_attn)]
+    if soon_rows is not None:
+        soon_rows = np.maximum(soon_rows, staying)
+        steps.append((deep, soon_rows, stay_ctx_row * soon_rows, 0.0))
+    layers, step_rows, step_ctx, attn = zip(*steps)
+    stacked = _stack(step_rows)
+    priced = step_s(cost, np.array(layers)[None, :, None], stacked[None], _stack(step_ctx)[None],
+                    np.array(attn)[:, None], stacked[None], stacked)
+    flush, full, full_plus = priced[:3]
     # Holding: these rows through [e, L) now, beside the step's prefill tokens, which run those layers anyway.
     hold_layer = cost.layer_s(base_tokens + rows, context, base_attn)
     if base_tokens:
@@ -114,13 +126,17 @@ def split_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, exit
     # anyway: shallow now, deep in the flush or drain that carries it).
     fixed_per_row = np.maximum(full / np.maximum(rows, 1) - (full_plus - full), 0.0)
     lost = staying * parked_steps * fixed_per_row
-    return hold - (share + park + kv_fill + lost)
+    saving = hold - (share + park + kv_fill + lost)
+    if soon_rows is None:
+        return saving
+    return saving, hold - (staying / soon_rows * priced[3] + park + kv_fill)
 
 
-def _rows3(a, b, c) -> np.ndarray:
-    """Three equal-shape arrays stacked on a new first axis (np.stack is slow on the tiny arrays decisions use)."""
-    a, b, c = np.broadcast_arrays(np.asarray(a, dtype=float), np.asarray(b, dtype=float), np.asarray(c, dtype=float))
-    return np.concatenate([a.ravel(), b.ravel(), c.ravel()]).reshape((3,) + a.shape)
+def _stack(arrays) -> np.ndarray:
+    """Equal-shape arrays (or scalars, broadcast) stacked on a new first axis (np.stack is slow on the tiny arrays
+    decisions use)."""
+    arrays = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in arrays))
+    return np.concatenate([a.ravel() for a in arrays]).reshape((len(arrays),) + arrays[0].shape)
 
 
 def drain_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, context, drain_rows, drain_context,
@@ -239,5 +255,5 @@ def split_saving_one(cost: CostModel, e: int, L: int, rows, exiting, context, st
     if soon_rows is None:
         return saving
     soon_rows = max(float(soon_rows), staying)
-    soon = staying / soon_rows * _step_one(cost, deep, soon_rows, stay_ctx_row * soon_rows, 0.0)
-    return saving, hold - (soon + park + kv_fill + staying * 0 * fixed_per_row)
+    return saving, hold - (staying / soon_rows * _step_one(cost, deep, soon_rows, stay_ctx_row * soon_rows, 0.0)
+                           + park + kv_fill)

@@ -117,13 +117,9 @@ class DecodeMirror:
         Where the mirror holds every other row at its context, only the joining rows are gathered, into holes
         or spare slots."""
         if self._join(layer, rows, context, k_cache, v_cache, block_tables_cpu):
-            got = self.view(layer, rows, context)
-            if got is not None:
-                return got
+            return self.view(layer, rows, context)  # (it holds every row at its context, within its span)
         bs = self.block_size
         capacity = -(-(max(context) + self.headroom) // bs) * bs
-        tables = block_tables_cpu[rows, : -(-max(context) // bs)].long().to(k_cache.device)  # [S, nb]
-        per_block = bs * k_cache.shape[1] * k_cache.shape[2]
         buf = self._buffers[layer]
         if buf is None or buf[0].shape[0] < len(rows) or buf[0].shape[1] < capacity:
             # Zeros (finite) where nothing is gathered; grown, never shrunk: a fresh multi-MB tensor on CPU
@@ -136,11 +132,18 @@ class DecodeMirror:
                 buf = self._buffers[layer] = (torch.zeros(shape, dtype=k_cache.dtype, device=k_cache.device),
                                               torch.zeros(shape, dtype=k_cache.dtype, device=k_cache.device))
         k, v = buf[0][:len(rows), :capacity], buf[1][:len(rows), :capacity]
-        nb = tables.shape[1]
-        k[:, :nb * bs] = k_cache.view(-1, per_block)[tables].view(len(rows), nb * bs, *k.shape[2:])
-        v[:, :nb * bs] = v_cache.view(-1, per_block)[tables].view(len(rows), nb * bs, *v.shape[2:])
+        gk, gv = self._gather(rows, context, k_cache, v_cache, block_tables_cpu)
+        k[:, :gk.shape[1]], v[:, :gv.shape[1]] = gk, gv
         self.layers[layer] = _Layer(list(rows), list(context), k, v)
         return self.view(layer, rows, context)
+
+    def _gather(self, rows: list[int], context: list[int], k_cache, v_cache, block_tables_cpu):
+        """The rows' K/V from their blocks, whole blocks up to the longest context: [S, blocks * bs, Hkv, D] each."""
+        bs = self.block_size
+        tables = block_tables_cpu[rows, : -(-max(context) // bs)].long().to(k_cache.device)  # [S, nb]
+        per_block = bs * k_cache.shape[1] * k_cache.shape[2]
+        span = (len(rows), tables.shape[1] * bs, *k_cache.shape[1:])
+        return k_cache.view(-1, per_block)[tables].view(span), v_cache.view(-1, per_block)[tables].view(span)
 
     def _join(self, layer: int, rows: list[int], context: list[int], k_cache, v_cache, block_tables_cpu) -> bool:
         """Gather only the rows the layer's mirror lacks (a request that finished its prefill), when it holds
@@ -162,12 +165,9 @@ class DecodeMirror:
         m.rows += [-1] * (size - len(m.rows))
         m.lens += [0] * (size - len(m.lens))
         m.k, m.v = buf[0][:size, :cap], buf[1][:size, :cap]
-        nb = -(-max(c for _, c in new) // bs)
-        tables = block_tables_cpu[[r for r, _ in new], :nb].long().to(k_cache.device)
-        per_block = bs * k_cache.shape[1] * k_cache.shape[2]
+        gk, gv = self._gather([r for r, _ in new], [c for _, c in new], k_cache, v_cache, block_tables_cpu)
         at = torch.tensor(slots, device=m.k.device)
-        m.k[at, :nb * bs] = k_cache.view(-1, per_block)[tables].view(len(new), nb * bs, *m.k.shape[2:])
-        m.v[at, :nb * bs] = v_cache.view(-1, per_block)[tables].view(len(new), nb * bs, *m.v.shape[2:])
+        m.k[at, :gk.shape[1]], m.v[at, :gv.shape[1]] = gk, gv
         for slot, (r, c) in zip(slots, new):
             m.rows[slot], m.lens[slot], m.index[r] = r, c, slot
         return True

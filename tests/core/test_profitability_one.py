@@ -48,6 +48,10 @@ def test_split_and_continue_savings_match_the_array_path(models):
             args = (e, 40, a(rows), a(exiting), a(ctx), a(stay_ctx), a(max(rows - exiting, 3)), base, attn)
             kw = dict(parked_steps=1 + rows % 4, drained=drained)
             assert same(prof.split_saving_s(fast, *args, **kw), prof.split_saving_s(slow, *args, **kw)), args
+            # with the option of a flush at the next step: the same pair, the first as without it
+            fast2, slow2 = (prof.split_saving_s(c, *args, **kw, soon_rows=a(1 + rows % 7)) for c in (fast, slow))
+            assert all(same(f, g) for f, g in zip(fast2, slow2)), args
+            assert same(fast2[0], prof.split_saving_s(slow, *args, **kw)), args
         args = (e, 40, a(rows), a(exiting), a(ctx), a(stay_ctx), base, attn)
         assert same(prof.continue_saving_s(fast, *args), prof.continue_saving_s(slow, *args)), args
         args = (e, 40, a(rows), a(ctx), 1 + rows % 5, 7 * rows, base, attn)
