@@ -25,24 +25,30 @@ import numpy as np
 from drex import REPO_ROOT
 from drex.traces import TraceError, number_field
 
-_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+_GOLDEN, _MIX1, _MIX2 = (np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+_ID, _TOKEN = np.uint64(0x100000001B3), np.uint64(0x9E3779B1)
+_S11, _S27, _S30, _S31 = (np.uint64(s) for s in (11, 27, 30, 31))
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK
-    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK
-    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK
-    return x ^ (x >> np.uint64(31))
+    """SplitMix64's finaliser, in place on a uint64 array (its arithmetic wraps modulo 2**64)."""
+    x += _GOLDEN
+    x ^= x >> _S30
+    x *= _MIX1
+    x ^= x >> _S27
+    x *= _MIX2
+    x ^= x >> _S31
+    return x
 
 
 def uniform_hash(seed: int, request_ids: np.ndarray, token_index: np.ndarray, exit_index: int) -> np.ndarray:
     """A uniform [0, 1) number per (seed, request, token, exit): counter-based, so batching cannot change it."""
     with np.errstate(over="ignore"):
-        key = (np.asarray(request_ids, dtype=np.uint64) * np.uint64(0x100000001B3)
-               ^ np.asarray(token_index, dtype=np.uint64) * np.uint64(0x9E3779B1)
-               ^ np.uint64((seed * 1_000_003 + exit_index * 7919) & 0xFFFFFFFFFFFF))
+        key = np.asarray(request_ids, dtype=np.uint64) * _ID ^ np.asarray(token_index, dtype=np.uint64) * _TOKEN
+        key ^= np.uint64((seed * 1_000_003 + exit_index * 7919) & 0xFFFFFFFFFFFF)
         h = _splitmix64(key)
-    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        h >>= _S11
+    return h.astype(np.float64) * (1.0 / (1 << 53))
 
 
 class BetaConfidence:

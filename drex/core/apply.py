@@ -45,6 +45,9 @@ class ApplyMixin:
 
     def _apply_decode(self, plan: StepPlan, out, ends: np.ndarray, starts: np.ndarray, offset_s) -> None:
         k = out.num_steps
+        if k == 1 and offset_s is None:
+            self._apply_decode_one(plan, out, float(ends[0]))
+            return
         emitted = ~out.buffered
         times = np.broadcast_to(ends[:k, None], emitted.shape) if offset_s is None else starts[:k, None] + offset_s
         rows = [self.live[i] for i in plan.decode_ids]
@@ -81,6 +84,31 @@ class ApplyMixin:
         self.decider.flush_next.clear()
         if drained is not None:
             self._rejoin(drained, float(ends[k - 1]))
+            self.num_drains += 1
+
+    def _apply_decode_one(self, plan: StepPlan, out, t: float) -> None:
+        """``_apply_decode`` of one step whose tokens came at its end, row by row in Python numbers."""
+        live = self.live
+        rows = [live[i] for i in plan.decode_ids]
+        parked = out.buffered[0].tolist()
+        self.itl_s.extend_values([d for d in (t - r.last_token_s for r, p in zip(rows, parked) if not p) if d == d])
+        drained = self.buffer.take(out.drain_layer, self.step_id) if out.drain_layer >= 0 else None
+        reach = out.reach[0].tolist()
+        for r, p, layer, early, forced, stayed in zip(rows, parked, reach, out.exited[0].tolist(),
+                                                      out.forced[0].tolist(), out.stayed[0].tolist()):
+            r.num_involuntary_stays += stayed
+            if not p:
+                self._emit(r, 1, t, layer, int(early), int(forced), 0)
+            elif r.status == RUNNING:
+                self.buffer.park(r, layer, self.step_id)
+        if any(parked):
+            self.num_rebatches += 1
+            for layer in sorted({layer for layer, p in zip(reach, parked) if p}):
+                if self.decider.flush_next.get(layer) == 0:  # priced on a flush at the next step
+                    self.buffer.due[layer] = self.step_id + 1
+        self.decider.flush_next.clear()
+        if drained is not None:
+            self._rejoin(drained, t)
             self.num_drains += 1
 
     def _apply_full_depth(self, rows: list[Request], ends: np.ndarray, gaps_first: bool = False) -> None:

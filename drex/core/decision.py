@@ -58,6 +58,12 @@ class ExitDecider:
 
         def split_action(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:
             """HOLD, PARK or GO per step: the action the cost model says saves the most device time."""
+            if len(steps) == 1 and cost.fast_one and self.cfg.profitability != "knobs":  # the commonest call
+                j = int(steps[0])
+                a, s, c = active[j], stay[0], ctx[j]
+                return np.array([self._split_action_one(plan, e, j, stay, int(np.count_nonzero(a)),
+                                                        int(np.count_nonzero(s)), int(c[a].sum()), int(c[s].sum()),
+                                                        base, base_attn, now, step_id)], dtype=np.int8)
             act = active[steps]
             rows = act.sum(axis=1)
             staying = stay.sum(axis=1)
@@ -173,13 +179,13 @@ class ExitDecider:
         L, cost = self.num_layers, self.cost
         exiting = rows - staying
         go_s = prof.continue_saving_one(cost, e, L, rows, exiting, context, stay_context, base, base_attn)
-        flush_rows = int(self.buffer.predicted_flush_rows(e, staying, step, step_id))
+        flush_rows = self.buffer.predicted_flush_rows_one(e, staying, step, step_id)
         drained, wait = self._park_wait(plan, e, step_id + step)
         park_s, soon_s = prof.split_saving_one(cost, e, L, rows, exiting, context, stay_context, flush_rows, base,
                                                base_attn, wait, drained, self._soon_rows(plan, e) + staying)
         soon = soon_s > park_s
         park_s = max(park_s, soon_s)
-        if park_s > max(go_s, 0.0) and not self._can_park_rows(plan, stay, np.array([step]), now, e, step_id)[0]:
+        if park_s > max(go_s, 0.0) and not self._can_park_one(plan, stay, step, now, e, step_id):
             park_s = -np.inf
         action = (PARK if park_s > go_s else GO) if max(park_s, go_s) > 0 else HOLD
         if action == PARK and soon:
@@ -205,6 +211,20 @@ class ExitDecider:
         if self._slo_rows(plan):  # a parked row must still make its next-token deadline
             ok &= self._can_park(plan, stay, now, layer)
         return ok
+
+    def _can_park_one(self, plan: StepPlan, stay: np.ndarray, step: int, now: float, layer: int,
+                      step_id: int) -> bool:
+        """``_can_park_rows`` for one planned step (stay: [1, n]), in Python numbers: the same answer."""
+        if self.cfg.profitability == "costmodel" and step_id + step < self.no_park_until:
+            return False
+        x = self.cfg.max_tpot_inflation
+        if np.isfinite(x):
+            live = self.live
+            for i, s in zip(plan.decode_ids, stay[0].tolist()):
+                r = live[i]
+                if s and not float(r.num_parked_steps) + 1 <= (x - 1) * (float(r.num_generated) + step):
+                    return False
+        return not self._slo_rows(plan) or bool(self._can_park(plan, stay, now, layer)[0])
 
     def _slo_rows(self, plan: StepPlan) -> bool:
         return any(self.live[i].slo_tpot_ms is not None for i in plan.decode_ids)

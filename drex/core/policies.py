@@ -149,6 +149,8 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     exits), the whole batch continues and may pick up buffered rows (inline drain).
     """
     act = ctx.active
+    if act.shape[0] == 1:
+        return _drex_one(ctx)
     want = ctx.wants & act
     n_act = act.sum(axis=1)
     n_want = want.sum(axis=1)
@@ -179,3 +181,31 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     if rides.any():
         drain[rides] = ctx.drain_pays(rides.nonzero()[0], stop[rides])
     return PolicyDecision(actions, np.zeros(act.shape, dtype=bool), stayed, drain)
+
+
+def _drex_one(ctx: ExitContext) -> PolicyDecision:
+    """``drex`` for one planned step (the commonest call), on the step's row vector: the same decision."""
+    act = ctx.active[0]
+    want = ctx.wants[0] & act
+    n_act, n_want = int(np.count_nonzero(act)), int(np.count_nonzero(want))
+    all_exit = n_want == n_act and n_act > 0
+    partial = n_want > 0 and not all_exit
+    stay = act & ~want
+    choice = HOLD
+    if partial:
+        steps = np.zeros(1, dtype=np.intp)
+        if ctx.split_action is not None:
+            choice = int(ctx.split_action(steps, stay[None])[0])
+        else:
+            choice = PARK if ctx.split_pays(steps, stay[None])[0] else HOLD
+    actions = np.full((1, len(act)), CONTINUE, dtype=np.int8)
+    if all_exit or choice != HOLD:
+        actions[0, want] = EXIT
+    if choice == PARK:
+        actions[0, stay] = BUFFER
+    stayed = (want if partial and choice == HOLD else np.zeros_like(want))[None]
+    stop = all_exit or choice == PARK
+    drain = np.zeros(1, dtype=bool)
+    if n_act > 0 and (not stop or ctx.base_continues):
+        drain[0] = ctx.drain_pays(np.zeros(1, dtype=np.intp), np.array([stop]))[0]
+    return PolicyDecision(actions, np.zeros(actions.shape, dtype=bool), stayed, drain)

@@ -83,6 +83,14 @@ class RebatchBuffer(dict):
         grown = len(parked) + staying * wait
         return np.minimum(grown, min(cfg.flush_rows, cfg.max_batch_size))
 
+    def predicted_flush_rows_one(self, layer: int, staying: int, step: int, step_id: int) -> int:
+        """``predicted_flush_rows`` of one step (Python ints)."""
+        cfg = self.cfg
+        parked = self.get(layer, ())
+        age = step_id + step - parked[0].buffered_step if parked else 0
+        grown = len(parked) + staying * max(cfg.flush_max_wait_steps - age, 1)
+        return min(grown, cfg.flush_rows, cfg.max_batch_size)
+
     def flush_plan(self, step_id: int, due) -> StepPlan | None:
         """A flush of the shallowest layer whose rows are ``due(rows)`` (a predicate), or None."""
         for layer, rows in sorted(self.items()):

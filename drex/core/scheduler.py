@@ -280,6 +280,8 @@ class Scheduler(ApplyMixin):
         if self.buffer.flush_in(rows, self.step_id) <= 0:
             return True
         # A parked row whose next-token deadline would pass before a flush finishes cannot wait longer.
+        if all(r.slo_tpot_ms is None for r in rows):
+            return False
         deep = prof.deep_s(self.cost, rows[0].buffer_layer, self.num_layers, len(rows),
                            sum(r.context_len for r in rows))
         return any(r.slo_tpot_ms is not None and now + deep >= r.last_token_s + r.slo_tpot_ms / 1e3 for r in rows)
@@ -301,6 +303,14 @@ class Scheduler(ApplyMixin):
         if self.recorder is not None:
             self.recorder.decided(plan, self.exits[exit_index], active, d.actions)
         return d
+
+    def decisions_mark(self) -> int | None:
+        """Where an executor may decide a run's first step alone and take those decisions back (a rebatching
+        policy whose decisions nobody records): a mark for ``retract_decisions``; else None."""
+        return len(self.decider.skip.pending) if self.recorder is None and self.policy.rebatches else None
+
+    def retract_decisions(self, mark: int) -> None:
+        del self.decider.skip.pending[mark:]  # (their rows' counts: a step that parks or drains is never retracted)
 
     # -- applying what ran ------------------------------------------------------------------------
 

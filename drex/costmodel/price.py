@@ -73,3 +73,23 @@ def plain_run_s(cost: CostModel, layers: int, rows, context0, context_step, pref
         t = t + head
         yield float(t + overhead)
         j += 1
+
+
+def step_s_float(cost: CostModel, layers, rows, context, prefill_attn, head_rows, overhead_rows, buffer_rows=None,
+                 kv_rows=None, kv_layers=None) -> float:
+    """One step of ``step_s`` given as lists (layer segments, head evaluations; fewer than 8 of each), as a float:
+    bit for bit its value, composed in its order from a ``fast_one`` model's *_one methods (numpy sums fewer
+    than 8 terms of an axis one after another). The simulator's commonest step with exit points."""
+    layer_s_one, head_s_one = cost.layer_s_one, cost.head_s_one
+    t = layers[0] * layer_s_one(rows[0], context[0], prefill_attn)
+    for i in range(1, len(layers)):
+        t += layers[i] * layer_s_one(rows[i], context[i], prefill_attn)
+    heads = head_s_one(head_rows[0])
+    for h in head_rows[1:]:
+        heads += head_s_one(h)
+    t = (t + heads) + cost.step_overhead_s_one(overhead_rows)
+    if buffer_rows is not None and kv_rows is not None:
+        return t + (cost.buffer_s_one(buffer_rows) + cost.kv_copy_s_one(kv_rows, kv_layers))
+    if buffer_rows is not None:
+        return t + cost.buffer_s_one(buffer_rows)
+    return t

@@ -13,7 +13,7 @@ import numpy as np
 
 from drex.core.step import StepOutcome, StepPlan, StepResult
 from drex.costmodel.base import CostModel
-from drex.costmodel.price import plain_run_s, prefill_work, step_s, step_s_one
+from drex.costmodel.price import plain_run_s, prefill_work, step_s, step_s_float, step_s_one
 
 
 class SimExecutor:
@@ -40,6 +40,9 @@ class SimExecutor:
         self.recompute_fill = False
         self._pending: dict[int, int] = {}  # request id -> exit layer of its last token, not yet recomputed
         self._segment_cache: dict[int, tuple] = {}
+        # A one-step plan with exit points priced in floats (step_s_float), where that gives step_s's value
+        # (numpy sums fewer than 8 segments or heads one after another, as step_s_float does)
+        self.float_steps = cost.fast_one and not (self.learned or cost.prices_regroup) and len(self.exits) <= 5
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
         if plan.kind == "flush":
@@ -49,24 +52,28 @@ class SimExecutor:
         pre_tokens, pre_attn, pre_last = prefill_work(plan.prefill)
         if not (n and self.exits):
             return self._plain(plan, now, until, pre_tokens, pre_attn, pre_last)
-        out = StepOutcome(k, n, L)
         ids = np.asarray(plan.decode_ids, dtype=np.int64)
-        tok = np.asarray(plan.decode_token_index, dtype=np.int64)[None, :] + np.arange(k)[:, None]
-        head_rows = []  # rows evaluated by each exit head, per step
-        for i, e in enumerate(self.exits):
-            active = out.active
-            if not active.any():
-                break
-            if i in plan.skip_exits:  # not evaluated: every row goes on, the head costs nothing
-                head_rows.append(np.zeros(out.num_steps))
-                continue
-            head_rows.append(active.sum(axis=1))
-            conf = self.source.confidence(ids, tok[: out.num_steps], i)
-            d = self.decider.decide_at_exit(plan, i, conf, active, now)
-            out.record(e, d.actions, d.forced, d.stayed, d.drain, self.keeps_batch)
+        out = head_rows = None
+        mark = self.decider.decisions_mark() if k > 1 and hasattr(self.decider, "decisions_mark") else None
+        if mark is not None:
+            # A rebatching policy's run often ends at its first step (a park or a drain cuts it there): decide
+            # that step alone first; only a run that goes on is decided again whole (the first step's decisions
+            # are the same either way; the ones made alone are retracted).
+            out, head_rows = self._exit_points(plan, ids, 1, now)
+            if not (out.buffered.any() or out.drain_layer >= 0):
+                self.decider.retract_decisions(mark)
+                out = None
+        if out is None:
+            out, head_rows = self._exit_points(plan, ids, k, now)
         k = out.num_steps
         if self.ideal:
             return self._ideal(plan, out, now, until, pre_tokens, pre_attn, pre_last)
+        if k == 1 and self.float_steps and not self.recompute_fill:
+            dur = np.array([self._step_float(plan, out, pre_tokens, pre_attn, pre_last, head_rows)])
+            result = StepResult(dur, out)
+            if self.keeps_batch:
+                result.token_offset_s = dur[:, None] * np.where(out.exited, out.reach / L, 1.0)
+            return result
         ctx = np.asarray(plan.decode_context, dtype=float)[None, :] + np.arange(k)[:, None]
         depth = np.where(out.computing, L, out.reach)
         drain_rows = len(plan.drain_ids) if out.drain_layer >= 0 else 0
@@ -111,6 +118,64 @@ class SimExecutor:
             frac = np.where(out.exited, out.reach / L, 1.0)
             result.token_offset_s = dur[:, None] * frac
         return result
+
+    def _exit_points(self, plan: StepPlan, ids: np.ndarray, k: int, now: float) -> tuple[StepOutcome, list]:
+        """The plan's first k steps through its exit points, each decided by the scheduler: the outcome, and the
+        rows each exit head evaluated per step."""
+        out = StepOutcome(k, len(ids), self.num_layers)
+        tok = np.asarray(plan.decode_token_index, dtype=np.int64)[None, :] + np.arange(k)[:, None]
+        head_rows = []
+        for i, e in enumerate(self.exits):
+            active = out.active
+            if not active.any():
+                break
+            if i in plan.skip_exits:  # not evaluated: every row goes on, the head costs nothing
+                head_rows.append(np.zeros(out.num_steps))
+                continue
+            head_rows.append(active.sum(axis=1))
+            conf = self.source.confidence(ids, tok[: out.num_steps], i)
+            d = self.decider.decide_at_exit(plan, i, conf, active, now)
+            out.record(e, d.actions, d.forced, d.stayed, d.drain, self.keeps_batch)
+        return out, head_rows
+
+    def _step_float(self, plan: StepPlan, out: StepOutcome, pre_tokens: int, pre_attn: float, pre_last: int,
+                    head_rows: list) -> float:
+        """A one-step plan's seconds, in floats: what ``execute``'s array pricing gives for it, bit for bit (the
+        contexts are whole numbers, so their sums are exact in any order)."""
+        L, cost, n = self.num_layers, self.cost, len(plan.decode_ids)
+        computing, reach = out.computing[0].tolist(), out.reach[0].tolist()
+        depth = [L if c else r for c, r in zip(computing, reach)]
+        ctx = plan.decode_context
+        drain_rows = len(plan.drain_ids) if out.drain_layer >= 0 else 0
+        lo, hi, _ = self._segments(out.drain_layer if drain_rows else -1)
+        layers, rows, context = [], [], []
+        total = float(sum(ctx))
+        for a, b in zip(lo.tolist(), hi.tolist()):
+            going = [d >= b for d in depth]
+            r = sum(going) + float(pre_tokens)
+            if cost.decode_attends_batch:
+                c = total if any(going) else 0.0
+            else:
+                c = float(sum([x for x, g in zip(ctx, going) if g]))
+            if drain_rows and a >= out.drain_layer:
+                r += drain_rows
+                c += float(sum(plan.drain_context))
+            layers.append(b - a)
+            rows.append(r)
+            context.append(c)
+        heads = [h[0] for h in head_rows] + [sum([d >= L for d in depth]) + pre_last]
+        kv_rows = kv_layers = None
+        if not self.keeps_batch:  # (_kv_fill)
+            skipped = [L - r for r, e, c in zip(reach, out.exited[0].tolist(), computing) if e and not c]
+            kv_rows = len(skipped)
+            kv_layers = sum(skipped) / max(kv_rows, 1)
+        chunks = len(plan.prefill)
+        t = step_s_float(cost, layers, rows, context, pre_attn, heads, n + chunks, int(out.buffered[0].sum()),
+                         kv_rows, kv_layers)
+        if drain_rows:
+            t += (cost.step_overhead_s_one(n + chunks + drain_rows) - cost.step_overhead_s_one(n + chunks)
+                  + cost.buffer_s_one(drain_rows))
+        return t
 
     def _segments(self, drain_layer: int):
         """Layer segments [lo, hi) between the exit points (and the drain layer, when >= 0), and their lengths as
