@@ -44,10 +44,13 @@ class ApplyMixin:
         self.step_id += k
 
     def _apply_decode(self, plan: StepPlan, out, ends: np.ndarray, starts: np.ndarray, offset_s) -> None:
-        k = out.num_steps
-        if k == 1 and offset_s is None:
+        if out.num_steps == 1 and offset_s is None:
             self._apply_decode_one(plan, out, float(ends[0]))
-            return
+        else:
+            self._apply_decode_run(plan, out, ends, starts, offset_s)
+
+    def _apply_decode_run(self, plan: StepPlan, out, ends: np.ndarray, starts: np.ndarray, offset_s) -> None:
+        k = out.num_steps
         emitted = ~out.buffered
         times = np.broadcast_to(ends[:k, None], emitted.shape) if offset_s is None else starts[:k, None] + offset_s
         rows = [self.live[i] for i in plan.decode_ids]

@@ -45,7 +45,9 @@ class ExitDecider:
         """confidence and active are [k, n] (k planned steps from ``step_id``, n decode rows)."""
         e = self.exits[exit_index]
         k = confidence.shape[0]
-        ctx = np.asarray(plan.decode_context, dtype=np.int64)[None, :] + np.arange(k)[:, None]
+        ctx = np.asarray(plan.decode_context, dtype=np.int64)[None, :]
+        if k > 1:
+            ctx = ctx + np.arange(k)[:, None]
         higher = not self.ee.lower_is_better
         wants = self.ee.clears(confidence)
         self.skip.observe(exit_index, wants, active)
@@ -102,6 +104,12 @@ class ExitDecider:
         def drain_pays(steps: np.ndarray, stop: np.ndarray) -> np.ndarray:
             if not _drains_at(plan, e):
                 return np.zeros(len(steps), dtype=bool)
+            if len(steps) == 1 and cost.fast_one:  # the commonest call, in Python numbers
+                j = int(steps[0])
+                a, c = active[j], ctx[j]
+                rows, context = (0, 0) if stop[0] else (int(np.count_nonzero(a)), int(c[a].sum()))
+                return np.array([prof.drain_saving_one(cost, e, L, rows, context, len(plan.drain_ids),
+                                                       sum(plan.drain_context), base, base_attn) > 0])
             act = active[steps] & ~stop[:, None]  # the decode rows that go on with them
             saving = prof.drain_saving_s(cost, e, L, act.sum(axis=1), (ctx[steps] * act).sum(axis=1),
                                          len(plan.drain_ids), sum(plan.drain_context), base, base_attn)

@@ -148,9 +148,12 @@ def drex(ctx: ExitContext) -> PolicyDecision:
     action with the cost model) or, without it, PARK where ``split_pays``. Where the batch holds (or nobody
     exits), the whole batch continues and may pick up buffered rows (inline drain).
     """
+    return _drex_one(ctx) if ctx.active.shape[0] == 1 else _drex_steps(ctx)
+
+
+def _drex_steps(ctx: ExitContext) -> PolicyDecision:
+    """``drex`` for a run of planned steps, all at once."""
     act = ctx.active
-    if act.shape[0] == 1:
-        return _drex_one(ctx)
     want = ctx.wants & act
     n_act = act.sum(axis=1)
     n_want = want.sum(axis=1)

@@ -143,11 +143,8 @@ def drain_saving_s(cost: CostModel, exit_layer: int, num_layers: int, rows, cont
                    base_tokens=0, base_attn=0.0):
     """Seconds saved by joining drain_rows onto a live batch at the exit layer instead of flushing them later."""
     if _few_steps(cost, rows, context):
-        e, L = exit_layer, num_layers
-        alone = step_s_one(cost, L - e, drain_rows, drain_context, 0.0, drain_rows, drain_rows)
-        return np.array([alone - (_marginal_one(cost, e, L, r + drain_rows, c + drain_context, base_tokens, base_attn)
-                                  - _marginal_one(cost, e, L, r, c, base_tokens, base_attn))
-                         for r, c in zip(rows.tolist(), context.tolist())])
+        return np.array([drain_saving_one(cost, exit_layer, num_layers, r, c, drain_rows, drain_context, base_tokens,
+                                          base_attn) for r, c in zip(rows.tolist(), context.tolist())])
     added = (marginal_deep_s(cost, exit_layer, num_layers, rows + drain_rows, context + drain_context, base_tokens,
                              base_attn)
              - marginal_deep_s(cost, exit_layer, num_layers, rows, context, base_tokens, base_attn))
@@ -194,6 +191,14 @@ def _few_steps(cost: CostModel, *counts) -> bool:
     shape = getattr(counts[0], "shape", None)
     return (shape is not None and len(shape) == 1 and 1 <= shape[0] <= FEW_STEPS
             and all(type(c) is np.ndarray and c.shape == shape for c in counts))
+
+
+def drain_saving_one(cost: CostModel, e: int, L: int, rows, context, drain_rows, drain_context, base_tokens=0,
+                     base_attn=0.0) -> float:
+    """One step of drain_saving_s."""
+    alone = step_s_one(cost, L - e, drain_rows, drain_context, 0.0, drain_rows, drain_rows)
+    return alone - (_marginal_one(cost, e, L, rows + drain_rows, context + drain_context, base_tokens, base_attn)
+                    - _marginal_one(cost, e, L, rows, context, base_tokens, base_attn))
 
 
 def continue_saving_one(cost: CostModel, e: int, L: int, rows, exiting, context, stay_context, base_tokens,
