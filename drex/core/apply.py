@@ -165,3 +165,22 @@ class ApplyMixin:
         self._released.append(r.request_id)
         del self.live[r.request_id]
         self.finished.append(r)
+
+    def _take_run_blocks(self, plan: StepPlan, k: int) -> None:
+        """kv_free_executor: the blocks each decode row's k steps needed, taken now (what ``_lookahead`` would
+        have taken and ``_trim_ahead`` left)."""
+        for rid, generated in zip(plan.decode_ids, plan.decode_token_index):
+            r = self.live.get(rid)
+            if r is not None and r.prompt_tokens + generated + k - 1 > r.kv_tokens:
+                self._grow(r, r.prompt_tokens + generated + k - 1)
+
+    def _trim_ahead(self, plan: StepPlan, k: int) -> None:
+        """A planned run cut after k steps gives back the blocks ``_lookahead`` took for the steps that did not
+        run: step by step, each row would hold only what its k-th step needed (macro-steps stay exact)."""
+        for rid, generated in zip(plan.decode_ids, plan.decode_token_index):
+            r = self.live.get(rid)
+            if r is not None:
+                need = r.prompt_tokens + generated + k - 1
+                if r.kv_tokens > self.blocks.blocks_for(need) * self.blocks.block_size:
+                    self.blocks.trim(rid, need)
+                    r.kv_tokens = self.blocks.capacity_tokens(rid)

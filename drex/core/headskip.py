@@ -114,14 +114,20 @@ class HeadSkip:
 
     def observe(self, exit_index: int, wants: np.ndarray, active: np.ndarray) -> None:
         """Rows that cleared the threshold at an exit, per planned step ([k, n]); counted once they ran."""
-        if self.enabled:
+        if self.enabled and len(active) == 1:  # one step: its counts as numbers
+            self.pending.append((exit_index, [int(np.count_nonzero(wants & active))], [int(np.count_nonzero(active))]))
+        elif self.enabled:
             self.pending.append((exit_index, (wants & active).sum(axis=1), active.sum(axis=1)))
 
     def commit(self, num_steps: int) -> None:
         """The first num_steps of the planned run ran: their counts are in."""
         for i, wanted, seen in self.pending:
-            self.wanted[i] += wanted[:num_steps].sum()
-            self.seen[i] += seen[:num_steps].sum()
+            if type(wanted) is list:
+                self.wanted[i] += wanted[0]
+                self.seen[i] += seen[0]
+            else:
+                self.wanted[i] += wanted[:num_steps].sum()
+                self.seen[i] += seen[:num_steps].sum()
         self.pending = []
 
     def start(self, step_id: int) -> None:

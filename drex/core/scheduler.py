@@ -358,8 +358,12 @@ class Scheduler(ApplyMixin):
             live = self.live
             self._apply_full_depth([live[i] for i in plan.decode_ids], ends)
         elif plan.decode_ids and out is not None:
-            n_exited, n_buffered = out.exited.sum(axis=1), out.buffered.sum(axis=1)
-            layer_end = np.where(out.computing.any(axis=1) | bool(plan.prefill), L, out.reach.max(axis=1))
+            if k == 1:  # (the commonest, as numbers)
+                n_exited, n_buffered = int(np.count_nonzero(out.exited)), int(np.count_nonzero(out.buffered))
+                layer_end = L if plan.prefill or out.computing.any() else int(out.reach.max())
+            else:
+                n_exited, n_buffered = out.exited.sum(axis=1), out.buffered.sum(axis=1)
+                layer_end = np.where(out.computing.any(axis=1) | bool(plan.prefill), L, out.reach.max(axis=1))
             self._apply_decode(plan, out, ends, ends - dur, result.token_offset_s)
         if self.cfg.profitability == "art" and self.policy.rebatches:
             split = out is not None and not out.is_plain and out.buffered.any()
@@ -372,25 +376,6 @@ class Scheduler(ApplyMixin):
                      n_buffered, layer_end, self._buffer_sizes(k, buffered_before),
                      plan.flush_layer if plan.kind == "flush" else 0, kv_blocks)
         self.step_id += k
-
-    def _take_run_blocks(self, plan: StepPlan, k: int) -> None:
-        """kv_free_executor: the blocks each decode row's k steps needed, taken now (what ``_lookahead`` would
-        have taken and ``_trim_ahead`` left)."""
-        for rid, generated in zip(plan.decode_ids, plan.decode_token_index):
-            r = self.live.get(rid)
-            if r is not None and r.prompt_tokens + generated + k - 1 > r.kv_tokens:
-                self._grow(r, r.prompt_tokens + generated + k - 1)
-
-    def _trim_ahead(self, plan: StepPlan, k: int) -> None:
-        """A planned run cut after k steps gives back the blocks ``_lookahead`` took for the steps that did not
-        run: step by step, each row would hold only what its k-th step needed (macro-steps stay exact)."""
-        for rid, generated in zip(plan.decode_ids, plan.decode_token_index):
-            r = self.live.get(rid)
-            if r is not None:
-                need = r.prompt_tokens + generated + k - 1
-                if r.kv_tokens > self.blocks.blocks_for(need) * self.blocks.block_size:
-                    self.blocks.trim(rid, need)
-                    r.kv_tokens = self.blocks.capacity_tokens(rid)
 
     def _buffer_sizes(self, k: int, before: int):
         """Buffer size after each step of a run: it can only change in the run's last step."""

@@ -97,21 +97,22 @@ class StepOutcome:
     def record(self, exit_layer: int, actions: np.ndarray, forced: np.ndarray, stayed: np.ndarray,
                drain: np.ndarray, keeps_batch: bool) -> None:
         k = self.num_steps
-        cut = np.flatnonzero((actions == BUFFER).any(axis=1) | drain)
-        if len(cut):
-            k = int(cut[0]) + 1
-            self.truncate(k)
-            actions, forced, stayed, drain = actions[:k], forced[:k], stayed[:k], drain[:k]
+        parked = actions == BUFFER
+        if k > 1:
+            cut = np.flatnonzero(parked.any(axis=1) | drain)
+            if len(cut):
+                k = int(cut[0]) + 1
+                self.truncate(k)
+                actions, forced, stayed, drain, parked = actions[:k], forced[:k], stayed[:k], drain[:k], parked[:k]
         exiting = actions == EXIT
-        self.exited[exiting] = True
+        self.exited |= exiting
         self.forced |= forced
         self.stayed |= stayed
-        stopped = actions == BUFFER
+        stopped = parked | exiting
         if not keeps_batch:
-            stopped = stopped | exiting
             self.computing &= ~stopped
-        self.reach[exiting | (actions == BUFFER)] = exit_layer
-        self.buffered |= actions == BUFFER
+        self.reach[stopped] = exit_layer
+        self.buffered |= parked
         self.active &= actions == CONTINUE
         if drain[k - 1]:
             self.drain_layer = exit_layer

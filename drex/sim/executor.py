@@ -123,7 +123,9 @@ class SimExecutor:
         """The plan's first k steps through its exit points, each decided by the scheduler: the outcome, and the
         rows each exit head evaluated per step."""
         out = StepOutcome(k, len(ids), self.num_layers)
-        tok = np.asarray(plan.decode_token_index, dtype=np.int64)[None, :] + np.arange(k)[:, None]
+        tok = np.asarray(plan.decode_token_index, dtype=np.int64)[None, :]
+        if k > 1:
+            tok = tok + np.arange(k)[:, None]
         head_rows = []
         for i, e in enumerate(self.exits):
             active = out.active
