@@ -16,6 +16,10 @@ from drex.costmodel.base import CostModel
 from drex.costmodel.price import plain_run_s, prefill_work, step_s, step_s_float, step_s_one
 
 
+# The first steps of a rebatching policy's planned run decided alone, before the whole run (see execute).
+SPECULATE = (1, 8)
+
+
 class SimExecutor:
     """``decider`` answers ``decide_at_exit`` (the scheduler; or, in drex validate, a replay of a real run's
     decisions) and names the exit points and the policy."""
@@ -55,14 +59,17 @@ class SimExecutor:
         ids = np.asarray(plan.decode_ids, dtype=np.int64)
         out = head_rows = None
         mark = self.decider.decisions_mark() if k > 1 and hasattr(self.decider, "decisions_mark") else None
-        if mark is not None:
-            # A rebatching policy's run often ends at its first step (a park or a drain cuts it there): decide
-            # that step alone first; only a run that goes on is decided again whole (the first step's decisions
-            # are the same either way; the ones made alone are retracted).
-            out, head_rows = self._exit_points(plan, ids, 1, now)
-            if not (out.buffered.any() or out.drain_layer >= 0):
-                self.decider.retract_decisions(mark)
-                out = None
+        for first in SPECULATE if mark is not None else ():
+            # A rebatching policy's run mostly ends within its first steps (a park or a drain cuts it there):
+            # decide them alone first; only a run that goes on is decided again, longer (a step's decisions do
+            # not depend on the steps after it; the ones made for the shorter run are retracted).
+            if first >= k:
+                break
+            out, head_rows = self._exit_points(plan, ids, first, now)
+            if out.buffered[-1].any() or out.drain_layer >= 0:  # cut at its last step: the whole run's outcome
+                break
+            self.decider.retract_decisions(mark)
+            out = None
         if out is None:
             out, head_rows = self._exit_points(plan, ids, k, now)
         k = out.num_steps
