@@ -66,6 +66,9 @@ class BetaConfidence:
         self.seed = seed
         self._tables = None  # inverse CDF tables, made at the first draw (a run without exits never draws)
         self.name = "beta:" + "/".join(f"{a:g},{b:g}" for a, b in params)
+        # Per exit point: request id -> its tokens' confidences from token 0 on, drawn AHEAD tokens at a time, so
+        # that a step (one token a row) looks them up instead of hashing; ``forget`` drops a request's.
+        self._drawn: list[dict[int, list[float]]] = [{} for _ in params]
 
     def _make_tables(self) -> list[np.ndarray]:
         """Inverse CDF tables, one per exit point: a draw is one hash and one interpolation. Made on first use:
@@ -75,9 +78,39 @@ class BetaConfidence:
         self._tables = [betaincinv(a, b, self._GRID) for a, b in self.params]
         return self._tables
 
+    AHEAD = 256
+
     def confidence(self, request_ids, token_index, exit_index: int) -> np.ndarray:
+        if (type(token_index) is np.ndarray and token_index.shape[0] == 1 and token_index.ndim == 2
+                and type(request_ids) is np.ndarray and request_ids.shape == token_index.shape[1:]):
+            drawn, values = self._drawn[exit_index], []  # one step: each row's token looked up
+            for rid, t in zip(request_ids.tolist(), token_index[0].tolist()):
+                row = drawn.get(rid)
+                if row is None or not 0 <= t < len(row):
+                    row = self._draw_ahead(drawn, rid, t, exit_index)
+                values.append(row[t])
+            return np.array([values])
+        return self._draw(request_ids, token_index, exit_index)
+
+    def _draw(self, request_ids, token_index, exit_index: int) -> np.ndarray:
         u = uniform_hash(self.seed, request_ids, token_index, exit_index)
         return np.interp(u, self._GRID, (self._tables or self._make_tables())[exit_index])
+
+    def _draw_ahead(self, drawn: dict, rid: int, t: int, exit_index: int):
+        """Request rid's confidences at this exit point through token t and AHEAD more (elementwise, so the values
+        any other draw gives); a token before 0 is drawn alone and kept nowhere."""
+        if t < 0:
+            return {t: float(self._draw(np.array([rid]), np.array([t]), exit_index)[0])}
+        row = drawn.setdefault(rid, [])
+        tokens = np.arange(len(row), t + self.AHEAD, dtype=np.int64)
+        row.extend(self._draw(np.full(len(tokens), rid, dtype=np.int64), tokens, exit_index).tolist())
+        return row
+
+    def forget(self, request_ids) -> None:
+        """These requests are done (finished, or preempted: drawn again if they come back)."""
+        for drawn in self._drawn:
+            for rid in request_ids:
+                drawn.pop(rid, None)
 
 
 class TraceConfidence:

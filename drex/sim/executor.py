@@ -28,6 +28,7 @@ class SimExecutor:
         self.decider = decider
         self.cost = cost
         self.source = source
+        self._forget = getattr(source, "forget", None)  # a source that keeps draws per request lets them go
         self.num_layers = decider.num_layers
         self.exits = decider.exits
         self.keeps_batch = decider.policy.keeps_batch
@@ -49,6 +50,8 @@ class SimExecutor:
         self.float_steps = cost.fast_one and not (self.learned or cost.prices_regroup) and len(self.exits) <= 5
 
     def execute(self, plan: StepPlan, now: float, until: float = np.inf) -> StepResult:
+        if plan.released_ids and self._forget is not None:
+            self._forget(plan.released_ids)
         if plan.kind == "flush":
             return self._flush(plan, now)
         cost, L = self.cost, self.num_layers

@@ -26,6 +26,29 @@ def test_beta_draws_do_not_depend_on_batching():
     assert not np.array_equal(other.confidence(ids, tok, 1), whole), "the seed matters"
 
 
+def test_one_step_lookups_are_the_draws_themselves():
+    """A step's draws (one token a row) are looked up from rows drawn ahead; they must be the very values a
+    direct draw gives, for tokens within and past what was drawn, after a request is forgotten, and at a
+    token before 0; a run of steps is drawn directly."""
+    rng = np.random.default_rng(4)
+    src = BetaConfidence([(2.5, 2.0), (3.0, 1.5)], 2, seed=9)
+    ref = BetaConfidence([(2.5, 2.0), (3.0, 1.5)], 2, seed=9)
+    for i in range(300):
+        ids = rng.choice(40, size=int(rng.integers(1, 12)), replace=False).astype(np.int64)
+        tok = rng.integers(-1 if i % 50 == 0 else 0, 3 * BetaConfidence.AHEAD, size=(1, len(ids)))
+        e = i % 2
+        got = src.confidence(ids, tok, e)
+        assert got.shape == tok.shape and got.tobytes() == ref._draw(ids, tok, e).tobytes()
+        if i % 7 == 0:
+            src.forget(ids[:2].tolist())
+    tok = rng.integers(0, 500, size=(5, 8))
+    ids = np.arange(8, dtype=np.int64)
+    assert src.confidence(ids, tok, 1).tobytes() == ref._draw(ids, tok, 1).tobytes()
+    assert sum(len(d) for d in src._drawn) > 0
+    src.forget(list(range(40)))
+    assert sum(len(d) for d in src._drawn) == 0
+
+
 @pytest.mark.parametrize("a,b", [(2.0, 2.0), (4.0, 2.0), (0.5, 0.5)])
 def test_beta_draws_follow_the_distribution(a, b):
     src = BetaConfidence([(a, b)], 1, seed=1)
