@@ -186,6 +186,12 @@ def _drex_steps(ctx: ExitContext) -> PolicyDecision:
     return PolicyDecision(actions, np.zeros(act.shape, dtype=bool), stayed, drain)
 
 
+_STEP0 = np.zeros(1, dtype=np.intp)  # the one step's index, and the one step's stop flags (read only)
+_STOP = {flag: np.array([flag]) for flag in (False, True)}
+for _a in (_STEP0, *_STOP.values()):
+    _a.flags.writeable = False
+
+
 def _drex_one(ctx: ExitContext) -> PolicyDecision:
     """``drex`` for one planned step (the commonest call), on the step's row vector: the same decision."""
     act = ctx.active[0]
@@ -196,11 +202,10 @@ def _drex_one(ctx: ExitContext) -> PolicyDecision:
     stay = act & ~want
     choice = HOLD
     if partial:
-        steps = np.zeros(1, dtype=np.intp)
         if ctx.split_action is not None:
-            choice = int(ctx.split_action(steps, stay[None])[0])
+            choice = int(ctx.split_action(_STEP0, stay[None])[0])
         else:
-            choice = PARK if ctx.split_pays(steps, stay[None])[0] else HOLD
+            choice = PARK if ctx.split_pays(_STEP0, stay[None])[0] else HOLD
     actions = np.full((1, len(act)), CONTINUE, dtype=np.int8)
     if all_exit or choice != HOLD:
         actions[0, want] = EXIT
@@ -210,5 +215,5 @@ def _drex_one(ctx: ExitContext) -> PolicyDecision:
     stop = all_exit or choice == PARK
     drain = np.zeros(1, dtype=bool)
     if n_act > 0 and (not stop or ctx.base_continues):
-        drain[0] = ctx.drain_pays(np.zeros(1, dtype=np.intp), np.array([stop]))[0]
+        drain[0] = ctx.drain_pays(_STEP0, _STOP[stop])[0]
     return PolicyDecision(actions, np.zeros(actions.shape, dtype=bool), stayed, drain)
