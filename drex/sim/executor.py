@@ -29,6 +29,10 @@ class SimExecutor:
         self.cost = cost
         self.source = source
         self._forget = getattr(source, "forget", None)  # a source that keeps draws per request lets them go
+        # Per speculation size: how often deciding it alone ended the run (a running average), and how often it
+        # was skipped since
+        self._ends_run = {size: 1.0 for size in SPECULATE}
+        self._skipped = {size: 0 for size in SPECULATE}
         self.num_layers = decider.num_layers
         self.exits = decider.exits
         self.keeps_batch = decider.policy.keeps_batch
@@ -60,19 +64,7 @@ class SimExecutor:
         if not (n and self.exits):
             return self._plain(plan, now, until, pre_tokens, pre_attn, pre_last)
         ids = np.asarray(plan.decode_ids, dtype=np.int64)
-        out = head_rows = None
-        mark = self.decider.decisions_mark() if k > 1 and hasattr(self.decider, "decisions_mark") else None
-        for first in SPECULATE if mark is not None else ():
-            # A rebatching policy's run mostly ends within its first steps (a park or a drain cuts it there):
-            # decide them alone first; only a run that goes on is decided again, longer (a step's decisions do
-            # not depend on the steps after it; the ones made for the shorter run are retracted).
-            if first >= k:
-                break
-            out, head_rows = self._exit_points(plan, ids, first, now)
-            if out.buffered[-1].any() or out.drain_layer >= 0:  # cut at its last step: the whole run's outcome
-                break
-            self.decider.retract_decisions(mark)
-            out = None
+        out, head_rows = self._speculate(plan, ids, k, now) if k > 1 else (None, None)
         if out is None:
             out, head_rows = self._exit_points(plan, ids, k, now)
         k = out.num_steps
@@ -128,6 +120,27 @@ class SimExecutor:
             frac = np.where(out.exited, out.reach / L, 1.0)
             result.token_offset_s = dur[:, None] * frac
         return result
+
+    def _speculate(self, plan: StepPlan, ids: np.ndarray, k: int, now: float):
+        """A rebatching policy's run often ends within its first steps (a park or a drain cuts it there): decide
+        them alone first; a run that goes on is decided again, longer (a step's decisions do not depend on the
+        steps after it; the ones made for the shorter run are retracted). A size that seldom ends the run here
+        is tried only now and then. (outcome, head rows) of the run, or (None, None): decide it whole."""
+        mark = self.decider.decisions_mark() if hasattr(self.decider, "decisions_mark") else None
+        for first in SPECULATE if mark is not None else ():
+            if first >= k:
+                break
+            if self._ends_run[first] < 1 / 3:  # (deciding these steps twice costs more than it saves)
+                self._skipped[first] += 1
+                if self._skipped[first] % 16:
+                    continue
+            out, head_rows = self._exit_points(plan, ids, first, now)
+            ends = bool(out.buffered[-1].any() or out.drain_layer >= 0)  # cut at its last step: the run's outcome
+            self._ends_run[first] = 0.9 * self._ends_run[first] + 0.1 * ends
+            if ends:
+                return out, head_rows
+            self.decider.retract_decisions(mark)
+        return None, None
 
     def _exit_points(self, plan: StepPlan, ids: np.ndarray, k: int, now: float) -> tuple[StepOutcome, list]:
         """The plan's first k steps through its exit points, each decided by the scheduler: the outcome, and the
