@@ -87,6 +87,9 @@ class BetaConfidence:
             for rid, t in zip(request_ids.tolist(), token_index[0].tolist()):
                 row = drawn.get(rid)
                 if row is None or not 0 <= t < len(row):
+                    if t < 0:  # (not a token the lookup holds: drawn alone)
+                        values.append(float(self._draw(np.array([rid]), np.array([t]), exit_index)[0]))
+                        continue
                     row = self._draw_ahead(drawn, rid, t, exit_index)
                 values.append(row[t])
             return np.array([values])
@@ -96,11 +99,9 @@ class BetaConfidence:
         u = uniform_hash(self.seed, request_ids, token_index, exit_index)
         return np.interp(u, self._GRID, (self._tables or self._make_tables())[exit_index])
 
-    def _draw_ahead(self, drawn: dict, rid: int, t: int, exit_index: int):
-        """Request rid's confidences at this exit point through token t and AHEAD more (elementwise, so the values
-        any other draw gives); a token before 0 is drawn alone and kept nowhere."""
-        if t < 0:
-            return {t: float(self._draw(np.array([rid]), np.array([t]), exit_index)[0])}
+    def _draw_ahead(self, drawn: dict, rid: int, t: int, exit_index: int) -> list[float]:
+        """Request rid's confidences at this exit point through token t >= 0 and AHEAD more (elementwise, so the
+        values any other draw gives)."""
         row = drawn.setdefault(rid, [])
         tokens = np.arange(len(row), t + self.AHEAD, dtype=np.int64)
         row.extend(self._draw(np.full(len(tokens), rid, dtype=np.int64), tokens, exit_index).tolist())

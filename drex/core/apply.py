@@ -79,15 +79,8 @@ class ApplyMixin:
                 self._emit(r, counts[j], last_time[j], layers[j], early[j], forced[j], 0)
             if parked[j] and r.status == RUNNING:
                 self.buffer.park(r, int(out.reach[-1, j]), self.step_id + k - 1)
-        if out.buffered[-1].any():
-            self.num_rebatches += 1
-            for layer in np.unique(out.reach[-1][out.buffered[-1]]).tolist():
-                if self.decider.flush_next.get(layer) == k - 1:  # priced on a flush at the next step
-                    self.buffer.due[layer] = self.step_id + k
-        self.decider.flush_next.clear()
-        if drained is not None:
-            self._rejoin(drained, float(ends[k - 1]))
-            self.num_drains += 1
+        self._parked_and_drained(np.unique(out.reach[-1][out.buffered[-1]]).tolist(), k - 1, drained,
+                                 float(ends[k - 1]))
 
     def _apply_decode_one(self, plan: StepPlan, out, t: float) -> None:
         """``_apply_decode`` of one step whose tokens came at its end, row by row in Python numbers."""
@@ -104,14 +97,20 @@ class ApplyMixin:
                 self._emit(r, 1, t, layer, int(early), int(forced), 0)
             elif r.status == RUNNING:
                 self.buffer.park(r, layer, self.step_id)
-        if any(parked):
+        self._parked_and_drained(sorted({layer for layer, p in zip(reach, parked) if p}), 0, drained, t)
+
+    def _parked_and_drained(self, layers: list[int], last: int, drained, time_s: float) -> None:
+        """After a run whose last step (``last`` steps in) parked rows at these exit layers and drained
+        ``drained`` (or None) at time_s: one rebatch counted, each layer's due step set where its park was priced
+        on a flush at the next step, and the drained rows rejoin."""
+        if layers:
             self.num_rebatches += 1
-            for layer in sorted({layer for layer, p in zip(reach, parked) if p}):
-                if self.decider.flush_next.get(layer) == 0:  # priced on a flush at the next step
-                    self.buffer.due[layer] = self.step_id + 1
+            for layer in layers:
+                if self.decider.flush_next.get(layer) == last:  # priced on a flush at the next step
+                    self.buffer.due[layer] = self.step_id + last + 1
         self.decider.flush_next.clear()
         if drained is not None:
-            self._rejoin(drained, t)
+            self._rejoin(drained, time_s)
             self.num_drains += 1
 
     def _apply_full_depth(self, rows: list[Request], ends: np.ndarray, gaps_first: bool = False) -> None:

@@ -52,7 +52,7 @@ class ExitDecider:
         wants = self.ee.clears(confidence)
         self.skip.observe(exit_index, wants, active)
         L, cost = self.num_layers, self.cost
-        base, base_attn, _ = prefill_work(plan.prefill) if plan.prefill else (0, 0, 0)
+        base, base_attn, _ = prefill_work(plan.prefill)
 
         def split_pays(steps: np.ndarray, stay: np.ndarray) -> np.ndarray:  # the authors' rule (art)
             rows = active[steps].sum(axis=1)

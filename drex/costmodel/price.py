@@ -16,6 +16,8 @@ from drex.costmodel.base import CostModel
 
 def prefill_work(chunks) -> tuple[int, float, int]:
     """Prefill chunks' tokens, their causal attention work (query-key pairs), and how many end a prompt."""
+    if not chunks:  # (a decode step's: the sums of nothing)
+        return 0, 0, 0
     tokens = sum(c.num_tokens for c in chunks)
     attn = sum(c.num_tokens * (c.start + c.num_tokens / 2) for c in chunks)
     return tokens, attn, sum(c.last for c in chunks)

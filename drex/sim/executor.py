@@ -29,6 +29,7 @@ class SimExecutor:
         self.cost = cost
         self.source = source
         self._forget = getattr(source, "forget", None)  # a source that keeps draws per request lets them go
+        self._decisions_mark = getattr(decider, "decisions_mark", None)  # (a replay of a real run's has none)
         # Per speculation size: how often deciding it alone ended the run (a running average), and how often it
         # was skipped since
         self._ends_run = {size: 1.0 for size in SPECULATE}
@@ -126,7 +127,7 @@ class SimExecutor:
         them alone first; a run that goes on is decided again, longer (a step's decisions do not depend on the
         steps after it; the ones made for the shorter run are retracted). A size that seldom ends the run here
         is tried only now and then. (outcome, head rows) of the run, or (None, None): decide it whole."""
-        mark = self.decider.decisions_mark() if hasattr(self.decider, "decisions_mark") else None
+        mark = self._decisions_mark() if self._decisions_mark is not None else None
         for first in SPECULATE if mark is not None else ():
             if first >= k:
                 break

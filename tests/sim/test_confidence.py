@@ -41,6 +41,9 @@ def test_one_step_lookups_are_the_draws_themselves():
         assert got.shape == tok.shape and got.tobytes() == ref._draw(ids, tok, e).tobytes()
         if i % 7 == 0:
             src.forget(ids[:2].tolist())
+    held = np.array(sorted(src._drawn[0])[:5], dtype=np.int64)  # requests with drawn rows, asked before token 0
+    minus = np.full((1, len(held)), -1)
+    assert len(held) and src.confidence(held, minus, 0).tobytes() == ref._draw(held, minus, 0).tobytes()
     tok = rng.integers(0, 500, size=(5, 8))
     ids = np.arange(8, dtype=np.int64)
     assert src.confidence(ids, tok, 1).tobytes() == ref._draw(ids, tok, 1).tobytes()
