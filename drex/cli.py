@@ -1,8 +1,9 @@
 """The ``drex`` command: subcommands map to functions; the logic lives in the modules.
 
 What every subcommand shares lives here: output directories are checked before
-any work, bad input and Ctrl-C end in one line (no traceback), and a closed
-pipe (``drex ... | head``) ends quietly.
+any work, bad input and Ctrl-C end in one line (no traceback), a failure of
+drex itself ends in one line that says so (exit 70, ``drex.errors``), and a
+closed pipe (``drex ... | head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from drex.errors import EXIT_INTERNAL, InternalError
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
         print(f"drex {name}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except InternalError as e:
+        return _internal(name, e.__cause__ or e, str(e))
     except KeyboardInterrupt:
         resume = "; the same command resumes it" if name == "profile" else ""  # samples.csv keeps each point
         print(f"\ndrex {name}: interrupted{resume}", file=sys.stderr)
@@ -119,6 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as e:  # noqa: BLE001 - anything else is drex's own fault, said in one line
+        return _internal(name, e, f"{type(e).__name__}: {e}")
+
+
+def _internal(name: str, cause: BaseException, text: str) -> int:
+    """One line for a failure of drex itself (not the user's input); DREX_DEBUG=1 raises it with its traceback."""
+    if os.environ.get("DREX_DEBUG"):
+        raise cause
+    print(f"drex {name}: internal error (a bug in drex, not in your input): {text}; DREX_DEBUG=1 shows the "
+          f"traceback", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

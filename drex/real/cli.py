@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from drex.errors import InternalError
 from drex.metrics import format_table, rejection_lines
 
 
@@ -42,8 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if s.get("interrupted"):
         done = int((res.requests.status == "finished").sum())
         cut = int((res.requests.status == "interrupted").sum())
-        print(f"drex run: interrupted; records of the {done} requests that finished are in {args.out}/ ({cut} "
-              f"marked interrupted in requests.csv)", file=sys.stderr)
+        kept = (f"records of the {done} requests that finished are in {args.out}/ ({cut} marked interrupted in "
+                f"requests.csv)")
+        if res.failure is not None:
+            raise InternalError(f"{type(res.failure).__name__}: {res.failure}; {kept}") from res.failure
+        print(f"drex run: interrupted; {kept}", file=sys.stderr)
         return 130
     print(format_table({args.policy: s}))
     for line in rejection_lines(res.requests):

@@ -346,8 +346,7 @@ class RealExecutor:
             layer = e
             asking = [j for j in range(n) if active[j]]
             idx = batch.first_tokens([("d", j) for j in asking])
-            logits = self.model.exit_logits(h[idx], e)
-            conf = confidence(logits, self.metric).cpu().numpy()
+            conf, exit_tokens = self._exit_confidence(h[idx], e)
             if self.source is not None:
                 conf = self.source.confidence(np.array([plan.flush_ids[j] for j in asking]),
                                               np.array([plan.flush_token_index[j] for j in asking]), i)
@@ -357,12 +356,11 @@ class RealExecutor:
             out.record(e, d.actions, d.forced, d.stayed, d.drain, False)
             acts = d.actions[0]
             record["decisions"].append([i, acts.tolist(), d.forced[0].tolist(), d.stayed[0].tolist(), False])
-            argmax = logits.argmax(-1).tolist()
             exiting = [k for k, j in enumerate(asking) if acts[j] == EXIT]
-            for k in exiting:
+            for k, tok in exit_tokens(exiting, None, None).items():
                 j = asking[k]
-                tokens[j] = argmax[k]
-                self._emit(plan.flush_ids[j], argmax[k], e)
+                tokens[j] = tok
+                self._emit(plan.flush_ids[j], tok, e)
             for k, j in enumerate(asking):
                 self.confidences.append((plan.flush_ids[j], plan.flush_token_index[j], e, float(conf[k])))
                 self.decisions.append((plan.flush_ids[j], plan.flush_token_index[j], e, int(acts[j])))

@@ -65,6 +65,7 @@ class RunResult:
     summary: dict
     executor: RealExecutor
     workload: list = field(default_factory=list)
+    failure: BaseException | None = None  # the internal error that cut the run short (records kept)
 
 
 def build_model(cfg: RunConfig, exits: tuple[int, ...]) -> EEModel:
@@ -136,11 +137,14 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
                 for w in workload]
     t_start = time.monotonic()  # the clock starts at the first arrival (time 0 of the trace)
     cpu_start = time.process_time()
+    failure = None
     try:
         sched_s = _serve(sched, executor, requests, progress)
         interrupted = False
     except KeyboardInterrupt:  # Ctrl-C: keep what finished; the rest is marked interrupted below
         sched_s, interrupted = math.nan, True
+    except Exception as e:  # noqa: BLE001 - every input was checked: a bug; keep what finished, as for Ctrl-C
+        sched_s, interrupted, failure = math.nan, True, e
     wall_s = executor.clock()
     cpu_s = time.process_time() - cpu_start  # < wall_s: the core was shared (another process ran on it)
 
@@ -150,7 +154,8 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     if interrupted:
         cut = ~req_df.status.isin([RequestStatus.FINISHED.value, RequestStatus.REJECTED.value])
         req_df.loc[cut, "status"] = INTERRUPTED
-        req_df.loc[cut, "reason"] = "the run was interrupted (Ctrl-C) before this request finished"
+        req_df.loc[cut, "reason"] = ("the run was interrupted (Ctrl-C) before this request finished" if failure is None
+                                     else f"drex failed (internal error) before this request finished: {failure!r}")
     steps = pd.DataFrame(sched.log.columns())
     extra_cols = pd.DataFrame(executor.step_records)
     if len(extra_cols) == len(steps):
@@ -162,7 +167,7 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
               "run_wall_s": wall_s, "run_cpu_s": cpu_s, "scheduler_s": sched_s, "interrupted": interrupted,
               "step_time_s": float(steps["duration_ms"].sum() / 1e3) if len(steps) else 0.0}
     extra |= executor.stats()
-    return RunResult(req_df, steps, summarize(req_df, steps, itl, extra), executor, list(workload))
+    return RunResult(req_df, steps, summarize(req_df, steps, itl, extra), executor, list(workload), failure)
 
 
 def _serve(sched: Scheduler, executor: RealExecutor, requests: list[Request], progress: bool) -> float:

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import simpy
 
+from drex.errors import InternalError
+
 from drex.confidence import make_confidence_source
 from drex.core.blocks import num_kv_blocks
 from drex.core.request import Request
@@ -159,7 +161,10 @@ class Simulation:
         for rep in self.replicas:
             self.env.process(rep.run(self.env))
         self.env.process(self._arrivals(self.env, bar))
-        self.env.run()
+        try:
+            self.env.run()
+        except Exception as e:  # every input was checked before: whatever fails now is drex's own bug
+            raise InternalError(f"the simulation failed at t={self.env.now:.3f} s: {type(e).__name__}: {e}") from e
         if bar is not None:
             bar.update(len(self.requests) - bar.n)
             bar.close()

@@ -155,3 +155,24 @@ def test_learned_metric_without_estimator_is_a_clear_error(model):
     workload, prompts = _workload(2, seed=6)
     with pytest.raises(ValueError, match="trained confidence estimator"):
         _run(model, "drex", workload, prompts, ee=EEConfig(exits=(2,), threshold=0.5, metric="learned"))
+
+
+def test_learned_exits_in_a_flush_that_meets_a_deeper_exit():
+    """Issue 26 item 1: parked rows flushed through a deeper learned exit ask that exit's estimator (the
+    flush used to ask ``confidence(logits, 'learned')`` and crashed with a bad-input error)."""
+    learned = EEModel.random(TINY, seed=13, exit_layers=EE_THREE.exits)
+    for e in EE_THREE.exits:
+        head = learned.add_exit_head(e, norm=True, lm_head=False, adapter_rank=8, estimator_width=16)
+        with torch.no_grad():
+            head.adapter.up.weight.normal_(std=0.1)
+    ee = EEConfig(exits=EE_THREE.exits, threshold=0.5, metric="learned")
+    workload, prompts = _workload(36, seed=2)
+    res = _run(learned, "drex", workload, prompts, cost=ProportionalCost(), ee=ee, **REBATCH)
+    s = res.summary
+    assert s["completed"] == 36 and s["num_flushes"] > 0 and s["involuntary_exits"] == 0
+    flushed = res.steps[res.steps.kind == "flush"]
+    assert (flushed.layer_start < max(EE_THREE.exits)).any()  # a flush from a shallow exit meets a deeper one
+    for r in workload:
+        alone = greedy_decode(learned, [prompts[r.request_id]], r.output_tokens, ee=ee, block_size=8)
+        assert res.executor.outputs[r.request_id] == alone.tokens[0], r
+        assert res.executor.exit_layers[r.request_id] == alone.exit_layers[0], r

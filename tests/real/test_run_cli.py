@@ -59,3 +59,44 @@ def test_run_rejects_simulator_only_flags(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["validate", str(tmp_path / "empty")]) == 2
     assert "run.json" in capsys.readouterr().err
+
+
+def test_an_internal_error_mid_run_is_drex_s_and_keeps_what_finished(tmp_path, capsys, monkeypatch):
+    """Issue 26 item 1: a bug inside a run (here a ValueError from the executor at its 10th step) is reported
+    as drex's internal error (exit 70), never as the user's bad input (exit 2), and the records are kept."""
+    from drex.real.executor import RealExecutor
+
+    real_execute, calls = RealExecutor.execute, []
+
+    def failing(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 10:
+            raise ValueError("unknown confidence metric 'learned': margin, maxprob or entropy")
+        return real_execute(self, *a, **kw)
+
+    monkeypatch.setattr(RealExecutor, "execute", failing)
+    (tmp_path / "trace.csv").write_text(TRACE)
+    rc = main(["run", "--model", "tiny", "--device", "cpu", "--trace", str(tmp_path / "trace.csv"), "--policy", "off",
+               "--cost-model", "roofline", "--no-progress", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 70 and "internal error" in err and "not in your input" in err and "Traceback" not in err, err
+    req = pd.read_csv(tmp_path / "out" / "requests.csv")
+    assert len(req) == 6 and set(req.status) <= {"finished", "interrupted"} and (req.status == "interrupted").any()
+    assert req[req.status == "interrupted"].reason.str.contains("internal error").all()
+
+
+def test_a_failure_inside_the_simulation_is_an_internal_error(tmp_path, capsys, monkeypatch):
+    from drex.core.scheduler import Scheduler
+
+    real_complete, calls = Scheduler.complete, []
+
+    def failing(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise ValueError("a bug deep inside")
+        return real_complete(self, *a, **kw)
+
+    monkeypatch.setattr(Scheduler, "complete", failing)
+    assert main(["simulate", "--num-requests", "20", "--no-progress", "--out", str(tmp_path / "o")]) == 70
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "internal error" in err and "a bug deep inside" in err, err
