@@ -6,7 +6,8 @@
 Each figure below names the README command it comes from (exactly as the README shows it, continuation
 lines joined, ``--out`` replaced by a scratch directory) and a pattern that finds the quoted numbers in the
 README's text; the numbers are read from the README itself, so the README stays the one place a figure
-is written. The check fails when a command or a quote is no longer in the README (the figure moved and
+is written. Figures of the benchmarks that take minutes to hours (the policy grid, SmolLM2's quality
+sweep) are checked against their committed results, which the README names. The check fails when a command or a quote is no longer in the README (the figure moved and
 this list was not told), or when a re-run gives a value outside the tolerance:
 
 - simulator figures are deterministic (same seed, same files): a tolerance only covers the quote's rounding
@@ -74,7 +75,8 @@ class Figure:
     command: str
     quote: str  # a regex over the README's text, whitespace collapsed; one named group per number
     measure: dict[str, Callable[[Results], float]]
-    kind: dict[str, str] = field(default_factory=dict)  # group -> "percent" (quoted x100) | "wall" | "real"
+    kind: dict[str, str] = field(default_factory=dict)  # group -> "percent" (quoted x100) | "wall" | "at least"/"at most"
+    source: str = ""  # a committed results file the figure is read from (the command is not re-run)
 
 
 FIGURES = [
@@ -109,6 +111,42 @@ FIGURES = [
 ]
 
 
+# Figures read from a benchmark's committed results (its command, shown in the README, takes minutes to
+# hours): the README must quote what the committed file holds.
+GRID = dict(command="benchmarks/policy_grid.py", source="benchmarks/results/policy_grid.csv")
+QUALITY = dict(command="drex quality --model smollm2-ee --metrics learned --out runs/smol-quality",
+               source="benchmarks/quality_smollm2_ee.csv")
+
+
+def cell(name: str, column: str) -> Callable[[Results], float]:
+    return lambda r: float(r["table"].set_index("name").loc[name, column])
+
+
+def quality(threshold: float, column: str) -> Callable[[Results], float]:
+    def value(r: Results) -> float:
+        t = r["table"]
+        return float(t[(t.metric == "learned") & (t.threshold == threshold)][column].iloc[0])
+    return value
+
+
+COMMITTED = [
+    Figure(**GRID, quote=r"lowest: mooncake at 60% confident, (?P<share>[\d.]+)%\)",
+           measure={"share": cell("13b-h200-mooncake-60", "drex_share_of_bih_gain")}, kind={"share": "percent"}),
+    Figure(**GRID, quote=r"drex gives (?P<drex>[\d.]+)× off against best-in-hindsight's (?P<bih>[\d.]+)×, at "
+                 r"(?P<tpot>[\d.]+)× off's mean TPOT",
+           measure={"drex": cell("tiny-cpu-conv-60", "drex/off"), "bih": cell("tiny-cpu-conv-60", "bih/off"),
+            "tpot": cell("tiny-cpu-conv-60", "drex_mean_tpot_ratio")}),
+    Figure(**GRID, quote=r"it gives (?P<g15>[\d.]+)×, (?P<g60>[\d.]+)× and (?P<g85>[\d.]+)× off's throughput at "
+                 r"(?P<t15>[\d.]+)×, (?P<t60>[\d.]+)× and (?P<t85>[\d.]+)× its mean TPOT",
+           measure={f"{k}{c}": cell(f"13b-h200-conv-{c}", col) for c in (15, 60, 85)
+            for k, col in (("g", "drex/off"), ("t", "drex_mean_tpot_ratio"))}),
+    Figure(**QUALITY, quote=r"default threshold 0\.97: ROUGE-L (?P<rouge>[\d.]+) against the full model, (?P<exits>\d+) % "
+                    r"of tokens exit early",
+           measure={"rouge": quality(0.97, "rouge_l"), "exits": quality(0.97, "early_exit_fraction")},
+           kind={"exits": "percent"}),
+]
+
+
 def readme_text(text: str) -> str:
     return " ".join(text.split())
 
@@ -139,11 +177,17 @@ def tolerance(quoted: str, kind: str, value: float) -> tuple[float, float]:
     return value / scale - half_unit - slack, value / scale + half_unit + slack
 
 
-def check(text: str, results: dict[str, Results], figures: list[Figure] = FIGURES) -> list[str]:
+def committed(path: str) -> Results:
+    import pandas as pd
+
+    return {"table": pd.read_csv(REPO / path)}
+
+
+def check(text: str, results: dict[str, Results], figures: list[Figure] | None = None) -> list[str]:
     """Failures (empty: every figure holds). ``results``: command -> its re-run's results."""
     flat, cmds, failures = readme_text(text), readme_commands(text), []
-    for fig in figures:
-        if fig.command not in cmds:
+    for fig in FIGURES + COMMITTED if figures is None else figures:
+        if fig.command not in cmds and not (fig.source and fig.command in flat):
             failures.append(f"command not in the README any more: {fig.command}")
             continue
         m = re.search(fig.quote, flat)
@@ -153,7 +197,7 @@ def check(text: str, results: dict[str, Results], figures: list[Figure] = FIGURE
         for name, measure in fig.measure.items():
             quoted = m.group(name)
             low, high = tolerance(quoted, fig.kind.get(name, ""), float(quoted))
-            got = measure(results[fig.command])
+            got = measure(results[fig.source or fig.command])
             if not low <= got <= high:
                 failures.append(f"{name} = {quoted} in the README, measured {got:.4g} (allowed {low:.4g} .. "
                                 f"{high:.4g}): {fig.command}")
@@ -187,7 +231,7 @@ def main() -> int:
     text = (REPO / "README.md").read_text()
     commands = list(dict.fromkeys(f.command for f in FIGURES))
     if args.list:
-        for fig in FIGURES:
+        for fig in FIGURES + COMMITTED:
             print(f"{', '.join(fig.measure)} <- {fig.command}")
         return 0
     results = {}
@@ -195,10 +239,11 @@ def main() -> int:
         for i, cmd in enumerate(commands, 1):
             print(f"[{i}/{len(commands)}] {cmd}", file=sys.stderr, flush=True)
             results[cmd] = run(cmd, Path(scratch))
+    results |= {f.source: committed(f.source) for f in COMMITTED}
     failures = check(text, results)
     for f in failures:
         print("DRIFT " + f)
-    n = sum(len(f.measure) for f in FIGURES)
+    n = sum(len(f.measure) for f in FIGURES + COMMITTED)
     print(f"{n - len(failures)} of {n} README figures within tolerance" if not failures
           else f"{len(failures)} README figure(s) drifted")
     return 1 if failures else 0

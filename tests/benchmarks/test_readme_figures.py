@@ -20,6 +20,11 @@ def test_every_checked_figure_is_quoted_beside_its_command(fig):
     assert re.search(fig.quote, rf.readme_text(README)), fig.quote
 
 
+def test_figures_of_long_benchmarks_are_what_their_committed_results_hold():
+    results = {f.source: rf.committed(f.source) for f in rf.COMMITTED}
+    assert rf.check(README, results, rf.COMMITTED) == []
+
+
 def _fig(kind=None):
     return rf.Figure("drex compare --policies off,drex",
                      r"drex gives (?P<drex>[\d.]+) tok/s \((?P<pct>\d+)% early exits\)",
