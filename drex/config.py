@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 CONFIDENCE_METRICS = ("margin", "maxprob", "entropy", "learned")  # learned: a trained estimator's P(agree)
 PROFITABILITY = ("costmodel", "art", "knobs")
+ADMISSIONS = ("first-chunk", "vllm")  # core/admission.py: when a waiting request joins the batch
 LOWER_IS_BETTER = frozenset({"entropy"})  # confidence metrics where a smaller value means surer
 
 
@@ -75,6 +76,8 @@ class SchedulerConfig:
     skip_exit_heads: bool = True
     # Fraction of KV blocks admission keeps free (vLLM's watermark), besides the running rows' next blocks.
     kv_watermark: float = 0.01
+    # When a waiting request joins the batch (core/admission.py): its first chunk fits, or (vllm) its whole prompt.
+    admission: str = "first-chunk"
     # Decode steps the scheduler may plan ahead at once when nothing can change (simulator speed).
     max_lookahead_steps: int = 64
 
@@ -86,6 +89,8 @@ class SchedulerConfig:
                 raise ValueError(f"{name.replace('_', ' ')} ({flag}) must be positive, got {getattr(self, name)}")
         if self.profitability not in PROFITABILITY:
             raise ValueError(f"profitability must be one of {PROFITABILITY}, got {self.profitability!r}")
+        if self.admission not in ADMISSIONS:
+            raise ValueError(f"unknown admission rule {self.admission!r} (--admission): {', '.join(ADMISSIONS)}")
         if not 0.0 <= self.kv_watermark < 1.0:
             raise ValueError(f"kv_watermark must be in [0, 1), got {self.kv_watermark}")
         if not 0.0 <= self.split_fraction <= 1.0:

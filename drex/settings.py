@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drex.config import CONFIDENCE_METRICS, PROFITABILITY, EEConfig, SchedulerConfig
+from drex.config import ADMISSIONS, CONFIDENCE_METRICS, PROFITABILITY, EEConfig, SchedulerConfig
 from drex.core.policies import POLICIES
 from drex.devices import get_device
 from drex.models import ModelShape, get_model
@@ -97,6 +97,10 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     p.add_argument("--chunk-size", type=int, default=512, help="token budget per step (chunked prefill)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per paged-KV block")
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's max position")
+    p.add_argument("--admission", default="first-chunk", choices=ADMISSIONS,
+                   help="when a waiting request joins the batch: first-chunk (its first prefill chunk fits) or vllm "
+                        "(blocks for its whole prompt fit with the watermark kept free, taken at once; vLLM's and "
+                        "Vidur's rule)")
     p.add_argument("--profitability", default="costmodel", choices=PROFITABILITY,
                    help="drex's split rule: costmodel (its own prediction), art (the authors' running-average ART "
                         "rule), knobs (best-in-hindsight's family)")
@@ -140,7 +144,7 @@ def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
                             skip_exit_heads=not args.every_exit_head,
                             max_tpot_inflation=args.max_tpot_inflation, split_fraction=args.split_fraction,
                             split_continue=args.split_continue, flush_min_rows=args.flush_min_rows,
-                            flush_max_wait_steps=args.flush_max_wait_steps)
+                            flush_max_wait_steps=args.flush_max_wait_steps, admission=args.admission)
     threshold = args.threshold if args.threshold is not None else (shape.default_threshold or 0.8)
     metric = args.metric or shape.default_metric or "margin"
     return RunSettings(model=args.model, device=args.device, ee=EEConfig(exits, threshold, metric),

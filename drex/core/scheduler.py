@@ -22,6 +22,7 @@ import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
 from drex.core.apply import ApplyMixin
+from drex.core import admission
 from drex.core import profitability as prof
 from drex.core.blocks import BlockManager
 from drex.core.decision import ExitDecider
@@ -121,30 +122,34 @@ class Scheduler(ApplyMixin):
         return plan
 
     def _admit(self, headroom: bool = True) -> None:
-        """Admit waiting requests, oldest (and preempted) first, while their first chunk fits.
+        """Admit waiting requests, oldest (and preempted) first, under the admission rule (core/admission.py).
 
-        As vLLM does, admission keeps headroom: a watermark of free blocks, and the blocks the running
-        decode rows need for their next token, so that admitting a request (a preempted one above all)
-        does not at once force another preemption. ``headroom=False`` when nothing runs (no one to protect).
+        Admission keeps headroom (a watermark of free blocks; under ``first-chunk`` also the blocks the running
+        decode rows need for their next token), so that admitting a request (a preempted one above all) does
+        not at once force another preemption. ``headroom=False`` when nothing runs (no one to protect).
         """
         room = self.cfg.max_batch_size - len(self.running) - self.num_buffered
         if not (self.waiting and room > 0):
             return
+        rule = self.cfg.admission
         free = self.blocks.num_free
         if headroom:
             # A decode row holds slots for all but at most its next token: it needs one block or none.
-            free -= self.watermark_blocks + sum([r.prompt_tokens + r.num_generated > r.kv_tokens
-                                                 for r in self.running if r.num_prefilled >= r.prefill_target])
+            free = admission.free_for_admission(rule, free, self.watermark_blocks, [
+                r.prompt_tokens + r.num_generated > r.kv_tokens
+                for r in self.running if r.num_prefilled >= r.prefill_target])
         while self.waiting and room > 0:
             req = self.waiting[0]
-            first_chunk = min(self.cfg.chunk_size, req.prompt_tokens + req.num_generated)
-            need = self.blocks.needed(req.request_id, first_chunk)
+            tokens = admission.tokens_on_admission(rule, req.prompt_tokens + req.num_generated, self.cfg.chunk_size)
+            need = self.blocks.needed(req.request_id, tokens)
             if need > free:
                 break
             free -= need
             self.waiting.popleft()
             req.admit()
             self.running.append(req)
+            if admission.takes_all_at_once(rule):
+                self._grow(req, tokens)
             room -= 1
 
     def _pack(self) -> StepPlan | None:
