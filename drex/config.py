@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 CONFIDENCE_METRICS = ("margin", "maxprob", "entropy", "learned")  # learned: a trained estimator's P(agree)
 PROFITABILITY = ("costmodel", "art", "knobs")
-ADMISSIONS = ("first-chunk", "vllm")  # core/admission.py: when a waiting request joins the batch
+ADMISSIONS = ("reserve", "vllm", "first-chunk", "oracle")  # core/admission.py: when a waiting request joins
 LOWER_IS_BETTER = frozenset({"entropy"})  # confidence metrics where a smaller value means surer
 
 
@@ -76,8 +76,8 @@ class SchedulerConfig:
     skip_exit_heads: bool = True
     # Fraction of KV blocks admission keeps free (vLLM's watermark), besides the running rows' next blocks.
     kv_watermark: float = 0.01
-    # When a waiting request joins the batch (core/admission.py): its first chunk fits, or (vllm) its whole prompt.
-    admission: str = "first-chunk"
+    # When a waiting request joins the batch (core/admission.py): reserve (room kept for growth), vllm, first-chunk, oracle.
+    admission: str = "reserve"
     # Decode steps the scheduler may plan ahead at once when nothing can change (simulator speed).
     max_lookahead_steps: int = 64
 

@@ -97,10 +97,11 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     p.add_argument("--chunk-size", type=int, default=512, help="token budget per step (chunked prefill)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per paged-KV block")
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's max position")
-    p.add_argument("--admission", default="first-chunk", choices=ADMISSIONS,
-                   help="when a waiting request joins the batch: first-chunk (its first prefill chunk fits) or vllm "
-                        "(blocks for its whole prompt fit with the watermark kept free, taken at once; vLLM's and "
-                        "Vidur's rule)")
+    p.add_argument("--admission", default="reserve", choices=ADMISSIONS,
+                   help="when a waiting request joins the batch: reserve (its whole prompt fits, with room kept for "
+                        "the running requests' growth, adapted at each preemption), vllm (its whole prompt fits: "
+                        "vLLM's and Vidur's rule), first-chunk (its first prefill chunk fits), oracle (simulator "
+                        "only: knows output lengths); see drex/core/admission.py")
     p.add_argument("--profitability", default="costmodel", choices=PROFITABILITY,
                    help="drex's split rule: costmodel (its own prediction), art (the authors' running-average ART "
                         "rule), knobs (best-in-hindsight's family)")

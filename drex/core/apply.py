@@ -41,6 +41,7 @@ class ApplyMixin:
         self._apply_full_depth([self.live[i] for i in plan.decode_ids], ends, gaps_first=True)
         if len(self.finished) != finished_before:
             self.running = [x for x in self.running if x.status == RUNNING]
+        self.admission.stepped(k)
         self.step_id += k
 
     def _apply_decode(self, plan: StepPlan, out, ends: np.ndarray, starts: np.ndarray, offset_s) -> None:
@@ -164,6 +165,7 @@ class ApplyMixin:
         self._released.append(r.request_id)
         del self.live[r.request_id]
         self.finished.append(r)
+        self.admission.finished(r.num_generated)
 
     def _take_run_blocks(self, plan: StepPlan, k: int) -> None:
         """kv_free_executor: the blocks each decode row's k steps needed, taken now (what ``_lookahead`` would

@@ -21,8 +21,8 @@ from collections import deque
 import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
+from drex.core.admission import Admission
 from drex.core.apply import ApplyMixin
-from drex.core import admission
 from drex.core import profitability as prof
 from drex.core.blocks import BlockManager
 from drex.core.decision import ExitDecider
@@ -46,7 +46,7 @@ class Scheduler(ApplyMixin):
         self.policy = get_policy(cfg.policy)
         self.exits = ee.exits if self.policy.uses_exits else ()
         self.blocks = BlockManager(num_blocks, cfg.block_size)
-        self.watermark_blocks = int(cfg.kv_watermark * num_blocks)
+        self.admission = Admission(cfg.admission, int(cfg.kv_watermark * num_blocks), cfg.block_size, cfg.chunk_size)
         self.replica = replica
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -131,25 +131,19 @@ class Scheduler(ApplyMixin):
         room = self.cfg.max_batch_size - len(self.running) - self.num_buffered
         if not (self.waiting and room > 0):
             return
-        rule = self.cfg.admission
-        free = self.blocks.num_free
-        if headroom:
-            # A decode row holds slots for all but at most its next token: it needs one block or none.
-            free = admission.free_for_admission(rule, free, self.watermark_blocks, [
-                r.prompt_tokens + r.num_generated > r.kv_tokens
-                for r in self.running if r.num_prefilled >= r.prefill_target])
+        adm = self.admission
+        free = adm.free_blocks(self.blocks.num_free, self.running) if headroom else self.blocks.num_free
         while self.waiting and room > 0:
             req = self.waiting[0]
-            tokens = admission.tokens_on_admission(rule, req.prompt_tokens + req.num_generated, self.cfg.chunk_size)
-            need = self.blocks.needed(req.request_id, tokens)
+            need = adm.blocks_to_join(req, lambda tokens: self.blocks.needed(req.request_id, tokens), headroom)
             if need > free:
                 break
             free -= need
             self.waiting.popleft()
             req.admit()
             self.running.append(req)
-            if admission.takes_all_at_once(rule):
-                self._grow(req, tokens)
+            if adm.takes_all_at_once:
+                self._grow(req, adm.tokens_taken_on_joining(req))
             room -= 1
 
     def _pack(self) -> StepPlan | None:
@@ -202,9 +196,8 @@ class Scheduler(ApplyMixin):
         return True
 
     def _preempt(self, protect: Request) -> None:
-        """Free the newest running request's blocks (recompute later); the protected one goes last."""
-        victims = [r for r in self.running if r is not protect] or [protect]
-        victim = victims[-1]
+        """Free a running request's blocks (recompute later), the one the admission rule names."""
+        victim = self.admission.victim(self.running, protect)
         self.running.remove(victim)
         self.blocks.free(victim.request_id)
         victim.kv_tokens = 0
@@ -212,6 +205,7 @@ class Scheduler(ApplyMixin):
         self._released.append(victim.request_id)
         self.waiting.appendleft(victim)
         self.num_preemptions += 1
+        self.admission.preempted()
         self.decider.no_park_until = self.step_id + self.cfg.park_calm_steps
 
     def _lookahead(self, decode: list[Request], context: list[int]) -> int:
@@ -248,13 +242,14 @@ class Scheduler(ApplyMixin):
         """Mixed steps planned at once: the same decode rows beside the next chunks of one prompt, each filling
         the token budget (its last chunk too, unless it leaves budget to ``others`` in prefill), while nothing
         else can change: no exit points, nothing parked, no admission, no decode row finishing before the run
-        ends. Blocks are taken step by step as single steps take them; ``complete`` logs and times the steps as
-        single steps (outputs stay byte-identical)."""
+        ends. Blocks are taken step by step as single steps take them (so not under ``vllm`` admission, where a
+        joining request takes its prompt's at once); ``complete`` logs and times the steps as single steps
+        (outputs stay byte-identical)."""
         first = plan.prefill[0]
         r = self.live[first.request_id]
         budget = self.cfg.chunk_size - len(decode)
         if (first.last or first.num_tokens != budget or r.num_generated or self.exits or self.buffer
-                or self.recorder is not None
+                or self.recorder is not None or self.admission.takes_all_at_once
                 or (self.waiting and len(self.running) + self.num_buffered < self.cfg.max_batch_size)):
             return
         steps = min(self.cfg.max_lookahead_steps, min([x.output_tokens - x.num_generated for x in decode]))
@@ -376,6 +371,7 @@ class Scheduler(ApplyMixin):
             self.art.update(kind, float(dur[-1]))
         if len(self.finished) != finished_before or (out is not None and not out.is_plain):  # some left
             self.running = [r for r in self.running if r.status == RUNNING]
+        self.admission.stepped(k)
         self.log.add(self.step_id, self.replica, start_s, dur, plan.kind, plan.num_rows, len(plan.decode_ids),
                      sum(c.num_tokens for c in plan.prefill) if plan.prefill else 0, len(plan.flush_ids), n_exited,
                      n_buffered, layer_end, self._buffer_sizes(k, buffered_before),

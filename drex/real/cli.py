@@ -30,6 +30,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError("drex run drives one real replica; --replicas is for drex simulate")
     if args.tp != 1:
         raise ValueError("drex run drives one GPU; --tp is for drex simulate")
+    if args.admission == "oracle":
+        raise ValueError("--admission oracle knows every request's output length: a reference for drex simulate, "
+                         "not a rule a real server can run")
     cfg = RunConfig(settings_from_args(args, args.policy), weights=args.weights, dtype=args.dtype,
                     kv_fill=args.kv_fill, confidence=args.confidence)
     workload = load_workload(args)

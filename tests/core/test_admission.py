@@ -1,4 +1,4 @@
-"""Admission rules (core/admission.py): first-chunk (the default) and vLLM's whole-prompt rule."""
+"""Admission rules (core/admission.py): reserve (the default), vLLM's whole-prompt rule, first-chunk, oracle."""
 
 from __future__ import annotations
 
@@ -31,17 +31,44 @@ def test_first_chunk_admits_on_the_first_chunk():
     assert [r.request_id for r in sched.running] == [0, 1, 2]
 
 
-def test_whole_prompt_admission_does_not_thrash():
+def _kv_bound(rule, policy="off"):
+    work = [TraceRequest(i, 0.01 * i, 200 + 37 * (i % 5), 40 + 13 * (i % 7)) for i in range(40)]
+    sched = make_scheduler(policy, num_blocks=80, admission=rule, chunk_size=64, max_batch_size=16)
+    done = drive(sched, work)
+    assert len(done) == 40 and all(r.status.value == "finished" for r in done)
+    return sched
+
+
+def test_admission_that_does_not_thrash():
     """The same KV-bound workload: first-chunk admission preempts over and over (358 times for 40 requests
-    here), vLLM's rule a few times; every request finishes under both."""
-    preemptions = {}
-    for rule in ("first-chunk", "vllm"):
-        work = [TraceRequest(i, 0.01 * i, 200 + 37 * (i % 5), 40 + 13 * (i % 7)) for i in range(40)]
-        sched = make_scheduler("off", num_blocks=80, admission=rule, chunk_size=64, max_batch_size=16)
-        done = drive(sched, work)
-        assert len(done) == 40 and all(r.status.value == "finished" for r in done)
-        preemptions[rule] = sched.num_preemptions
-    assert preemptions["vllm"] <= len(work) < preemptions["first-chunk"]
+    here), vLLM's rule and reserve at most once a request, the oracle never; every request finishes."""
+    preemptions = {rule: _kv_bound(rule).num_preemptions for rule in ("first-chunk", "vllm", "reserve", "oracle")}
+    assert preemptions["oracle"] == 0
+    assert max(preemptions["vllm"], preemptions["reserve"]) <= 40 < preemptions["first-chunk"]
+
+
+def test_reserve_keeps_room_for_growth_and_learns_from_preemptions():
+    from drex.core.admission import RAISE, RATIO_INIT, Admission
+
+    adm = Admission("reserve", watermark_blocks=0, block_size=16, chunk_size=64)
+    r = Request(0, 0.0, 100, 500)
+    r.num_generated, r.kv_tokens = 10, 112  # 7 blocks held for 110 tokens
+    before = adm.reserved_blocks(r)  # ratio 0.5 of (256 expected - 10 generated) = 123 tokens more
+    assert before == -(-(110 + 123) // 16) - 7
+    adm.preempted()
+    assert adm.ratio == RATIO_INIT + RAISE and adm.reserved_blocks(r) > before
+    adm.stepped(10_000)
+    assert adm.ratio == 0.1
+    for _ in range(99):
+        adm.finished(10)  # outputs turn out short: the expected length falls toward them
+    assert adm.reserved_blocks(r) <= 0
+
+
+def test_oracle_is_refused_by_the_real_backend(tmp_path, capsys):
+    from drex.cli import main
+
+    assert main(["run", "--admission", "oracle", "--num-requests", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "--admission oracle" in capsys.readouterr().err
 
 
 def test_an_unknown_rule_names_the_flag():
