@@ -15,8 +15,8 @@ this list was not told), or when a re-run gives a value outside the tolerance:
 - wall times ("about 15 s") are within a factor of 2 either way (a shared 2-core machine drifts 10-20%
   minutes apart; "about" means the order of magnitude a user should expect);
 - the real backend runs in real time, so its batches, and with them drex's decisions, move from run to
-  run and with the machine's load: its early-exit fraction is quoted as a range ("1 to 5%", measured
-  1.0% to 4.2% here, the high end with both cores busy), and the check holds a re-run to that range.
+  run and with the machine's load: its early-exit fraction is quoted as a range ("1 to 8%", measured
+  1.0% to 6.1% here, the high end with both cores busy), and the check holds a re-run to that range.
 """
 
 from __future__ import annotations
