@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 
 from drex import REPO_ROOT
-from drex.traces import TraceError, number_field
+from drex.limits import int64_problem, shown
+from drex.tracefields import TraceError, number_field
 
 _GOLDEN, _MIX1, _MIX2 = (np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 _ID, _TOKEN = np.uint64(0x100000001B3), np.uint64(0x9E3779B1)
@@ -179,16 +181,33 @@ def _read_confidence_csv(path: Path):
             raise TraceError(path, line, CONFIDENCE_COLUMNS[0], f"{len(row)} fields, the header has {len(header)}")
         for i, (name, p) in enumerate(zip(CONFIDENCE_COLUMNS, pos)):
             text_value = row[p].strip()
-            value = number_field(text_value, path, line, name)
-            if i < 3:
-                if value != int(value) or value < 0:
-                    raise TraceError(path, line, name, f"must be a whole number >= 0, got {text_value!r}")
-                value = int(value)
-            out[i].append(value)
+            out[i].append(_whole(text_value, path, line, name) if i < 3 else number_field(text_value, path, line, name))
     if not out[0]:
         raise TraceError(path, 2, "request_id", "no rows after the header")
     return (np.array(out[0], dtype=np.int64), np.array(out[1], dtype=np.int64), np.array(out[2], dtype=np.int64),
             np.array(out[3], dtype=float))
+
+
+MAX_TOKEN_INDEX = 2**24 - 1  # past any model's context; the table holds every token up to a request's last
+
+
+def _whole(text: str, path: Path, line: int, name: str) -> int:
+    """A whole number >= 0 that a 64-bit integer holds (a token index: one no model reaches is refused too)."""
+    try:
+        value = int(text)  # exact: 9007199254740993 is no double
+    except ValueError:
+        number = number_field(text, path, line, name)
+        if number != int(number):
+            raise TraceError(path, line, name, f"must be a whole number >= 0, got {shown(text)!r}") from None
+        value = int(number)  # "3.0", "1e3"
+    if value < 0:
+        raise TraceError(path, line, name, f"must be a whole number >= 0, got {shown(text)!r}")
+    if int64_problem(value):
+        raise TraceError(path, line, name, int64_problem(value, name.replace("_", " ")))
+    if name == "token_index" and value > MAX_TOKEN_INDEX:
+        raise TraceError(path, line, name, f"token index {value} is past any model's context (at most "
+                                           f"{MAX_TOKEN_INDEX:,})")
+    return value
 
 
 def default_beta(exits: tuple[int, ...], num_layers: int) -> list[tuple[float, float]]:
@@ -207,6 +226,8 @@ def make_confidence_source(spec: str, exits: tuple[int, ...], num_layers: int, s
             raise ValueError(f"confidence {spec!r}: expected beta:A,B or beta:A1,B1/A2,B2/...") from None
         if any(len(p) != 2 for p in params):
             raise ValueError(f"confidence {spec!r}: each exit needs exactly two parameters A,B")
+        if not all(math.isfinite(x) for p in params for x in p):
+            raise ValueError(f"confidence {spec!r}: the parameters must be finite numbers")
         return BetaConfidence(params, max(len(exits), 1), seed)
     if kind == "trace":
         if not arg:

@@ -24,11 +24,13 @@ from functools import lru_cache
 
 import numpy as np
 
+from drex.limits import INT64_MAX, horizon_problem, int64_problem, past_horizon
 from drex.traces import TraceRequest, load_trace
 
 PROCESSES = ("poisson", "gamma")
 _KEYS = ("rate", "n", "burstiness", "prompt", "output", "slo_ttft_ms", "slo_tpot_ms")
 _REQUIRED = ("rate", "n", "prompt", "output")
+MAX_REQUESTS = 10**7  # each request is held in memory, with its records: more is no workload a host holds
 
 
 def generate(spec: str, rng: np.random.Generator) -> list[TraceRequest]:
@@ -37,6 +39,9 @@ def generate(spec: str, rng: np.random.Generator) -> list[TraceRequest]:
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     process, params = _parse(spec)
     n = _positive_int(params["n"], "n")
+    if n > MAX_REQUESTS:
+        raise ValueError(f"synthetic spec {spec!r}: n={n} requests is more than one workload holds in memory "
+                         f"(at most {MAX_REQUESTS:,})")
     rate = _positive_float(params["rate"], "rate")
     burstiness = 1.0
     if "burstiness" in params:
@@ -46,6 +51,9 @@ def generate(spec: str, rng: np.random.Generator) -> list[TraceRequest]:
     slos = {k: _positive_float(params[k], k) if k in params else None for k in ("slo_ttft_ms", "slo_tpot_ms")}
 
     arrivals = _arrivals(process, rate, burstiness, n, rng)
+    if np.isnan(arrivals[-1]) or past_horizon(arrivals[-1]):  # a rate so low the gaps overflow
+        raise ValueError(f"synthetic spec {spec!r}: rate={params['rate']} is too low for n={n}: "
+                         + horizon_problem(f"the last arrival, at {arrivals[-1]:.4g} s,"))
     prompt, output = _lengths(params["prompt"], params["output"], n, rng)
     return [
         TraceRequest(i, t, p, o, slos["slo_ttft_ms"], slos["slo_tpot_ms"])
@@ -77,11 +85,13 @@ def _parse(spec: str) -> tuple[str, dict[str, str]]:
 
 def _arrivals(process: str, rate: float, burstiness: float, n: int, rng: np.random.Generator) -> np.ndarray:
     # n requests need n-1 gaps: like vLLM's benchmark, the first one is sent at t=0.
-    if process == "poisson":
-        gaps = rng.exponential(1.0 / rate, size=n - 1)
-    else:
-        gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n - 1)
-    return np.concatenate(([0.0], np.cumsum(gaps)))
+    # A rate of 1e-300 makes gaps of 1e300 s and their sum infinite: the caller refuses what is past the clock.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if process == "poisson":
+            gaps = rng.exponential(1.0 / rate, size=n - 1)
+        else:
+            gaps = rng.gamma(shape=burstiness, scale=1.0 / rate / burstiness, size=n - 1)
+        return np.concatenate(([0.0], np.cumsum(gaps)))
 
 
 def _lengths(prompt_spec: str, output_spec: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +114,7 @@ def _draw(spec: str, key: str, n: int, rng: np.random.Generator) -> np.ndarray:
         lo, hi = _positive_int(parts[0], where), _positive_int(parts[1], where)
         if lo > hi:
             raise ValueError(f"{where}: LO={lo} is above HI={hi}")
-        return rng.integers(lo, hi + 1, size=n)  # inclusive of HI, as the spec reads
+        return rng.integers(lo, hi, size=n, endpoint=True)  # inclusive of HI, as the spec reads
     if kind == "lognormal":
         fields = dict(p.partition("=")[::2] for p in arg.split(":"))
         if set(fields) != {"mean", "sigma"}:
@@ -112,8 +122,13 @@ def _draw(spec: str, key: str, n: int, rng: np.random.Generator) -> np.ndarray:
         mean = _positive_float(fields["mean"], f"{where} (mean)")
         sigma = _nonnegative_float(fields["sigma"], f"{where} (sigma)")
         # E[exp(N(mu, s^2))] = exp(mu + s^2/2): pick mu so the lengths average `mean`.
-        mu = math.log(mean) - sigma**2 / 2
-        return np.maximum(np.rint(rng.lognormal(mu, sigma, size=n)), 1).astype(np.int64)
+        mu = math.log(mean) - sigma * sigma / 2  # -inf for an absurd sigma: its draws are refused below
+        with np.errstate(all="ignore"):
+            draws = np.maximum(np.rint(rng.lognormal(mu, sigma, size=n)), 1)
+        if not (draws < 2.0**63).all():  # NaN too; 2.0**63 is the first double past INT64_MAX
+            raise ValueError(f"{where}: draws lengths no 64-bit integer holds (up to {np.nanmax(draws):.4g} tokens, "
+                             f"at most {INT64_MAX}); lower the mean or sigma")
+        return draws.astype(np.int64)
     if kind == "trace":
         prompts, outputs = _trace_lengths(arg, where)
         pool = prompts if key == "prompt" else outputs
@@ -146,6 +161,8 @@ def _positive_int(text: str, where: str) -> int:
         raise ValueError(f"{where}: {text!r} is not an integer") from None
     if value < 1:
         raise ValueError(f"{where}: must be >= 1, got {value}")
+    if int64_problem(value):
+        raise ValueError(f"{where}: {int64_problem(value, 'the number')}")
     return value
 
 

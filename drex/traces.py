@@ -10,7 +10,9 @@ Three file formats, detected by extension and header:
   ``slo_ttft_ms,slo_tpot_ms`` (an empty SLO cell means "no SLO").
 
 Every defect in a file raises TraceError naming the file, the 1-based line and the
-field, so a bad trace fails loudly at load time rather than skewing a simulation.
+field, so a bad trace fails loudly at load time rather than skewing a simulation
+(``drex.tracefields`` holds the checks): a number no 64-bit integer or double holds, or
+a time past drex's clock, among them (``drex.limits``).
 Synthetic arrivals (``synthetic:<spec>``) live in ``drex.synthetic``; ``drex.workload``
 chooses between the two.
 """
@@ -28,6 +30,9 @@ from datetime import date
 from pathlib import Path
 
 import drex
+from drex.limits import INT64_MAX, horizon_problem, int64_problem, past_horizon, shown
+from drex.tracefields import (TraceError, check_time, json_tokens, json_type, no_requests, number_field,
+                              slo_field, tokens_field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +44,6 @@ class TraceRequest:
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     prefix_hash_ids: tuple[int, ...] = ()  # mooncake only
-
-
-class TraceError(ValueError):
-    """A defect in a trace file: ``"<file>:<line>: field '<field>': <what is wrong>"``."""
-
-    def __init__(self, path: str | Path, line: int, field: str, problem: str):
-        self.path, self.line, self.field, self.problem = str(path), line, field, problem
-        super().__init__(f"{path}:{line}: field '{field}': {problem}")
 
 
 TRACE_NAMES = {
@@ -88,6 +85,10 @@ def load_trace(
         rows = _read_mooncake(path, num_requests)
     else:
         rows = _read_csv(path, num_requests)
+    last = (rows[-1][0] - rows[0][0]) / rate_scale
+    if past_horizon(last):  # each time was checked as read: only a rate scale below 1 stretches one past it
+        raise ValueError(f"--rate-scale {rate_scale:g} stretches {path}: " +
+                         horizon_problem(f"its last arrival, at {last:.4g} s,"))
     return _to_requests(rows, rate_scale)
 
 
@@ -136,59 +137,6 @@ def _to_requests(rows: list[tuple], rate_scale: float) -> list[TraceRequest]:
     ]
 
 
-# --- field checks --------------------------------------------------------------------
-
-
-def _tokens(text: str, path: Path, line: int, field: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        number_field(text, path, line, field)  # raises if text is not a finite number at all
-        raise TraceError(path, line, field, f"token count must be an integer, got {text!r}") from None
-    if value < 1:
-        raise TraceError(path, line, field, f"token count must be >= 1, got {value}")
-    return value
-
-
-def number_field(text: str, path: Path, line: int, field: str) -> float:
-    """A finite number, or a TraceError naming the file, line and field."""
-    try:
-        value = float(text)
-    except ValueError:
-        what = "empty" if not text.strip() else f"not numeric: {text!r}"
-        raise TraceError(path, line, field, what) from None
-    if not math.isfinite(value):
-        raise TraceError(path, line, field, f"must be finite, got {text!r} (NaN/inf)")
-    return value
-
-
-def _slo(text: str | None, path: Path, line: int, field: str) -> float | None:
-    if text is None or not text.strip():
-        return None
-    value = number_field(text, path, line, field)
-    if value <= 0:
-        raise TraceError(path, line, field, f"SLO must be > 0 ms, got {value:g}")
-    return value
-
-
-def _check_time(
-    t: float, previous: float | None, path: Path, line: int, field: str, shown: str, previous_shown: str
-) -> None:
-    """``shown``: the time as the file wrote it, for the message."""
-    # Order matters for Azure: a date before the first one yields t < 0, which is a
-    # step backwards, not a negative timestamp.
-    if previous is not None and t < previous:
-        raise TraceError(
-            path, line, field, f"time goes backwards: {shown} is earlier than the previous request's {previous_shown}"
-        )
-    if t < 0:
-        raise TraceError(path, line, field, f"negative time {shown}")
-
-
-def _no_requests(path: Path, line: int, field: str) -> TraceError:
-    return TraceError(path, line, field, "empty trace: the file holds no requests")
-
-
 # --- CSV (Azure and drex) ------------------------------------------------------------
 
 
@@ -206,7 +154,7 @@ def _read_csv(path: Path, num_requests: int | None) -> list[tuple]:
     try:
         header = next((row for row in reader if any(cell.strip() for cell in row)), None)
         if header is None:
-            raise _no_requests(path, 1, DREX_COLUMNS[0])
+            raise no_requests(path, 1, DREX_COLUMNS[0])
         header_line = reader.line_num
         header = [cell.strip() for cell in header]
         if any(c in header for c in AZURE_COLUMNS):
@@ -218,7 +166,7 @@ def _read_csv(path: Path, num_requests: int | None) -> list[tuple]:
     except csv.Error as e:  # e.g. an unterminated quote swallowing the rest of the file
         raise TraceError(path, reader.line_num, "csv", f"malformed CSV: {e}") from None
     if not rows:
-        raise _no_requests(path, header_line + 1, header[columns[0]])
+        raise no_requests(path, header_line + 1, header[columns[0]])
     return rows
 
 
@@ -289,12 +237,12 @@ def _azure_rows(reader, header, columns, path: Path, num_requests: int | None) -
         try:
             prompt, output = int(row[prompt_col]), int(row[output_col])
         except ValueError:
-            prompt, output = -1, -1  # let _tokens say which field and why
-        if prompt < 1 or output < 1:  # both calls raise: one of the two counts is bad
-            _tokens(row[prompt_col], path, reader.line_num, header[prompt_col])
-            _tokens(row[output_col], path, reader.line_num, header[output_col])
-        if previous is not None and t < previous:
-            _check_time(t, previous, path, reader.line_num, header[ts_col], text, previous_text)
+            prompt, output = -1, -1  # let tokens_field say which field and why
+        if prompt < 1 or output < 1 or prompt > INT64_MAX or output > INT64_MAX:  # both calls raise: one is bad
+            tokens_field(row[prompt_col], path, reader.line_num, header[prompt_col])
+            tokens_field(row[output_col], path, reader.line_num, header[output_col])
+        if (previous is not None and t < previous) or past_horizon(t):
+            check_time(t, previous, path, reader.line_num, header[ts_col], text, previous_text)
         previous, previous_text = t, text
         rows.append((t, prompt, output, None, None, ()))
         if len(rows) == num_requests:
@@ -325,12 +273,12 @@ def _drex_rows(reader, header, columns, path: Path, num_requests: int | None) ->
             continue
         text = row[t_col].strip()
         t = number_field(text, path, line, "arrival_s")
-        _check_time(t, previous, path, line, "arrival_s", text, previous_text)
-        previous, previous_text = t, text
-        prompt = _tokens(row[prompt_col], path, line, "prompt_tokens")
-        output = _tokens(row[output_col], path, line, "output_tokens")
-        ttft = _slo(None if ttft_col is None else row[ttft_col], path, line, "slo_ttft_ms")
-        tpot = _slo(None if tpot_col is None else row[tpot_col], path, line, "slo_tpot_ms")
+        check_time(t, previous, path, line, "arrival_s", shown(text), previous_text)
+        previous, previous_text = t, shown(text)
+        prompt = tokens_field(row[prompt_col], path, line, "prompt_tokens")
+        output = tokens_field(row[output_col], path, line, "output_tokens")
+        ttft = slo_field(None if ttft_col is None else row[ttft_col], path, line, "slo_ttft_ms")
+        tpot = slo_field(None if tpot_col is None else row[tpot_col], path, line, "slo_tpot_ms")
         rows.append((t, prompt, output, ttft, tpot, ()))
         if len(rows) == num_requests:
             break
@@ -351,45 +299,31 @@ def _read_mooncake(path: Path, num_requests: int | None) -> list[tuple]:
         except json.JSONDecodeError as e:
             raise TraceError(path, line, "json", f"malformed JSON: {e.msg} at column {e.colno}") from None
         if not isinstance(obj, dict):
-            raise TraceError(path, line, "json", f"expected a JSON object, got {_json_type(obj)}")
+            raise TraceError(path, line, "json", f"expected a JSON object, got {json_type(obj)}")
         for key in MOONCAKE_KEYS:
             if key not in obj:
                 raise TraceError(path, line, key, "missing key")
         ts = obj["timestamp"]
         if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise TraceError(path, line, "timestamp", f"expected a number, got {_json_type(ts)}")
-        if not math.isfinite(ts):
+            raise TraceError(path, line, "timestamp", f"expected a number, got {json_type(ts)}")
+        if isinstance(ts, float) and not math.isfinite(ts):
             raise TraceError(path, line, "timestamp", f"must be finite, got {ts!r} (NaN/inf)")
-        t = ts / 1000.0
-        _check_time(t, previous, path, line, "timestamp", f"{ts!r} ms", f"{previous_ts!r} ms")
+        # 10**400 ms is no double: a time past the horizon is infinite here, for check_time to refuse
+        t = ts / 1000.0 if not past_horizon(abs(ts), "ms") else (math.inf if ts > 0 else -math.inf)
+        check_time(t, previous, path, line, "timestamp", f"{shown(repr(ts))} ms", f"{previous_ts!r} ms")
         previous, previous_ts = t, ts
-        prompt = _json_tokens(obj["input_length"], path, line, "input_length")
-        output = _json_tokens(obj["output_length"], path, line, "output_length")
+        prompt = json_tokens(obj["input_length"], path, line, "input_length")
+        output = json_tokens(obj["output_length"], path, line, "output_length")
         hashes = obj.get("hash_ids", [])
         if not isinstance(hashes, list):
-            raise TraceError(path, line, "hash_ids", f"expected a list, got {_json_type(hashes)}")
-        if not all(type(h) is int for h in hashes):
-            bad = next(h for h in hashes if type(h) is not int)
-            raise TraceError(path, line, "hash_ids", f"expected integer ids, got {bad!r}")
+            raise TraceError(path, line, "hash_ids", f"expected a list, got {json_type(hashes)}")
+        if not all(type(h) is int and not int64_problem(h) for h in hashes):
+            bad = next(h for h in hashes if type(h) is not int or int64_problem(h))
+            what = int64_problem(bad, "id") if type(bad) is int else f"expected integer ids, got {bad!r}"
+            raise TraceError(path, line, "hash_ids", what)
         rows.append((t, prompt, output, None, None, tuple(hashes)))
         if len(rows) == num_requests:
             break
     if not rows:
-        raise _no_requests(path, 1, "timestamp")
+        raise no_requests(path, 1, "timestamp")
     return rows
-
-
-def _json_tokens(value, path: Path, line: int, field: str) -> int:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise TraceError(path, line, field, f"must be finite, got {value!r} (NaN/inf)")
-    if type(value) is not int:
-        what = "a non-integer number" if isinstance(value, float) else _json_type(value)
-        raise TraceError(path, line, field, f"token count must be an integer, got {what} {value!r}")
-    if value < 1:
-        raise TraceError(path, line, field, f"token count must be >= 1, got {value}")
-    return value
-
-
-def _json_type(value) -> str:
-    names = {bool: "boolean", str: "string", list: "list", dict: "object", type(None): "null"}
-    return names.get(type(value), type(value).__name__)

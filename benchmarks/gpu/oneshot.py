@@ -73,6 +73,12 @@ DRY = Plan("dry-run", "tiny", "fp32", "cpu", exits="2", num_requests=12, prompt_
 STAGES = ("tests", "profile", "fit", "decode", "runs")
 
 
+def scaled(plan: Plan, x: float) -> Plan:
+    """The plan with every stage budget, the total and the reserve multiplied by ``x``."""
+    return replace(plan, total_s=plan.total_s * x, reserve_s=plan.reserve_s * x,
+                   budgets={k: v * x for k, v in plan.budgets.items()})
+
+
 def log_line(msg: str, logf=None) -> None:
     line = f"[oneshot {datetime.now(timezone.utc):%H:%M:%S}] {msg}"
     print(line, file=sys.stderr, flush=True)
@@ -288,6 +294,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="result folder (default $OUT, else a new temporary folder)")
     p.add_argument("--device", default=None, help="drex device name (default: the GPU found; cpu in a dry run)")
     p.add_argument("--total-s", type=float, default=None, help="the whole run's budget in seconds")
+    p.add_argument("--budget-scale", type=float, default=None,
+                   help="multiply every stage's budget and the run's total by X (a loaded machine, or the test "
+                        "suite's rehearsal: what it checks is the stages, not their speed)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"a subset of {','.join(STAGES)} (env always runs)")
     p.add_argument("--num-requests", type=int, default=None)
     p.add_argument("--rate-scale", type=float, default=None)
@@ -303,6 +312,10 @@ def main(argv=None) -> int:
             if not isinstance(value, str) and value <= 0:
                 p.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
             plan = replace(plan, **{name: value})
+    if args.budget_scale is not None:
+        if not args.budget_scale > 0:
+            p.error(f"--budget-scale must be > 0, got {args.budget_scale}")
+        plan = scaled(plan, args.budget_scale)
     out = Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="drex-gpu-out-"))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="drex-gpu-work-"))

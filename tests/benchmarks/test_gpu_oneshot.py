@@ -33,10 +33,11 @@ def test_dry_run_runs_every_stage_and_returns_a_small_flat_out(tmp_path):
     out = tmp_path / "OUT"
     before = _tree_state()
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    t0 = time.monotonic()
-    proc = subprocess.run([str(GPU_DIR / "run.sh"), "--dry-run", "--out", str(out)], capture_output=True, text=True,
-                          env=env, timeout=400)
-    elapsed = time.monotonic() - t0
+    # The stage budgets are the benchmark's own check of its speed (run.sh --dry-run cuts a stage that runs
+    # over); here they are stretched tenfold, so a loaded machine cannot cut a stage: this test checks what the
+    # stages do. The timeout only stops a hang.
+    proc = subprocess.run([str(GPU_DIR / "run.sh"), "--dry-run", "--budget-scale", "10", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _tree_state() == before  # nothing written into the source tree
     # What comes back from the GPU machine: at most 8 plain files, no folders, each under 16 MiB.
@@ -45,7 +46,9 @@ def test_dry_run_runs_every_stage_and_returns_a_small_flat_out(tmp_path):
     assert all((out / f).stat().st_size < 16 * 2**20 for f in files)
     summary = json.loads((out / "summary.json").read_text())
     assert [s["status"] for s in summary["stages"]] == ["ok"] * 11, summary["stages"]
-    assert elapsed < 180 and summary["head"]["elapsed_s"] <= summary["head"]["total_s"]
+    assert summary["head"]["total_s"] == 10 * oneshot.DRY.total_s and "elapsed_s" in summary["head"]
+    assert [s["budget_s"] for s in summary["stages"][:3]] == [10 * oneshot.DRY.budgets[k] for k in ("env", "tests",
+                                                                                                   "profile")]
     res = summary["results"]
     assert res["tests"]["passed"] > 0 and res["tests"]["failures"] == res["tests"]["errors"] == 0
     assert res["profile"]["status"] == "complete" and "held MAPE" in res["profile"]["fit_report"]
@@ -79,10 +82,12 @@ def test_a_stage_over_its_budget_is_cut_and_the_rest_go_on(tmp_path):
     grandchild = tmp_path / "grandchild.py"
     grandchild.write_text(f"import time\ntime.sleep(4)\nopen({str(marker)!r}, 'w').close()\n")
     # A child that starts a grandchild: the cut must stop both (the whole process group).
-    sleepy = f"import subprocess, sys, time; subprocess.Popen([sys.executable, {str(grandchild)!r}]); time.sleep(60)"
-    t0 = time.monotonic()
-    assert not d.stage("slow", 1.5, [d.py("-c", sleepy)])
-    assert time.monotonic() - t0 < 12
+    pidfile = tmp_path / "child.pid"
+    sleepy = (f"import os, subprocess, sys, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
+              f"subprocess.Popen([sys.executable, {str(grandchild)!r}]); time.sleep(60)")
+    assert not d.stage("slow", 1.5, [d.py("-c", sleepy)])  # cut: the child's 60 s sleep was not waited out
+    with pytest.raises(ProcessLookupError):  # and the child is gone (killed and reaped), not left running
+        os.kill(int(pidfile.read_text()), 0)
     assert d.stage("next", 10, [d.py("-c", "print('still here')")])
     time.sleep(5)
     assert not marker.exists()

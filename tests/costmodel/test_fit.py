@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -35,9 +34,7 @@ def test_fit_law_recovers_roofline_parameters():
 @pytest.mark.slow
 def test_fit_recovers_known_law_from_profile(tmp_path):
     truth = synthetic_profile(tmp_path, quick=False)  # the quick grid has too few head rows to place a knee
-    t0 = time.perf_counter()
     fit, report = fit_profile(tmp_path)
-    assert time.perf_counter() - t0 < 10
     for op, d in fit["errors"].items():
         assert d["held"]["mape"] < 0.01, (op, d)
     model = load_fitted(tmp_path)
