@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 
 MIN_GAP_S = 3.0  # plain lines: at most one a tenth, and no closer together than this
 HEARTBEAT_S = 60.0  # ...but one at least this often while the work moves (a slow tenth)
@@ -54,9 +54,9 @@ def say(text: str, file=None) -> None:
         print(text, file=file, flush=True)
 
 
-def each(items: Iterable, desc: str, unit: str, enabled: bool = True, total: int | None = None) -> Iterator:
-    """``items`` one by one, counting them (``total`` defaults to ``len(items)``)."""
-    with Progress(desc, len(items) if total is None else total, unit, enabled) as p:
+def each(items: Sequence, desc: str, unit: str, enabled: bool = True) -> Iterator:
+    """``items`` one by one, counting them."""
+    with Progress(desc, len(items), unit, enabled) as p:
         for item in items:
             yield item
             p.update(1)
