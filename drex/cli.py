@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from drex import progress
 from drex.errors import EXIT_INTERNAL, InternalError
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.command
     try:
         _check_outputs(args)
-        rc = int(args.func(args) or 0)
+        rc = int(progress.run_command(name, args.func, args) or 0)  # closes its bars before any message
         sys.stdout.flush()  # a pipe's buffered output: a closed pipe shows here, inside the handler, not at exit
         return rc
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:

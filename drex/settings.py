@@ -18,6 +18,7 @@ from drex.config import ADMISSIONS, CONFIDENCE_METRICS, PROFITABILITY, EEConfig,
 from drex.core.policies import POLICIES
 from drex.devices import get_device
 from drex.models import ModelShape, get_model
+from drex.progress import add_progress_flag
 from drex.slo import add_slo_flags, with_default_slos
 from drex.workload import make_workload
 
@@ -131,7 +132,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
                    help="tensor-parallel GPUs per replica: the profile measured at that degree + all-reduces")
     p.add_argument("--seed", type=int, default=0, help="one seed for every random choice (same seed, same files)")
     add_slo_flags(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_flag(p)
 
 
 def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:

@@ -27,6 +27,7 @@ from drex.config import EEConfig, SchedulerConfig
 from drex.dtypes import DTYPE_BYTES
 from drex.core.policies import PolicyDecision, get_policy
 from drex.core.step import PrefillChunk, StepPlan
+from drex.progress import add_progress_flag
 from drex.sim.executor import SimExecutor
 from drex.settings import RunSettings
 from drex.sim.simulator import Simulation
@@ -183,9 +184,7 @@ def _fmt(x, pct: bool = False) -> str:
 
 
 def cmd_validate(args) -> int:
-    import sys
-
-    print(format_report(validate(args.run_dir, progress=not args.no_progress and sys.stderr.isatty())))
+    print(format_report(validate(args.run_dir, progress=not args.no_progress)))
     print(f"written to {args.run_dir}/validate.json")
     return 0
 
@@ -193,5 +192,5 @@ def cmd_validate(args) -> int:
 def add_parsers(sub) -> None:
     v = sub.add_parser("validate", help="replay a drex run in the simulator; write RUN_DIR/validate.json")
     v.add_argument("run_dir", help="a directory written by drex run --out")
-    v.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_flag(v)
     v.set_defaults(func=cmd_validate)

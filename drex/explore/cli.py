@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from drex.progress import Progress, add_progress_flag
+
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-goodput-fraction", type=float, default=0.9,
@@ -29,21 +31,13 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from drex.explore.sweep import write_capacity
 
     check(args)
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
+    limits = _search(args)  # checked before the bar starts
+    with Progress("capacity search", args.max_runs, "run", enabled=not args.no_progress) as bar:
+        def show(n, rate, frac):
+            bar.note(f"{rate:.2f} req/s: {frac:.1%} meet SLOs")
+            bar.set(n)
 
-        bar = tqdm(total=args.max_runs, unit="run", desc="capacity", file=sys.stderr, mininterval=0.5)
-
-    def show(n, rate, frac):
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{rate:.2f} req/s: {frac:.1%} meet SLOs")
-
-    out = search(args, progress=show, **_search(args))
-    if bar is not None:
-        bar.total = bar.n  # the search ended before its run limit
-        bar.close()
+        out = search(args, progress=show, **limits)
     cap = out["capacity"]
     knee = out["knee"]
     write_capacity(Path(args.out), {"capacity": cap, "knee": None if knee is None else {
@@ -101,7 +95,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--ray", default="auto", help="auto (a local Ray instance), off (in-process) or ADDRESS")
     s.add_argument("--capacity", action="store_true", help="one capacity search per configuration instead of one run")
     _search_flags(s)
-    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_flag(s)
     s.set_defaults(func=cmd_sweep, uses_torch=False)
 
     c = sub.add_parser("capacity", help="the highest request rate that meets the SLOs (searches --rate-scale)")

@@ -12,7 +12,6 @@ configurations are run again next time (a failure may be the machine's, not the 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pandas as pd
 import drex
 from drex.explore.grid import check, column_value, config_key, to_namespace
 from drex.metrics import write_run
+from drex.progress import Progress, say
 
 SWEEP_COLUMNS = ("config_id", "status", "error")
 
@@ -131,7 +131,7 @@ def run(p: Plan, ray_mode: str = "auto", progress: bool = True) -> None:
     if not p.todo:
         return
     rows = {r["config_id"]: r for r in p.rows}
-    bar = _bar(len(p.todo), progress)
+    bar = Progress("sweep", len(p.todo), "config", enabled=progress)  # a failure: the command closes it
     if ray_mode == "off":
         from drex.explore.tasks import run_task
 
@@ -143,17 +143,7 @@ def run(p: Plan, ray_mode: str = "auto", progress: bool = True) -> None:
     by_key = {t["key"]: t for t in p.todo}
     for result in results:
         record(p.out, by_key[result["key"]], result, rows[result["key"]])
-        if bar is not None:
-            bar.update(1)
-            if not result["ok"]:
-                bar.write(f"failed: {result['error']}", file=sys.stderr)
-    if bar is not None:
-        bar.close()
-
-
-def _bar(total: int, progress: bool):
-    if not progress:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="config", desc="sweep", file=sys.stderr, mininterval=0.5)
+        bar.update(1)
+        if not result["ok"]:
+            say(f"failed: {result['error']}")
+    bar.close()

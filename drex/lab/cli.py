@@ -8,6 +8,7 @@ from pathlib import Path
 
 from drex.config import EEConfig
 from drex.lab import quality, train, train_exits
+from drex.progress import add_progress_flag
 
 
 def _tuple(kind, flag: str):
@@ -47,7 +48,7 @@ def add_parsers(sub) -> None:
                                                 "train_log.jsonl)")
     p.add_argument("--log", default=None, help="JSON-lines log (default: OUT/train_log.jsonl)")
     p.add_argument("--overwrite", action="store_true", help="allow --out to be a checkpoint shipped with drex")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_flag(p)
     _config_flags(p, train.TrainConfig(), TRAIN_HELP)
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("train-exits", help="train early exits (adapters + confidence estimators) over a frozen "
@@ -62,6 +63,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--dump-val", default=None,
                    help="also save each exit's confidences and labels on the estimator's tokens (a torch file) to "
                         "compare exit sets offline (benchmarks/smollm2_exit_choice.py)")
+    add_progress_flag(p)
     _config_flags(p, train_exits.ExitTrainConfig())
     p.set_defaults(func=_cmd_train_exits)
     add_quality_parser(sub)
@@ -85,13 +87,12 @@ def _cmd_train_exits(args) -> int:
     if not args.overwrite:
         refuse_shipped(args.out, "training exits", "--out another directory, or --overwrite")
     cfg = train_exits.ExitTrainConfig(**{k: getattr(args, k) for k in asdict(train_exits.ExitTrainConfig())})
-    train_exits.run(cfg, Path(args.out), args.log, args.default_threshold, args.adapters_from, args.dump_val)
+    train_exits.run(cfg, Path(args.out), args.log, args.default_threshold, args.adapters_from, args.dump_val,
+                    progress=not args.no_progress)
     return 0
 
 
 def _cmd_train(args) -> int:
-    import sys
-
     from drex.outputs import refuse_shipped
 
     cfg = train.TrainConfig(**{k: getattr(args, k) for k in asdict(train.TrainConfig())})
@@ -99,7 +100,7 @@ def _cmd_train(args) -> int:
         refuse_shipped(args.out, "training", "--out another directory, or --overwrite")
         if args.log:
             refuse_shipped(args.log, "training's log", "--log another file, or --overwrite")
-    train.run(cfg, Path(args.out), args.log, progress=not args.no_progress and sys.stderr.isatty())
+    train.run(cfg, Path(args.out), args.log, progress=not args.no_progress)
     return 0
 
 
@@ -140,13 +141,11 @@ def add_quality_parser(sub) -> None:
     p.add_argument("--policy-exits", action="append", default=None,
                    help="exit layers for the policy comparison, e.g. 2,4 (default: trained); repeat for several")
     p.add_argument("--max-batch-size", type=int, default=8, help="scheduler batch limit for the policy comparison")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_flag(p)
     p.set_defaults(func=_cmd_quality)
 
 
 def _cmd_quality(args) -> int:
-    import sys
-
     if args.metrics is None:
         from drex.models import get_model
 
@@ -171,7 +170,7 @@ def _cmd_quality(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if args.skip_sweep and not args.policies:
         raise ValueError("--skip-sweep leaves only the policy comparison, which needs --policies (e.g. drex,off)")
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.no_progress
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not args.skip_sweep:
         quality.run(args.model, Path(args.out), args.max_new_tokens, args.num_code, args.num_text, args.batch_size,
@@ -184,12 +183,12 @@ def _cmd_quality(args) -> int:
         exit_sets = [tuple(int(e) for e in x.split(",")) for x in args.policy_exits] if args.policy_exits else [None]
         for exits in exit_sets:
             EEConfig(exits=exits or (), threshold=args.policy_threshold, metric=args.policy_metric)  # validates
-        from tqdm import tqdm
+        from drex.progress import each
 
         costs = tuple(c for c in args.policy_cost.split(",") if c)
         rows = []
         units = [(exits, fill) for exits in exit_sets for fill in fills]
-        for exits, fill in tqdm(units, desc="drex quality: policies", unit="setting", disable=not progress):
+        for exits, fill in each(units, "policy comparison", "setting", enabled=progress):
             rows += compare_policies(args.model, tuple(args.policies.split(",")), args.policy_metric,
                                      args.policy_threshold, args.max_new_tokens, args.num_code, args.num_text,
                                      args.max_batch_size, exits, fill, costs)

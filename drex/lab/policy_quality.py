@@ -27,10 +27,13 @@ them to ``policies.csv``.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from drex.config import EEConfig, SchedulerConfig
 from drex.costmodel.proportional import ProportionalCost
+from drex.progress import say
 
 POLICY_COLUMNS = ("policy", "cost_model", "kv_fill", "exit_layers", "metric", "threshold", "num_requests",
                   "max_batch_size", "output_tokens", "token_agreement", "rouge_l", "token_agreement_full",
@@ -108,10 +111,10 @@ def compare_policies(model_name: str, policies=("drex", "eager", "lazy", "averag
                 "num_flushes": int(summary.get("num_flushes", 0)),
             })
             r = rows[-1]
-            print(f"{cost_model:12s} {kv_fill:9s} {policy:12s} agree {r['token_agreement']:.3f} "
-                  f"rougeL {r['rouge_l']:.3f} (vs full {r['token_agreement_full']:.3f}/{r['rouge_l_full']:.3f}) "
-                  f"exit {r['early_exit_fraction']:.3f} forced {r['involuntary_exits']} "
-                  f"stays {r['involuntary_stays']} {r['output_throughput']:.0f} tok/s", flush=True)
+            say(f"{cost_model:12s} {kv_fill:9s} {policy:12s} agree {r['token_agreement']:.3f} "
+                f"rougeL {r['rouge_l']:.3f} (vs full {r['token_agreement_full']:.3f}/{r['rouge_l_full']:.3f}) "
+                f"exit {r['early_exit_fraction']:.3f} forced {r['involuntary_exits']} "
+                f"stays {r['involuntary_stays']} {r['output_throughput']:.0f} tok/s", sys.stdout)  # above the bar
     return rows
 
 

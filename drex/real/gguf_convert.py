@@ -94,7 +94,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Tr
     """Dequantise a llama GGUF file into ``out_dir`` (config.json, model.safetensors, tokenizer.json if present)."""
     import gguf
     from safetensors.numpy import save_file
-    from tqdm import tqdm
+
+    from drex.progress import each
 
     path, out = Path(gguf_path), Path(out_dir)
     if not path.is_file():
@@ -106,7 +107,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Tr
     cfg = gguf_config(reader, path)
     heads = {"attn_q.weight": cfg["num_attention_heads"], "attn_k.weight": cfg["num_key_value_heads"]}
     tensors: dict[str, np.ndarray] = {}
-    for t in tqdm(reader.tensors, desc=f"dequantising {path.name}", disable=not progress, file=sys.stderr):
+    for t in each(reader.tensors, f"dequantising {path.name}", "tensor", enabled=progress):
         w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
         if t.name in _TOP_NAMES:
             name = _TOP_NAMES[t.name]

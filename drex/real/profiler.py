@@ -27,6 +27,7 @@ from drex.costmodel import profile as pf
 from drex.devices import DEVICES
 from drex.dtypes import check_dtype, default_dtype
 from drex.models import ModelShape
+from drex.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -210,15 +211,14 @@ def run_grid(out: Path, meta: dict, points: list[pf.Point], measure: Callable[[p
 
     todo = [(r, p) for r, p in units if (r, *p.key) not in done]
     writer = pf.SampleWriter(out, units, done)
-    bar = _bar(len(units), len(units) - len(todo), progress)
     try:
-        for r, p in todo:
-            bar.set_postfix_str(f"{p.op} rows={p.num_rows} ctx={p.context} chunk={p.chunk}", refresh=False)
-            writer.write(r, p, *measure(p))
-            bar.update(1)
+        with Progress("measuring", len(units), "pt", enabled=progress, initial=len(units) - len(todo)) as bar:
+            for r, p in todo:
+                bar.note(f"{p.op} rows={p.num_rows} ctx={p.context} chunk={p.chunk}")
+                writer.write(r, p, *measure(p))
+                bar.update(1)
     finally:
         writer.close()
-        bar.close()
     timings = {}
     for p in points:
         per_round = [writer.done[(r, *p.key)] for r in range(rounds)]
@@ -233,13 +233,6 @@ def _comparable(value, key):
     if key == "device" and isinstance(value, dict):  # versions may change between a run and its resume
         return {k: value.get(k) for k in ("requested", "name")}
     return value
-
-
-def _bar(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="pt", dynamic_ncols=True,
-                desc="drex profile")
 
 
 def make_meta(requested: str, device_name: str, dtype: str, shape: ModelShape, points: list[pf.Point],

@@ -172,14 +172,13 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
 
 def _serve(sched: Scheduler, executor: RealExecutor, requests: list[Request], progress: bool) -> float:
     """The real-time loop: admit arrivals, plan, execute, complete. Returns the seconds spent scheduling."""
-    from tqdm import tqdm
+    from drex.progress import Progress
 
     clock = executor.clock
     i = 0
     sched_s = 0.0
-    bar = tqdm(total=len(requests), unit="req", desc="drex run", disable=not progress, dynamic_ncols=True)
     shown_s = 0.0
-    try:
+    with Progress("serving", len(requests), "req", enabled=progress) as bar:
         while True:
             now = clock()
             while i < len(requests) and requests[i].arrival_s <= now:
@@ -187,8 +186,8 @@ def _serve(sched: Scheduler, executor: RealExecutor, requests: list[Request], pr
                 i += 1
             if progress and now - shown_s > 0.25:  # counting the finished is O(n): a few times a second
                 shown_s = now
-                bar.n = sum(r.status.done for r in requests)
-                bar.set_postfix_str(f"arrived {i}/{len(requests)}, trace time {now:.0f} s", refresh=True)
+                bar.note(f"arrived {i}/{len(requests)}, trace time {now:.0f} s")
+                bar.set(sum(r.status.done for r in requests))
             t = clock()
             plan = sched.schedule(now)
             sched_s += clock() - t
@@ -205,9 +204,7 @@ def _serve(sched: Scheduler, executor: RealExecutor, requests: list[Request], pr
             t = clock()
             sched.complete(plan, result, start)
             sched_s += clock() - t
-        bar.n = len(requests)
-    finally:
-        bar.close()
+        bar.set(len(requests))
     return sched_s
 
 

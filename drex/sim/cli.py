@@ -12,10 +12,6 @@ from drex.settings import add_run_flags, load_workload, settings_from_args
 from drex.sim.simulator import simulate
 
 
-def _progress(args: argparse.Namespace) -> bool:
-    return not args.no_progress and sys.stderr.isatty()
-
-
 def _tell_rejections(res, policy: str | None = None) -> None:
     for line in rejection_lines(res.request_columns):
         print((f"{policy}: " if policy else "") + line, file=sys.stderr)
@@ -23,7 +19,7 @@ def _tell_rejections(res, policy: str | None = None) -> None:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     workload = load_workload(args)
-    res = simulate(settings_from_args(args, args.policy), workload, progress=_progress(args))
+    res = simulate(settings_from_args(args, args.policy), workload, progress=not args.no_progress)
     write_run(args.out, res.request_columns, res.step_columns, res.summary)
     print(format_table({args.policy: res.summary}))
     _tell_rejections(res)
@@ -45,7 +41,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for policy in policies:
             check_out_dir(Path(args.out) / policy, "--out")
     for policy in policies:
-        res = simulate(settings[policy], workload, progress=_progress(args))
+        res = simulate(settings[policy], workload, progress=not args.no_progress)
         summaries[policy] = res.summary
         rejections[policy] = rejection_lines(res.request_columns)
         if args.out:

@@ -18,6 +18,7 @@ import numpy as np
 import simpy
 
 from drex.errors import InternalError
+from drex.progress import Progress
 
 from drex.confidence import make_confidence_source
 from drex.core.blocks import num_kv_blocks
@@ -152,22 +153,16 @@ class Simulation:
 
     def run(self, progress: bool = False) -> SimResult:
         t0 = time.perf_counter()
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(self.requests), unit="req", desc=f"simulate {self.cfg.scheduler.policy}",
-                       mininterval=0.5)
-        for rep in self.replicas:
-            self.env.process(rep.run(self.env))
-        self.env.process(self._arrivals(self.env, bar))
-        try:
-            self.env.run()
-        except Exception as e:  # every input was checked before: whatever fails now is drex's own bug
-            raise InternalError(f"the simulation failed at t={self.env.now:.3f} s: {type(e).__name__}: {e}") from e
-        if bar is not None:
-            bar.update(len(self.requests) - bar.n)
-            bar.close()
+        n = len(self.requests)
+        with Progress(f"simulate {self.cfg.scheduler.policy}", n, "req", enabled=progress) as bar:
+            for rep in self.replicas:
+                self.env.process(rep.run(self.env))
+            self.env.process(self._arrivals(self.env, bar if progress else None))
+            try:
+                self.env.run()
+            except Exception as e:  # every input was checked before: whatever fails now is drex's own bug
+                raise InternalError(f"the simulation failed at t={self.env.now:.3f} s: {type(e).__name__}: {e}") from e
+            bar.set(n)
         check_accounted(self.requests, "simulation")
         return self._result(time.perf_counter() - t0)
 
