@@ -29,13 +29,22 @@ def test_tp_adds_two_allreduces_per_layer():
     cfg = RunSettings(model="llama2-70b", device="h100", tp=4)
     cost = build_cost_model(cfg, SHAPE)
     base = load_cost_model("h100", SHAPE, tp=4)
-    assert isinstance(cost, TensorParallel) and cost.name.endswith("tp4")
+    assert isinstance(cost, TensorParallel) and " tp4 allreduce:measured:" in cost.name
+    n = np.array([1.0, 256.0, 4096.0])
+    extra = cost.layer_s(n, 0, 0) - base.layer_s(n, 0, 0)
+    np.testing.assert_allclose(extra, cost.allreduce_s(n), rtol=1e-9)
+    assert cost.head_s(8) == base.head_s(8) and cost.layers_s(0, 80, 8) == pytest.approx(80 * cost.layer_s(8))
+
+
+def test_without_measured_collectives_tp_adds_two_ring_allreduces_per_layer():
+    cost = build_cost_model(RunSettings(model="llama2-70b", device="h200", tp=4), SHAPE)
+    base = load_cost_model("h200", SHAPE, tp=4)
+    assert cost.name.endswith("tp4 allreduce:law(no measured all-reduce for h200 tp4)")
     n = np.array([1.0, 256.0, 4096.0])
     extra = cost.layer_s(n, 0, 0) - base.layer_s(n, 0, 0)
     # 2 x (latency + 2 * 3/4 * tokens * 8192 * 2 bytes / (0.8 * 450 GB/s))
     want = 2 * (ALLREDUCE_LATENCY_S + 1.5 * n * 8192 * 2 / (0.8 * 450e9))
     np.testing.assert_allclose(extra, want, rtol=1e-9)
-    assert cost.head_s(8) == base.head_s(8) and cost.layers_s(0, 80, 8) == pytest.approx(80 * cost.layer_s(8))
 
 
 def test_a_profile_of_another_degree_is_an_error(tmp_path):
@@ -63,7 +72,8 @@ def test_simulate_70b_needs_tp_and_runs_with_it(tmp_path, capsys):
     assert "do not fit" in capsys.readouterr().err
     assert main(common + ["--tp", "2", "--out", str(tmp_path / "b")]) == 0
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
-    assert summary["cost_model"] == "profile:profiles/h100/llama2-70b/tp2 tp2"
+    assert summary["cost_model"] == ("profile:profiles/h100/llama2-70b/tp2 tp2 "
+                                     "allreduce:measured:network/h100_dgx/all_reduce.csv:2gpu+launch20us")
 
 
 def test_tp_without_a_link_is_refused(tmp_path, capsys):
