@@ -20,6 +20,8 @@ involuntary exit and mean and p99 TPOT <= 1.25x off's. ``kv_pressure.png``: thro
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -55,7 +57,9 @@ def simulate(out: Path, args: list[str]) -> dict:
     from drex.cli import main
 
     if not (out / "summary.json").exists():
-        if main(["simulate", *args, "--no-progress", "--out", str(out)]):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            rc = main(["simulate", *args, "--no-progress", "--out", str(out)])
+        if rc:
             raise RuntimeError(f"drex simulate {' '.join(args)} failed")
     return json.loads((out / "summary.json").read_text())
 

@@ -1,13 +1,13 @@
 """drex beside the reference simulator (Vidur) on identical requests: one row per trace and admission rule.
 
-    python benchmarks/vs_vidur.py --out DIR                 # ../shared/vidur-runs: 3 traces x 2 rules, ~30 s
+    python benchmarks/vs_vidur.py --out DIR                 # ../shared/vidur-runs: 3 traces x 3 rules, ~40 s
     python benchmarks/vs_vidur.py --runs OTHER --out DIR    # any directory of that layout
 
 A runs directory holds ``traces/*.csv`` (drex's trace format) and ``vidur_metrics.csv`` (Vidur's figures per
 trace, its column ``trace`` naming the file as ``traces/NAME.csv``; any subset of the columns below). Each
 trace is simulated with ``drex simulate`` under Vidur's setup (Llama-2-70B, TP 2, A100, Sarathi chunk 512,
-batch cap 128, 16-token blocks, 3,328 KV blocks: flags in ``SETUP``), once per admission rule (``first-chunk``,
-drex's default, and ``vllm``, Vidur's). ``DIR/vs_vidur.csv`` has, for every column of Vidur's file that drex
+batch cap 128, 16-token blocks, 3,328 KV blocks: flags in ``SETUP``), once per admission rule: ``reserve``
+(drex's default), ``vllm`` (Vidur's) and ``first-chunk`` (drex's previous default, which thrashed). ``DIR/vs_vidur.csv`` has, for every column of Vidur's file that drex
 measures, ``vidur_X``, ``drex_X`` and ``rel_X`` (drex / Vidur - 1); ``DIR/vs_vidur.md`` the same as a table.
 
 drex's figures are computed as Vidur's README defines them: throughput is output tokens over the makespan
@@ -19,6 +19,8 @@ drex's figures are computed as Vidur's README defines them: throughput is output
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -29,7 +31,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 SETUP = ["--model", "llama2-70b", "--device", "a100", "--tp", "2", "--policy", "off", "--max-batch-size", "128",
          "--chunk-size", "512", "--block-size", "16", "--num-kv-blocks", "3328"]
-ADMISSIONS = ("first-chunk", "vllm")
+ADMISSIONS = ("reserve", "vllm", "first-chunk")
 
 
 def drex_metrics(run: Path) -> dict[str, float]:
@@ -61,10 +63,12 @@ def compare(runs: Path, out: Path) -> pd.DataFrame:
         trace = runs / v.trace
         for admission in ADMISSIONS:
             run = out / "runs" / f"{trace.stem}-{admission}"
-            print(f"[{2 * i + ADMISSIONS.index(admission) + 1}/{2 * len(vidur)}] {v.trace} --admission {admission}",
+            n = len(ADMISSIONS)
+            print(f"[{n * i + ADMISSIONS.index(admission) + 1}/{n * len(vidur)}] {v.trace} --admission {admission}",
                   file=sys.stderr, flush=True)
-            rc = drex(["simulate", "--trace", str(trace), *SETUP, "--admission", admission, "--no-progress",
-                       "--out", str(run)])
+            with contextlib.redirect_stdout(io.StringIO()):  # drex simulate's own table
+                rc = drex(["simulate", "--trace", str(trace), *SETUP, "--admission", admission, "--no-progress",
+                           "--out", str(run)])
             if rc:
                 raise SystemExit(f"drex simulate failed on {trace} ({rc})")
             mine = drex_metrics(run)
