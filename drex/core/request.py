@@ -54,7 +54,9 @@ class Request:
     num_preemptions: int = 0
     buffer_layer: int = -1  # exit layer the request waits at while BUFFERED
     buffered_step: int = -1  # scheduler step it entered the buffer
-    num_parked_steps: int = 0  # decode steps it spent parked (the TPOT-inflation budget)
+    # Decode steps it spent waiting, parked or preempted (the TPOT-inflation budget parking draws on).
+    num_parked_steps: int = 0
+    preempted_step: int = -1  # scheduler step its decoding was preempted at, until it is re-prefilled
     replica: int = 0
     tokens: list[int] = field(default_factory=list)  # real backend only: applied from StepResult.tokens
 

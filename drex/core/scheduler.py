@@ -202,6 +202,8 @@ class Scheduler(ApplyMixin):
         self.blocks.free(victim.request_id)
         victim.kv_tokens = 0
         victim.preempt()
+        if victim.num_generated and victim.preempted_step < 0:  # an outage of its decoding starts (ends re-prefilled)
+            victim.preempted_step = self.step_id
         self._released.append(victim.request_id)
         self.waiting.appendleft(victim)
         self.num_preemptions += 1
@@ -352,6 +354,8 @@ class Scheduler(ApplyMixin):
             if ch.last:
                 if r.num_generated:  # a re-prefill after a preemption: the client saw this whole gap
                     self.itl_s.append(np.array([float(ends[-1]) - r.last_token_s]))
+                    r.num_parked_steps += max(self.step_id - r.preempted_step, 1)  # its wait counts as parking's
+                    r.preempted_step = -1
                 self._emit(r, 1, float(ends[-1]), L, 0, 0, 0)
         out = result.outcome
         if plan.decode_ids and out is not None and out.is_plain:

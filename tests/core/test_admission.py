@@ -74,3 +74,32 @@ def test_oracle_is_refused_by_the_real_backend(tmp_path, capsys):
 def test_an_unknown_rule_names_the_flag():
     with pytest.raises(ValueError, match="--admission"):
         make_scheduler("off", admission="sglang")
+
+
+def test_parking_counts_the_wait_of_a_preemption_against_the_tpot_bound():
+    """Issue 24 item 3: a row's time waiting after a preemption counts against --max-tpot-inflation, so drex
+    does not park a row that preemption has already delayed past the bound: whenever a row parks, the steps
+    it has waited so far, parked or preempted, are within (x - 1) times the tokens it has (one step of slack)."""
+    from collections import Counter
+
+    parked, waited, late = Counter(), Counter(), {}
+    before: set[int] = set()
+
+    def watch(sched, plan, result):
+        nonlocal before
+        now = {r.request_id: r for rows in sched.buffer.values() for r in rows}
+        for rid, r in now.items():
+            if rid not in before and parked[rid] + waited[rid] > 0.25 * r.num_generated + 1:
+                late[rid] = (parked[rid], waited[rid], r.num_generated)
+            parked[rid] += result.num_steps
+        for r in sched.waiting:
+            if r.num_generated:  # preempted, waiting to be re-prefilled
+                waited[r.request_id] += result.num_steps
+        before = set(now)
+
+    work = [TraceRequest(i, 0.002 * i, 60 + 29 * (i % 5), 60 + 17 * (i % 7)) for i in range(60)]
+    sched = make_scheduler("drex", num_blocks=90, admission="first-chunk", chunk_size=64, max_batch_size=24,
+                           profitability="knobs", split_fraction=0.0, max_tpot_inflation=1.25)
+    drive(sched, work, check=watch)
+    assert sched.num_preemptions > 20 and sum(parked.values()) > 0 and sum(waited.values()) > 0  # all happen here
+    assert not late, late  # rows parked although their waits had used the bound up
