@@ -21,7 +21,7 @@ TTFT and a TPOT SLO of 1.25 x off's p90 TPOT (post hoc, per cell), per second of
 
     PYTHONPATH=$PWD python benchmarks/policy_grid.py [--jobs 2] [--only NAME,..] [--no-bih]
 
-Runs are cached under --work (default /tmp/drex_policy_grid) so a cut run resumes; results go to
+Runs are cached under --work (default: drex_policy_grid in the temporary folder) so a cut run resumes; results go to
 benchmarks/results/policy_grid.{csv,md,png}.
 """
 
@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -171,7 +172,7 @@ def goodput(rec: dict, slo_ttft_ms: float, slo_tpot_ms: float) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--work", default="/tmp/drex_policy_grid")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "drex_policy_grid"))
     ap.add_argument("--only", default=None, help="comma-separated cell names")
     ap.add_argument("--no-bih", action="store_true", help="skip best-in-hindsight's 32 runs per cell")
     ap.add_argument("--collect-only", action="store_true", help="run nothing: tabulate the cached runs")
