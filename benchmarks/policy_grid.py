@@ -79,9 +79,10 @@ def cells() -> list[dict]:
     add("tiny-cpu-conv-trace", model="tiny", device="cpu", conf="trace:traces/tiny-ee-text.csv")
     add("tiny-cpu-code-trace-b32", model="tiny", device="cpu", trace="azure-code",
         conf="trace:traces/tiny-ee-humaneval.csv", max_batch=32)
-    # A real LLM's recorded confidences (needs `drex model fetch smollm2` for its shape): measured CPU profile.
+    # A real LLM's recorded confidences (needs `drex model fetch smollm2` for its shape): measured CPU profile,
+    # at the middle one of the exits the trace recorded (smollm2-ee's 22, 26, 28).
     add("smollm2-cpu-code-trace", model="smollm2", device="cpu", trace="azure-code",
-        conf="trace:traces/smollm2-ee-humaneval.csv")
+        conf="trace:traces/smollm2-ee-humaneval.csv", exits="26")
     return out
 
 
@@ -89,6 +90,8 @@ def exits_of(cell: dict) -> list[str]:
     from drex.models import get_model
 
     L = get_model(cell["model"]).num_layers
+    if cell["exits"] not in ("mid", "three"):  # the cell's own exit points
+        return [cell["exits"]]
     if cell["exits"] == "mid":
         return [str(L // 2)]
     return [f"{L // 4},{L // 2},{3 * L // 4}"]
