@@ -50,10 +50,13 @@ def main() -> None:
         rows.append({"threshold": t, "pairs": pairs, "speed_fastest": round(fastest, 3),
                      "speed_median_pair": round(median, 3), "speed_cpu_median_pair": round(median_cpu, 3),
                      "early_exit_fraction": ours["early_exit_fraction"], "within_10_percent": median_cpu >= 0.9})
-    args.out.write_text(json.dumps({"baseline": str(args.baseline), "command": ours["command"], "rows": rows},
-                                   indent=2) + "\n")
+    sys.path.insert(0, str(sim_speed.REPO))
+    from drex.outputs import recorded_path
+
+    source = recorded_path(args.baseline)
+    args.out.write_text(json.dumps({"baseline": source, "command": ours["command"], "rows": rows}, indent=2) + "\n")
     md = ["# drex's simulator speed against an earlier commit (issue 11: drop at most 10%)\n",
-          f"Baseline checkout: `{args.baseline}`; 10,000 azure-conv requests, whole command, pairs run alternately. "
+          f"Baseline checkout: `{source}`; 10,000 azure-conv requests, whole command, pairs run alternately. "
           "Speed = baseline wall / this tree's wall (1.0: as fast); in CPU time the same with each child's own "
           "CPU seconds. Verdict on the median pair's CPU time: on this 2-core machine, shared, other work "
           "doubles wall times and moves them by ±30% between runs a minute apart, while the children's CPU "

@@ -21,7 +21,7 @@ TTFT and a TPOT SLO of 1.25 x off's p90 TPOT (post hoc, per cell), per second of
 
     PYTHONPATH=$PWD python benchmarks/policy_grid.py [--jobs 2] [--only NAME,..] [--no-bih]
 
-Runs are cached under --work (default /tmp/drex_policy_grid) so a cut run resumes; results go to
+Runs are cached under --work (default: drex_policy_grid in the temporary folder) so a cut run resumes; results go to
 benchmarks/results/policy_grid.{csv,md,png}.
 """
 
@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -78,9 +79,10 @@ def cells() -> list[dict]:
     add("tiny-cpu-conv-trace", model="tiny", device="cpu", conf="trace:traces/tiny-ee-text.csv")
     add("tiny-cpu-code-trace-b32", model="tiny", device="cpu", trace="azure-code",
         conf="trace:traces/tiny-ee-humaneval.csv", max_batch=32)
-    # A real LLM's recorded confidences (needs `drex model fetch smollm2` for its shape): measured CPU profile.
+    # A real LLM's recorded confidences (needs `drex model fetch smollm2` for its shape): measured CPU profile,
+    # at the middle one of the exits the trace recorded (smollm2-ee's 22, 26, 28).
     add("smollm2-cpu-code-trace", model="smollm2", device="cpu", trace="azure-code",
-        conf="trace:traces/smollm2-ee-humaneval.csv")
+        conf="trace:traces/smollm2-ee-humaneval.csv", exits="26")
     return out
 
 
@@ -88,6 +90,8 @@ def exits_of(cell: dict) -> list[str]:
     from drex.models import get_model
 
     L = get_model(cell["model"]).num_layers
+    if cell["exits"] not in ("mid", "three"):  # the cell's own exit points
+        return [cell["exits"]]
     if cell["exits"] == "mid":
         return [str(L // 2)]
     return [f"{L // 4},{L // 2},{3 * L // 4}"]
@@ -171,7 +175,7 @@ def goodput(rec: dict, slo_ttft_ms: float, slo_tpot_ms: float) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--work", default="/tmp/drex_policy_grid")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "drex_policy_grid"))
     ap.add_argument("--only", default=None, help="comma-separated cell names")
     ap.add_argument("--no-bih", action="store_true", help="skip best-in-hindsight's 32 runs per cell")
     ap.add_argument("--collect-only", action="store_true", help="run nothing: tabulate the cached runs")

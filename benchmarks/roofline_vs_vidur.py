@@ -1,6 +1,8 @@
 """Fit the roofline's GPU efficiency curves to Vidur's measured TP-1 profiles, and tabulate its error.
 
-    python benchmarks/roofline_vs_vidur.py --vidur /work/shared/vidur-profiles/compute
+    python benchmarks/roofline_vs_vidur.py --vidur ../shared/vidur-profiles/compute
+
+(run from the repository root; ``../shared`` is the shared data folder beside it)
 
 For each GPU with shared profiles (a100, h100) one ``EfficiencyCurve`` (devices.py) is fitted on the linear
 work (a decoder layer less attention) of all its models but the held-out one (h100 internlm-20b), by least
@@ -26,6 +28,7 @@ from drex.costmodel.roofline import RooflineCostModel  # noqa: E402
 from drex.costmodel.vidur import LINEAR_OPS, VIDUR_MODELS, _sums, read_mlp_csv  # noqa: E402
 from drex.devices import EfficiencyCurve, get_device  # noqa: E402
 from drex.models import get_model  # noqa: E402
+from drex.outputs import recorded_path  # noqa: E402
 
 HOLDOUT = ("h100", "internlm-20b")
 RESULTS = Path(__file__).resolve().parent / "results" / "roofline_vs_vidur.md"
@@ -77,7 +80,7 @@ def main() -> int:
         same = get_device(dev).curve == c
         print(f"{dev}: {c}{'' if same else '   <- differs from devices.py'}")
     lines = ["# The roofline against Vidur's measured profiles (TP 1, linear work of one decoder layer)", "",
-             f"`python benchmarks/roofline_vs_vidur.py --vidur {a.vidur}`", "",
+             f"`python benchmarks/roofline_vs_vidur.py --vidur {recorded_path(a.vidur)}`", "",
              "Linear work = one decoder layer less attention: the sum of the medians of Vidur's nine per-layer ops, "
              "at every measured num_tokens (1..4096; 1..32768 for llama3-70b). MAPE = mean |roofline/measured - 1|; "
              "bias 200-1000 = mean signed error between 200 and 1,000 tokens per step. constant = the roofline with "

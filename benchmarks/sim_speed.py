@@ -184,11 +184,15 @@ def main() -> None:
             print(f"baseline {policy:>5} 10,000: {b['wall_s']:8.2f} s wall, {b['cpu_s']:.2f} s CPU; this tree is "
                   f"{b.get('speedup_wall', '-')}x (wall), {b.get('speedup_cpu', '-')}x (CPU) faster", flush=True)
     checks = verdicts(results)
+    sys.path.insert(0, str(REPO))
+    from drex.outputs import recorded_path
+
+    source = recorded_path(args.baseline) if args.baseline is not None else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "results": results, "targets": checks,
-                                    "baseline": {"source": str(args.baseline), "results": baseline} if baseline
+                                    "baseline": {"source": source, "results": baseline} if baseline
                                     else None}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(table(results, checks, machine, baseline, args.baseline))
+    args.out.with_suffix(".md").write_text(table(results, checks, machine, baseline, source))
     for k, v in checks.items():
         print(f"{k}: {'-' if v is None else ('yes' if v else 'NO')}")
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")

@@ -18,6 +18,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from drex.outputs import recorded_path  # noqa: E402
 from drex.sim.simulator import Simulation  # noqa: E402
 from drex.traces import load_trace  # noqa: E402
 from drex.validate import reprice_steps, run_settings  # noqa: E402
@@ -51,7 +52,8 @@ def main() -> None:
     pd.set_option("display.width", 160)
     for arg in sys.argv[1:]:
         df = step_errors(Path(arg))
-        print(f"== {arg}: {len(df)} steps, MAPE {df.err.abs().mean():.3f}, mean signed error {df.err.mean():+.3f}")
+        print(f"== {recorded_path(arg)}: {len(df)} steps, MAPE {df.err.abs().mean():.3f}, "
+              f"mean signed error {df.err.mean():+.3f}")
         print(table(df, ["kind", "exits"]).to_string())
         dec = df[df.kind == "decode"]
         if len(dec):

@@ -22,6 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from drex.outputs import recorded_path  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "results" / "sweep_speed.json"
 # 2 policies x 2 models x 2 devices x 2 thresholds x 2 batch sizes x 2 loads = 64 cheap configurations
 GRID = ["--trace", "azure-conv", "--policy", "off,lazy", "--model", "llama2-7b,llama2-13b", "--device", "a100,h100",
@@ -41,7 +45,7 @@ def one(mode: str, n: int, out: Path) -> dict:
     df = pd.read_csv(out / "sweep.csv")
     return {"ray": mode, "wall_s": wall, "configurations": len(df), "ok": int((df.status == "ok").sum()),
             "sum_sim_wall_s": float(df.sim_wall_s.sum()), "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(), "stdout": proc.stdout.strip()}
+            "loadavg_after": os.getloadavg(), "stdout": proc.stdout.strip().replace(str(out), recorded_path(out))}
 
 
 def main() -> None:

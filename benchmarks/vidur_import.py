@@ -1,9 +1,10 @@
 """Import every shared Vidur profile at TP 1: import time, held-out and all-point error of the linear work.
 
-    python benchmarks/vidur_import.py --vidur /work/shared/vidur-profiles/compute --out-root /tmp/vidur-profiles
-    python benchmarks/vidur_import.py --vidur /work/shared/vidur-profiles/compute --out-root profiles --all-tp
+    python benchmarks/vidur_import.py --vidur ../shared/vidur-profiles/compute --out-root "$(mktemp -d)"
+    python benchmarks/vidur_import.py --vidur ../shared/vidur-profiles/compute --out-root profiles --all-tp
 
-(the second ships them, with every TP degree > 1 a profile measured into <model>/tp<N>/).
+(run from the repository root; ``../shared`` is the shared data folder beside it. The second ships them,
+with every TP degree > 1 a profile measured into <model>/tp<N>/).
 
 Writes benchmarks/results/vidur_import.md. ``HOLDOUT`` (h100 internlm-20b) was held out of every design
 choice of the importer and of the refitted roofline; its row is the unseen-profile check.
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from drex.costmodel import profile as pf  # noqa: E402
 from drex.costmodel.load import load_fitted  # noqa: E402
 from drex.costmodel.vidur import VIDUR_MODELS, import_vidur  # noqa: E402
+from drex.outputs import recorded_path  # noqa: E402
 
 HOLDOUT = ("h100", "internlm/internlm-20b")
 RESULTS = Path(__file__).resolve().parent / "results" / "vidur_import.md"
@@ -73,7 +75,8 @@ def main() -> int:
             fit = json.loads((out / pf.FIT).read_text())
             tp_rows.append((device, model, tp, time.perf_counter() - t0, 100 * fit["errors"]["linear"]["held"]["mape"]))
     lines = ["# Vidur profiles imported at TP 1", "",
-             f"`python benchmarks/vidur_import.py --vidur {a.vidur} --out-root {a.out_root}"
+             f"`python benchmarks/vidur_import.py --vidur {recorded_path(a.vidur)} "
+             f"--out-root {recorded_path(a.out_root)}"
              f"{' --all-tp' if a.all_tp else ''}`", "",
              "linear = one decoder layer less attention (sum of Vidur's nine per-layer medians); held = every 4th "
              "num_tokens point, never fitted; smooth = the fitted law without its residual table; all = every "

@@ -4,10 +4,13 @@ Every command that writes a directory checks it first (``check_out_dir``), so a
 mistyped ``--out`` fails in a second with one line, not after the whole run.
 The repository's shipped profiles, checkpoints and traces are never written
 unless the user says so (``is_shipped``): a default must not destroy data.
+A path written into a record names no folder of the machine it was made on
+(``recorded_path``): records are committed and read elsewhere.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from drex import REPO_ROOT
@@ -53,3 +56,23 @@ def refuse_shipped(path: str | Path, what: str, override: str) -> None:
     do it anyway (or elsewhere)."""
     if is_shipped(path):
         raise ValueError(f"{path} is shipped with drex: {what} would overwrite it ({override})")
+
+
+def recorded_path(path: str | Path) -> str:
+    """``path`` as a file drex writes records it (a profile's source, a run's weights, a report's heading):
+    never the absolute path of the machine it was made on. Inside the repository: relative to it
+    (``models/tiny-ee``); under the home folder: ``~/...``; under the temporary folder: ``<tmp>/...``;
+    beside the repository (shared data): ``../<folder>/...``; anything else as given."""
+    p = Path(path).expanduser()
+    try:
+        p = p.resolve()
+    except OSError:
+        return str(path)
+    for base, shown in ((REPO_ROOT, ""), (Path.home(), "~/"), (Path(tempfile.gettempdir()), "<tmp>/"),
+                        (REPO_ROOT.parent, "../")):
+        base = base.resolve()
+        if p == base:
+            return shown.rstrip("/") or "."
+        if p.is_relative_to(base):
+            return shown + p.relative_to(base).as_posix()
+    return str(path)

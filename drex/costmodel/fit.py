@@ -22,6 +22,7 @@ from drex import __version__
 from drex.costmodel import profile as pf
 from drex.costmodel.fitted import (FAMILIES, OP_FAMILY, OPTIONAL_FAMILIES, FittedCostModel, Law, layer_features,
                                    smooth_max, spill)
+from drex.outputs import recorded_path
 
 FIT_VERSION = 1
 P_MIN, P_MAX = 1.0, 64.0
@@ -277,7 +278,7 @@ def fit_profile(path: str | Path, timing: str = "cpu") -> tuple[dict, str]:
     }
     pf.write_json(path / pf.FIT, fit)
     dev = meta["device"]
-    header = (f"drex cost-model fit of {path}\n"
+    header = (f"drex cost-model fit of {recorded_path(path)}\n"
               f"device {dev.get('name')} ({dev.get('requested')}), dtype {meta['dtype']}, model {meta['model']['name']}, "
               f"{len(prof.rows)} points ({sum(r['split'] == 'held' for r in prof.rows)} held out), "
               f"profiled {meta.get('date_started', '?')}; fitted to "

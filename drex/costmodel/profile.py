@@ -26,6 +26,7 @@ from pathlib import Path
 
 from drex.jsonfile import read_json_object
 from drex.models import ModelShape
+from drex.outputs import recorded_path
 
 SCHEMA_VERSION = 1
 META = "meta.json"
@@ -250,6 +251,8 @@ def check_shape(meta: dict, shape: ModelShape, meta_path: Path) -> None:
 def shape_dict(shape: ModelShape) -> dict:
     d = asdict(shape)
     d["trained_exits"] = list(d["trained_exits"])
+    if d["path"] is not None:
+        d["path"] = recorded_path(d["path"])
     return d
 
 

@@ -30,6 +30,7 @@ from drex.costmodel import profile as pf
 from drex.costmodel.attention_law import attention_times, read_attention_csv
 from drex.devices import get_device
 from drex.models import ModelShape, get_model
+from drex.outputs import recorded_path
 
 LINEAR_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
               "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
@@ -191,7 +192,7 @@ def import_vidur(src: str | Path, device: str, model: str, tp: int = 1, out: str
         "grid": pf.grid_summary(points), "budget": None, "clock": "vidur (CUDA events / kineto, medians)",
         "layers_built": 1, "date_started": now, "rounds": None, "status": "complete", "date_finished": now,
         "source": {
-            "kind": "vidur", "path": str(src), "tp": tp, "licence": LICENCE,
+            "kind": "vidur", "path": recorded_path(src), "tp": tp, "licence": LICENCE,
             "repository": "github.com/microsoft/vidur", "commit": source_commit(src.resolve()),
             "files": {p.name: pf.file_sha256(p) for p in files}, "vidur_shape": vidur_shape,
             "linear_ops": [op for op in LINEAR_OPS if op not in absent], "absent_ops": absent,

@@ -29,6 +29,7 @@ from drex.costmodel.fit import FIT_VERSION, error_table, features, fit_law, form
 from drex.costmodel.fitted import FittedCostModel, Law, smooth_max
 from drex.devices import Device, get_device
 from drex.models import ModelShape
+from drex.outputs import recorded_path
 
 ATTN_Z = ("decode_context", "prefill_attn", "decode_rows")
 
@@ -133,7 +134,7 @@ def _smooth_held_mape(smooth: Law, rows: list[dict]) -> float:
 
 def _report(path: Path, prof: pf.Profile, table: dict, laws: dict[str, Law], smooth_err: float, tp: int) -> str:
     meta, src = prof.meta, prof.meta["source"]
-    header = (f"drex cost-model fit of {path} (imported from Vidur)\n"
+    header = (f"drex cost-model fit of {recorded_path(path)} (imported from Vidur)\n"
               f"device {meta['device']['requested']}, dtype {meta['dtype']}, model {meta['model']['name']}, "
               f"TP {tp} (one GPU's share of a layer), {len(prof.rows)} points "
               f"({sum(r['split'] == 'held' for r in prof.rows)} held out)\n"

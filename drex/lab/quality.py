@@ -262,11 +262,9 @@ def run(model_name: str, out: Path, max_new_tokens: int = 48, num_code: int = 24
     write_csv(out / "quality_by_set.csv", ("kv_fill", "prompt_set", *QUALITY_COLUMNS), by_set)
     write_csv(out / "quality_exits.csv", ("kv_fill", "metric", "threshold", "exit_layer", "fraction"), per_exit)
     full_tokens = sum(len(t) for ps in sets for t in full[ps.name][0])
-    from drex import REPO_ROOT
+    from drex.outputs import recorded_path
 
-    where = directory.resolve()
-    checkpoint = str(where.relative_to(REPO_ROOT)) if where.is_relative_to(REPO_ROOT) else str(where)
-    meta = {"model": model_name, "checkpoint": checkpoint, "num_layers": model.num_layers,
+    meta = {"model": model_name, "checkpoint": recorded_path(directory), "num_layers": model.num_layers,
             "exit_layers": list(model.exit_layers), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
             "kv_fills": list(kv_fills), "quality.csv": f"kv_fill={kv_fills[0]}",
             "prompts": {ps.name: ps.labels for ps in sets},

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from drex.lab import corpus as corpus_mod
+from drex.outputs import recorded_path
 from drex.progress import Progress, say
 
 SOURCES = ("plays", "python", "humaneval")
@@ -296,6 +297,6 @@ def run(cfg: TrainConfig, out: Path, log_path: Path | None = None, progress: boo
 
         train_steps(model, train_streams, cfg, rng, on_step=step_and_bar)
     final = evals[-1]["heldout"]
-    emit({"event": "done", "train_s": round(time.monotonic() - t_train, 1), "out": str(out)})
+    emit({"event": "done", "train_s": round(time.monotonic() - t_train, 1), "out": recorded_path(out)})
     log.close()
     return final

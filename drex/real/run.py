@@ -31,6 +31,7 @@ from drex.devices import get_device
 from drex.dtypes import DTYPE_BYTES, check_dtype
 from drex.metrics import check_accounted, request_records, run_fields, summarize, write_run
 from drex.models import get_model
+from drex.outputs import recorded_path
 from drex.real.batch import synthetic_prompt
 from drex.real.executor import RealExecutor
 from drex.real.init import torch_dtype
@@ -86,6 +87,11 @@ def resolve_weights(cfg: RunConfig) -> str:
         folder = get_model(cfg.sim.model).path
         return folder if folder is not None and any(Path(folder).glob("*.safetensors")) else "random"
     return cfg.weights
+
+
+def recorded_weights(weights: str) -> str:
+    """The weights as a run's records name them: ``random``, or the checkpoint folder (``recorded_path``)."""
+    return weights if weights in ("random", "auto") else recorded_path(weights)
 
 
 def default_num_blocks(cfg: RunConfig, workload, shape, dtype_bytes: int) -> int:
@@ -163,7 +169,8 @@ def run_real(cfg: RunConfig, workload, prompts: dict[int, list[int]] | None = No
     itl = np.concatenate(sched.itl_s or [np.array([])])
     extra = run_fields([sched], blocks, cost.name, source.name if source is not None else "model", sim,
                        shape.name)
-    extra |= {"backend": "real", "torch_device": cfg.torch_device, "dtype": cfg.dtype, "weights": resolve_weights(cfg),
+    extra |= {"backend": "real", "torch_device": cfg.torch_device, "dtype": cfg.dtype,
+              "weights": recorded_weights(resolve_weights(cfg)),
               "run_wall_s": wall_s, "run_cpu_s": cpu_s, "scheduler_s": sched_s, "interrupted": interrupted,
               "step_time_s": float(steps["duration_ms"].sum() / 1e3) if len(steps) else 0.0}
     extra |= executor.stats()
@@ -212,8 +219,8 @@ def run_config_json(cfg: RunConfig, trace: str, num_kv_blocks: int) -> dict:
     sim, sched = cfg.sim, cfg.sim.scheduler
     return {"model": sim.model, "device": sim.device, "exits": list(sim.ee.exits), "threshold": sim.ee.threshold,
             "metric": sim.ee.metric, "scheduler": dataclasses.asdict(sched), "seed": sim.seed,
-            "num_kv_blocks": num_kv_blocks, "cost_model": sim.cost_model, "trace": trace, "weights": cfg.weights,
-            "dtype": cfg.dtype, "kv_fill": cfg.kv_fill, "confidence": cfg.confidence}
+            "num_kv_blocks": num_kv_blocks, "cost_model": sim.cost_model, "trace": trace,
+            "weights": recorded_weights(cfg.weights), "dtype": cfg.dtype, "kv_fill": cfg.kv_fill, "confidence": cfg.confidence}
 
 
 def write_real_run(out_dir, cfg: RunConfig, res: RunResult, trace: str) -> None:

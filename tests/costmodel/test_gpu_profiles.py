@@ -16,7 +16,7 @@ from drex.devices import A100_CURVE, H100_CURVE, get_device
 from drex.models import get_model
 
 SHIPPED = sorted(p.parent for p in (REPO_ROOT / "profiles").glob("[ah]100/*/fit.json"))
-SHARED = Path("/work/shared/vidur-profiles/compute")
+SHARED = REPO_ROOT.parent / "shared" / "vidur-profiles" / "compute"  # the shared data folder beside the repository
 
 
 def test_every_shared_model_is_shipped_on_both_gpus_it_was_measured_on():
@@ -90,7 +90,7 @@ def test_new_devices():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED.exists(), reason="needs /work/shared/vidur-profiles")
+@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/vidur-profiles")
 def test_attention_constants_are_the_calibration_of_the_shared_profile():
     got = calibrate(SHARED / "a100/meta-llama/Llama-2-70b-hf/attention.csv")
     for key in ("decode_c0_s", "decode_per_row_s", "decode_bw_efficiency", "prefill_c0_s", "prefill_flops_efficiency",
