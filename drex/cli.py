@@ -1,7 +1,8 @@
 """The ``drex`` command: subcommands map to functions; the logic lives in the modules.
 
 What every subcommand shares lives here: output directories are checked before
-any work, bad input and Ctrl-C end in one line (no traceback), a failure of
+any work (writable too), bad input, a file the system refuses (no permission,
+a full disk) and Ctrl-C end in one line (no traceback), a failure of
 drex itself ends in one line that says so (exit 70, ``drex.errors``), and a
 closed pipe (``drex ... | head``) ends quietly.
 """
@@ -9,6 +10,7 @@ closed pipe (``drex ... | head``) ends quietly.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -18,6 +20,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+# What a write refused by the system raises without naming its file (f.write on a full disk): the outputs' fault.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
 
 
 def _torch_one_thread() -> None:
@@ -90,12 +94,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Output paths are checked before any work: a file where a directory must go fails now, not at the end."""
     from drex.outputs import check_out_dir, check_out_file
 
-    for name in ("out", "traces"):
-        value = getattr(args, name, None)
-        if isinstance(value, (str, os.PathLike)):
-            check_out_dir(value, "--" + name)
-    if isinstance(getattr(args, "log", None), (str, os.PathLike)):
-        check_out_file(args.log, "--log")
+    for flag, path in _out_paths(args):
+        (check_out_file if flag == "--log" else check_out_dir)(path, flag)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +124,31 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as e:  # the system refused a file (no permission, read-only, disk full): the user's to fix
+        line = _os_error_line(args, e)
+        if line is None:
+            return _internal(name, e, f"{type(e).__name__}: {e}")
+        print(f"drex {name}: error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 - anything else is drex's own fault, said in one line
         return _internal(name, e, f"{type(e).__name__}: {e}")
+
+
+def _out_paths(args: argparse.Namespace) -> list[tuple[str, str | os.PathLike]]:
+    """The output paths a command line names, as (flag, path)."""
+    return [("--" + name, value) for name in ("out", "traces", "log")
+            if isinstance(value := getattr(args, name, None), (str, os.PathLike))]
+
+
+def _os_error_line(args: argparse.Namespace, e: OSError) -> str | None:
+    """One line for an OS error on a file: the path, or the outputs for a write refused without one (a full
+    disk); None for an OS error that names no file and is not a write's (drex's own, then)."""
+    if e.filename is not None:
+        return f"{e.filename}{f' -> {e.filename2}' if e.filename2 else ''}: {e.strerror or e}"
+    if e.errno in WRITE_ERRNOS:
+        outs = ", ".join(f"{flag} {path}" for flag, path in _out_paths(args)) or "the outputs"
+        return f"writing {outs}: {e.strerror or e}"
+    return None
 
 
 def _internal(name: str, cause: BaseException, text: str) -> int:

@@ -82,8 +82,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from drex.outputs import check_out_dir
     from drex.plots import plot_path
 
+    if args.out is None:  # the figures go into PATH itself (drex's main checked --out)
+        check_out_dir(args.path, "PATH")
     files = plot_path(Path(args.path), Path(args.out) if args.out else None)
     for f in files:
         print(f)
