@@ -53,7 +53,7 @@ class RunSettings:
 def build_cost_model(cfg: RunSettings, shape: ModelShape):
     from drex.costmodel.tensor_parallel import TensorParallel, check_tp
 
-    check_tp(get_device(cfg.device), cfg.tp)
+    check_tp(get_device(cfg.device), cfg.tp, shape)
     if cfg.cost_model == "roofline":
         from drex.costmodel.roofline import RooflineCostModel
 
