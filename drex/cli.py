@@ -90,6 +90,23 @@ def _format_all(parser: argparse.ArgumentParser) -> None:
                 _format_all(p)
 
 
+def _unrecognized(parser: argparse.ArgumentParser, argv: list[str], unknown: list[str]) -> str:
+    """One line for flags the command does not take: the closest flag it does take, not the top-level usage."""
+    import difflib
+
+    for token in argv:  # down to the (sub-)command the line names: drex simulate, drex costmodel fit
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is not None and token in sub.choices:
+            parser = sub.choices[token]
+    flags = [t.split("=", 1)[0] for t in unknown if t.startswith("-")]
+    if not flags:
+        return f"{parser.prog}: error: unrecognized argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}"
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(flags[0], known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; {parser.prog} --help lists its flags"
+    return f"{parser.prog}: error: unrecognized flag {flags[0]}{hint}"
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Output paths are checked before any work: a file where a directory must go fails now, not at the end."""
     from drex.outputs import check_out_dir, check_out_file
@@ -100,7 +117,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(_unrecognized(parser, argv, unknown), file=sys.stderr)
+        return EXIT_BAD_INPUT
     if getattr(args, "uses_torch", True):  # the simulator never imports torch: skip its ~2 s import
         _torch_one_thread()
     name = args.command
