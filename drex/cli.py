@@ -1,7 +1,8 @@
 """The ``drex`` command: subcommands map to functions; the logic lives in the modules.
 
 What every subcommand shares lives here: output directories are checked before
-any work, bad input and Ctrl-C end in one line (no traceback), a failure of
+any work (writable too), bad input, a file the system refuses (no permission,
+a full disk) and Ctrl-C end in one line (no traceback), a failure of
 drex itself ends in one line that says so (exit 70, ``drex.errors``), and a
 closed pipe (``drex ... | head``) ends quietly.
 """
@@ -9,6 +10,7 @@ closed pipe (``drex ... | head``) ends quietly.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -19,6 +21,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+# What a write refused by the system raises without naming its file (f.write on a full disk): the outputs' fault.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
 
 
 def _torch_one_thread() -> None:
@@ -87,21 +91,38 @@ def _format_all(parser: argparse.ArgumentParser) -> None:
                 _format_all(p)
 
 
+def _unrecognized(parser: argparse.ArgumentParser, argv: list[str], unknown: list[str]) -> str:
+    """One line for flags the command does not take: the closest flag it does take, not the top-level usage."""
+    import difflib
+
+    for token in argv:  # down to the (sub-)command the line names: drex simulate, drex costmodel fit
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is not None and token in sub.choices:
+            parser = sub.choices[token]
+    flags = [t.split("=", 1)[0] for t in unknown if t.startswith("-")]
+    if not flags:
+        return f"{parser.prog}: error: unrecognized argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}"
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(flags[0], known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; {parser.prog} --help lists its flags"
+    return f"{parser.prog}: error: unrecognized flag {flags[0]}{hint}"
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Output paths are checked before any work: a file where a directory must go fails now, not at the end."""
     from drex.outputs import check_out_dir, check_out_file
 
-    for name in ("out", "traces"):
-        value = getattr(args, name, None)
-        if isinstance(value, (str, os.PathLike)):
-            check_out_dir(value, "--" + name)
-    if isinstance(getattr(args, "log", None), (str, os.PathLike)):
-        check_out_file(args.log, "--log")
+    for flag, path in _out_paths(args):
+        (check_out_file if flag == "--log" else check_out_dir)(path, flag)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(_unrecognized(parser, argv, unknown), file=sys.stderr)
+        return EXIT_BAD_INPUT
     if getattr(args, "uses_torch", True):  # the simulator never imports torch: skip its ~2 s import
         _torch_one_thread()
     name = args.command
@@ -125,8 +146,31 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as e:  # the system refused a file (no permission, read-only, disk full): the user's to fix
+        line = _os_error_line(args, e)
+        if line is None:
+            return _internal(name, e, f"{type(e).__name__}: {e}")
+        print(f"drex {name}: error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 - anything else is drex's own fault, said in one line
         return _internal(name, e, f"{type(e).__name__}: {e}")
+
+
+def _out_paths(args: argparse.Namespace) -> list[tuple[str, str | os.PathLike]]:
+    """The output paths a command line names, as (flag, path)."""
+    return [("--" + name, value) for name in ("out", "traces", "log")
+            if isinstance(value := getattr(args, name, None), (str, os.PathLike))]
+
+
+def _os_error_line(args: argparse.Namespace, e: OSError) -> str | None:
+    """One line for an OS error on a file: the path, or the outputs for a write refused without one (a full
+    disk); None for an OS error that names no file and is not a write's (drex's own, then)."""
+    if e.filename is not None:
+        return f"{e.filename}{f' -> {e.filename2}' if e.filename2 else ''}: {e.strerror or e}"
+    if e.errno in WRITE_ERRNOS:
+        outs = ", ".join(f"{flag} {path}" for flag, path in _out_paths(args)) or "the outputs"
+        return f"writing {outs}: {e.strerror or e}"
+    return None
 
 
 def _internal(name: str, cause: BaseException, text: str) -> int:

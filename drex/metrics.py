@@ -277,6 +277,11 @@ SUMMARY_TABLE = (("completed", "{:d}"), ("failed", "{:d}"), ("output_throughput"
                  ("num_flushes", "{:d}"))
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and its noun, singular for one: "1 request", "20 requests"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def format_table(summaries: dict[str, dict]) -> str:
     """Side-by-side table: one column per run (policy), one row per metric."""
     names = list(summaries)

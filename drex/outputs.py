@@ -10,6 +10,7 @@ A path written into a record names no folder of the machine it was made on
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -19,15 +20,21 @@ SHIPPED_ROOTS = ("profiles", "models", "traces")
 
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
-    """``path`` must be a directory or creatable as one: no part of it may be an existing file."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{flag} {path}: is a file, not a directory")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
+    """``path`` must be a directory or creatable as one, and writable: no part of it may be an existing file, and
+    drex must be able to create entries where it will (a probe directory, removed at once)."""
+    p = target = Path(path)
+    try:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{flag} {path}: is a file, not a directory")
+        for parent in p.parents:
+            if target.exists():
+                break
+            if parent.exists() and not parent.is_dir():
                 raise ValueError(f"{flag} {path}: {parent} is a file, not a directory")
-            break
+            target = parent
+        os.rmdir(tempfile.mkdtemp(prefix=".drex-probe-", dir=target))
+    except OSError as e:  # read-only, no permission, a folder of /proc or /sys: said now, not after the work
+        raise ValueError(f"{flag} {path}: cannot write in {target} ({e.strerror or e})") from None
     return p
 
 

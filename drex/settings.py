@@ -17,6 +17,7 @@ import numpy as np
 from drex.config import ADMISSIONS, CONFIDENCE_METRICS, PROFITABILITY, EEConfig, SchedulerConfig
 from drex.core.policies import POLICIES
 from drex.devices import get_device
+from drex.metrics import counted
 from drex.models import ModelShape, get_model
 from drex.progress import add_progress_flag
 from drex.slo import add_slo_flags, with_default_slos
@@ -48,13 +49,17 @@ class RunSettings:
             raise ValueError(f"--replicas must be >= 1, got {self.replicas}")
         if self.router not in ROUTERS:
             raise ValueError(f"--router must be one of {', '.join(ROUTERS)}, got {self.router!r}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:  # 0 is no "default": None is
+            raise ValueError(f"--num-kv-blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {self.seed}")
 
 
 
 def build_cost_model(cfg: RunSettings, shape: ModelShape):
     from drex.costmodel.tensor_parallel import TensorParallel, check_tp
 
-    check_tp(get_device(cfg.device), cfg.tp)
+    check_tp(get_device(cfg.device), cfg.tp, shape)
     if cfg.cost_model == "roofline":
         from drex.costmodel.roofline import RooflineCostModel
 
@@ -97,7 +102,9 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
     p.add_argument("--max-batch-size", type=int, default=256, help="most requests running at once per replica")
     p.add_argument("--chunk-size", type=int, default=512, help="token budget per step (chunked prefill)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per paged-KV block")
-    p.add_argument("--max-model-len", type=int, default=None, help="default: the model's max position")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="most tokens (prompt + output) one request may hold; a longer one is rejected (default: "
+                        "the model's max position)")
     p.add_argument("--admission", default="reserve", choices=ADMISSIONS,
                    help="when a waiting request joins the batch: reserve (its whole prompt fits, with room kept for "
                         "the running requests' growth, adapted at each preemption), vllm (its whole prompt fits: "
@@ -138,10 +145,11 @@ def add_run_flags(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
 def settings_from_args(args: argparse.Namespace, policy: str) -> RunSettings:
     shape = get_model(args.model)
     exits = args.exits
+    max_len = shape.max_position if args.max_model_len is None else args.max_model_len  # 0 is refused, as -5
     if exits is None:
         exits = shape.trained_exits or (shape.num_layers // 2,)
     sched = SchedulerConfig(policy=policy, max_batch_size=args.max_batch_size, chunk_size=args.chunk_size,
-                            block_size=args.block_size, max_model_len=args.max_model_len or shape.max_position,
+                            block_size=args.block_size, max_model_len=max_len,
                             profitability=args.profitability, inline_drain=not args.no_inline_drain,
                             skip_exit_heads=not args.every_exit_head,
                             max_tpot_inflation=args.max_tpot_inflation, split_fraction=args.split_fraction,
@@ -171,8 +179,8 @@ def load_workload(args: argparse.Namespace):
     workload = make_workload(args.trace, num_requests=args.num_requests, rate_scale=args.rate_scale,
                              rng=np.random.default_rng(args.seed), tokenizer=tok)
     if args.num_requests is not None and len(workload) < args.num_requests:
-        print(f"drex: warning: --num-requests {args.num_requests}, but {args.trace} holds only {len(workload)} "
-              f"requests: running all {len(workload)}", file=sys.stderr)
+        print(f"drex: warning: --num-requests {args.num_requests}, but {args.trace} holds only "
+              f"{counted(len(workload), 'request')}: running all {len(workload)}", file=sys.stderr)
     return with_default_slos(workload, args.slo_ttft_ms, args.slo_tpot_ms)
 
 

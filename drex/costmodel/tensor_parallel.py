@@ -23,17 +23,29 @@ import numpy as np
 from drex.costmodel.base import CostModel
 from drex.costmodel.collectives import LAUNCH_S, tp_all_reduce
 from drex.devices import Device
+from drex.models import ModelShape
 
 ALLREDUCE_LATENCY_S = 8e-6  # NCCL small-message all-reduce within one NVLink node, roughly
 LINK_EFFICIENCY = 0.8  # achieved fraction of the link's one-way bandwidth (NCCL bus bandwidth)
 ALLREDUCES_PER_LAYER = 2
 
 
-def check_tp(device: Device, tp: int) -> None:
+def check_tp(device: Device, tp: int, shape: ModelShape | None = None) -> None:
+    """``tp`` must be priceable on ``device`` and, given a model ``shape``, split it evenly: its attention heads
+    and MLP width divide by ``tp``, its KV heads too (or ``tp`` by them: each KV head then sits on several GPUs)."""
     if tp < 1:
         raise ValueError(f"--tp must be >= 1, got {tp}")
     if tp > 1 and device.link_bw_bytes_per_s <= 0:
         raise ValueError(f"device {device.name} has no GPU-to-GPU link in the device table: --tp {tp} is not priced")
+    if shape is None or tp == 1:
+        return
+    heads, kv, width = shape.num_heads, shape.num_kv_heads, shape.intermediate_size
+    uneven = [text for bad, text in ((heads % tp, f"{heads} attention heads"),
+                                     (kv % tp and tp % kv, f"{kv} KV heads"),
+                                     (width % tp, f"MLP width {width:,}")) if bad]
+    if uneven:
+        raise ValueError(f"--tp {tp} does not divide model {shape.name}'s {', '.join(uneven)}: each GPU of a "
+                         f"tensor-parallel replica needs an equal share")
 
 
 class TensorParallel(CostModel):

@@ -29,6 +29,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from drex.explore.capacity import search
     from drex.explore.grid import check
     from drex.explore.sweep import write_capacity
+    from drex.metrics import counted
 
     check(args)
     limits = _search(args)  # checked before the bar starts
@@ -44,17 +45,18 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         "summary": knee.summary, "requests": knee.request_columns, "steps": knee.step_columns}})
     if cap["max_request_rate"] is None:
         print(f"no load tried met the SLOs for {args.min_goodput_fraction:.0%} of requests "
-              f"({cap['num_runs']} runs); records in {args.out}/")
+              f"({counted(cap['num_runs'], 'run')}); records in {args.out}/")
     else:
         bound = "" if cap["bracketed"] else " (a lower bound: the search hit its limit before a load failed)"
         print(f"max request rate {cap['max_request_rate']:.3f} req/s (rate scale {cap['max_rate_scale']:.3f}; "
               f"{cap['goodput_fraction_at_knee']:.1%} of requests meet the SLOs there){bound}; "
-              f"{cap['num_runs']} runs; {args.out}/capacity.json")
+              f"{counted(cap['num_runs'], 'run')}; {args.out}/capacity.json")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from drex.explore import grid, sweep
+    from drex.metrics import counted
 
     t0 = time.perf_counter()
     if args.ray != "off" and args.ray != "auto" and not args.ray.strip():
@@ -70,14 +72,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep.run(p, args.ray, progress=not args.no_progress)
     df = sweep.write_table(p)
     failed = int((df.status == "failed").sum())
-    print(f"{len(df)} configurations ({len(df) - n_todo} already done, {n_todo} run, {failed} failed; "
+    print(f"{counted(len(df), 'configuration')} ({len(df) - n_todo} already done, {n_todo} run, {failed} failed; "
           f"{len(p.invalid)} invalid skipped) in {time.perf_counter() - t0:.1f} s; {args.out}/sweep.csv")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from drex.outputs import check_out_dir
     from drex.plots import plot_path
 
+    if args.out is None:  # the figures go into PATH itself (drex's main checked --out)
+        check_out_dir(args.path, "PATH")
     files = plot_path(Path(args.path), Path(args.out) if args.out else None)
     for f in files:
         print(f)

@@ -46,14 +46,18 @@ def is_switch(action: argparse.Action) -> bool:
 
 
 def add_axis_flags(p: argparse.ArgumentParser) -> None:
-    """Every run flag again, repeatable: ``--policy off,drex --threshold 0.3 --threshold 0.5``."""
+    """Every run flag again, repeatable: ``--policy off,drex --threshold 0.3 --threshold 0.5``. Each says what
+    a configuration gets without it: drex simulate's default."""
     for a in axis_actions():
+        text = a.help or ""
         if is_switch(a):
-            p.add_argument(*a.option_strings, dest=a.dest, action="store_true", default=None, help=a.help)
-        else:
-            many = "repeat the flag" if a.dest in NO_SPLIT else "repeat or comma-list"
-            p.add_argument(*a.option_strings, dest=a.dest, action="append", default=None, metavar="V",
-                           help=f"{a.help or ''} ({many} to sweep)".strip())
+            p.add_argument(*a.option_strings, dest=a.dest, action="store_true", default=None,
+                           help=f"{text} (default: off; given: on in every configuration)".strip())
+            continue
+        many = "repeat the flag" if a.dest in NO_SPLIT else "repeat or comma-list"
+        default = "" if "default" in text else f"default: {'none' if a.default is None else a.default}; "
+        p.add_argument(*a.option_strings, dest=a.dest, action="append", default=None, metavar="V",
+                       help=f"{text} ({default.replace('%', '%%')}{many} to sweep)".strip())
 
 
 def _split(dest: str, value: str) -> list[str]:

@@ -8,7 +8,7 @@ import sys
 import time
 
 from drex.errors import InternalError
-from drex.metrics import format_table, rejection_lines
+from drex.metrics import counted, format_table, rejection_lines
 from drex.progress import add_progress_flag
 
 
@@ -38,8 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                     kv_fill=args.kv_fill, confidence=args.confidence)
     workload = load_workload(args)
     span_s = workload[-1].arrival_s - workload[0].arrival_s if workload else 0.0
-    print(f"drex run: serving {len(workload)} requests in real time; their arrivals span {span_s:.0f} s of the trace "
-          f"(--rate-scale X replays them X times faster; Ctrl-C stops and keeps what finished)", file=sys.stderr)
+    print(f"drex run: serving {counted(len(workload), 'request')} in real time; their arrivals span {span_s:.0f} s "
+          f"of the trace (--rate-scale X replays them X times faster; Ctrl-C stops and keeps what finished)",
+          file=sys.stderr)
     res = run_real(cfg, workload, prompts=real_prompts(args.trace, args.model, workload),
                    progress=not args.no_progress)
     write_real_run(args.out, cfg, res, args.trace)
@@ -47,8 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if s.get("interrupted"):
         done = int((res.requests.status == "finished").sum())
         cut = int((res.requests.status == "interrupted").sum())
-        kept = (f"records of the {done} requests that finished are in {args.out}/ ({cut} marked interrupted in "
-                f"requests.csv)")
+        kept = (f"records of the {counted(done, 'request')} that finished are in {args.out}/ ({cut} marked "
+                f"interrupted in requests.csv)")
         if res.failure is not None:
             raise InternalError(f"{type(res.failure).__name__}: {res.failure}; {kept}") from res.failure
         print(f"drex run: interrupted; {kept}", file=sys.stderr)
@@ -59,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     copied = ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in s["copied_bytes_by_kind"].items()) or "nothing"
     print(f"kv fill {s['kv_fill']}: {s['kv_fill_s'] * 1e3:.1f} ms, {s['kv_copy_bytes'] / 2**20:.2f} MiB copied, "
           f"{s['recompute_token_layers']} token-layers recomputed | copied by rebatching and fill: {copied}")
-    print(f"{len(workload)} requests on {s['torch_device']} ({s['dtype']}, weights {s['weights']}) in "
+    print(f"{counted(len(workload), 'request')} on {s['torch_device']} ({s['dtype']}, weights {s['weights']}) in "
           f"{s['run_wall_s']:.1f} s wall, {s['step_time_s']:.1f} s in steps, {s['scheduler_s']:.2f} s scheduling; "
           f"records in {args.out}/")
     return 0

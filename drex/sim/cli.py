@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from drex.core.policies import POLICIES
-from drex.metrics import format_table, rejection_lines, write_run
+from drex.metrics import counted, format_table, rejection_lines, write_run
 from drex.settings import add_run_flags, load_workload, settings_from_args
 from drex.sim.simulator import simulate
 
@@ -18,23 +18,24 @@ def _tell_rejections(res, policy: str | None = None) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, args.policy)  # every flag checked before a trace is read
     workload = load_workload(args)
-    res = simulate(settings_from_args(args, args.policy), workload, progress=not args.no_progress)
+    res = simulate(settings, workload, progress=not args.no_progress)
     write_run(args.out, res.request_columns, res.step_columns, res.summary)
     print(format_table({args.policy: res.summary}))
     _tell_rejections(res)
-    print(f"cost model: {res.summary['cost_model']}; {len(workload)} requests in {res.summary['sim_wall_s']:.2f} s "
-          f"wall; records in {args.out}/")
+    print(f"cost model: {res.summary['cost_model']}; {counted(len(workload), 'request')} in "
+          f"{res.summary['sim_wall_s']:.2f} s wall; records in {args.out}/")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     if args.plot and not args.out:
         raise ValueError("--plot draws from the runs' records: give --out DIR too")
+    policies = [p for p in args.policies.split(",") if p]
+    settings = {policy: settings_from_args(args, policy) for policy in policies}  # all checked before any work
     workload = load_workload(args)
     summaries, rejections = {}, {}
-    policies = [p for p in args.policies.split(",") if p]
-    settings = {policy: settings_from_args(args, policy) for policy in policies}  # all checked before any runs
     if args.out:
         from drex.outputs import check_out_dir
 
@@ -47,7 +48,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if args.out:
             write_run(Path(args.out) / policy, res.request_columns, res.step_columns, res.summary)
     first = next(iter(summaries.values()))
-    print(f"{len(workload)} requests of {args.trace} | model {first['model']} on {args.device} | exits "
+    print(f"{counted(len(workload), 'request')} of {args.trace} | model {first['model']} on {args.device} | exits "
           f"{first['exits']} threshold {first['threshold']} | confidence {first['confidence_source']} | "
           f"cost model {first['cost_model']}")
     print(format_table(summaries))

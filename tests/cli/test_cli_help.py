@@ -47,6 +47,20 @@ def test_help_shows_defaults_and_no_python_tuples(name):
     assert not re.search(r"\(\d+(\.\d+)?, ", text), "a Python tuple in the help"
 
 
+def test_sweep_says_what_a_missing_axis_means():
+    from drex.explore.grid import axis_actions
+
+    p = COMMANDS[("sweep",)]
+    for a in p._actions:
+        if a.dest in {b.dest for b in axis_actions()}:
+            assert "(default" in p._get_formatter()._expand_help(a), f"drex sweep {a.option_strings[0]}"
+    text = " ".join(p.format_help().split())
+    for shown in ("--rate-scale V X > 1 compresses time (X times the rate) (default: 1.0; repeat or comma-list",
+                  "(default: 256; repeat or comma-list to sweep)", "(default: drex;", "(default: none; repeat",
+                  "(default: off; given: on in every configuration)"):
+        assert shown in text, shown
+
+
 def test_compare_shows_its_own_defaults():
     text = " ".join(COMMANDS[("compare",)].format_help().split())
     assert "(default: azure-conv)" in text and "(default: 1000)" in text
