@@ -45,6 +45,11 @@ SIM_8B_LIGHT = ("drex compare --trace azure-conv --num-requests 2000 --model lla
 REAL_TINY = ("drex run --model tiny-ee --trace azure-conv --num-requests 32 --rate-scale 4 --policy drex "
              "--threshold 0.3 --out runs/tiny")
 
+MC = ("drex simulate --trace mooncake --num-requests 300 --rate-scale 4 --model qwen-14b --device a100 --policy off "
+      "--seed 7")
+MC_FIRST, MC_RESERVE, MC_ORACLE = (MC + " --admission first-chunk --out runs/mc-first-chunk",
+                                   MC + " --out runs/mc-reserve", MC + " --admission oracle --out runs/mc-oracle")
+
 Results = dict  # policy -> summary.json (a single run under ""), plus "_wall_s"
 
 
@@ -103,6 +108,12 @@ FIGURES = [
            {"frac": exits("drex"), "tdrex": tpot("drex"), "toff": tpot("off")}),
     Figure(SIM_8B_LIGHT, r"the arrivals set the throughput \((?P<drex>[\d.]+) against (?P<off>[\d.]+) tok/s\)",
            {"drex": tput("drex"), "off": tput("off")}),
+    Figure(MC_FIRST, r"mc-first-chunk # (?P<pre>[\d.]+) preemptions a request, (?P<tput>[\d.]+) tok/s",
+           {"pre": lambda r: r[""]["mean_preemptions_per_request"], "tput": tput("")}),
+    Figure(MC_RESERVE, r"mc-reserve # (?P<pre>[\d.]+) preemptions a request, (?P<tput>[\d.]+) tok/s",
+           {"pre": lambda r: r[""]["mean_preemptions_per_request"], "tput": tput("")}),
+    Figure(MC_ORACLE, r"mc-oracle # (?P<pre>\d+) preemptions, (?P<tput>[\d.]+) tok/s",
+           {"pre": lambda r: r[""]["mean_preemptions_per_request"], "tput": tput("")}),
     Figure(REAL_TINY, r"--out runs/tiny # about (?P<wall>\d+) s on one CPU thread", {"wall": wall}, {"wall": "wall"}),
     Figure(REAL_TINY, r"the (?P<rejected>\d+) longer conversations are rejected",
            {"rejected": lambda r: r[""]["failed"]}),
