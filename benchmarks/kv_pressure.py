@@ -4,7 +4,7 @@
     (committed: benchmarks/results/kv_pressure.{csv,md,png}, made with --out benchmarks/results)
 
 Each cell is a trace, a model, a device and a KV cache small enough to bind (``--num-kv-blocks``: about
-``KV_REQUESTS`` average requests' worth of prompt and output). Its capacity
+``KV_REQUESTS`` average servable requests' worth of prompt and output, at most what the device holds). Its capacity
 C (requests/s) is off's request throughput with every request queued at once; its loads are
 ``LOADS`` x C, replayed by ``--rate-scale``. At each load the cell runs off, drex, lazy and latency-only
 under drex's default admission (``reserve``), off under vLLM's rule (``--admission vllm``) and off under the
@@ -32,18 +32,18 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 LOADS = (0.5, 1.0, 2.0, 5.0, 20.0)
-KV_REQUESTS = 16
+KV_REQUESTS = 12
 EXIT_FLAGS = ["--threshold", "0.5", "--seed", "7"]  # the model's mid-depth exit, 60% of tokens confident
-# name -> (trace, model, device, requests)
+# name -> (trace, model, device, requests); models whose context holds the trace's requests
 CELLS = {
     "conv-qwen14b-a100": ("azure-conv", "qwen-14b", "a100", 500),
     "conv-llama2-13b-h100": ("azure-conv", "llama2-13b", "h100", 500),
     "conv-llama2-7b-a100": ("azure-conv", "llama2-7b", "a100", 500),
-    "code-llama2-7b-h100": ("azure-code", "llama2-7b", "h100", 500),
+    "conv-llama3-8b-h100": ("azure-conv", "llama3-8b", "h100", 500),
     "code-llama3-8b-a100": ("azure-code", "llama3-8b", "a100", 500),
+    "code-qwen14b-h100": ("azure-code", "qwen-14b", "h100", 500),
     "mooncake-qwen14b-a100": ("mooncake", "qwen-14b", "a100", 200),
-    "mooncake-llama3-8b-h100": ("mooncake", "llama3-8b", "h100", 200),
-    "mooncake-llama2-13b-a100": ("mooncake", "llama2-13b", "a100", 200),
+    "mooncake-qwen14b-h100": ("mooncake", "qwen-14b", "h100", 200),
 }
 # run name -> (policy, admission)
 RUNS = {"off": ("off", "reserve"), "drex": ("drex", "reserve"), "lazy": ("lazy", "reserve"),
@@ -65,13 +65,19 @@ def simulate(out: Path, args: list[str]) -> dict:
 
 
 def cell_flags(name: str) -> list[str]:
-    """A cell's trace, model, device, request count and a KV cache small enough to bind."""
+    """A cell's trace, model, device, request count and a KV cache small enough to bind: ``KV_REQUESTS`` of its
+    servable requests' mean prompt and output, at most what the device holds."""
+    from drex.core.blocks import num_kv_blocks
+    from drex.devices import get_device
+    from drex.models import get_model
     from drex.workload import load_trace
 
     trace, model, device, n = CELLS[name]
-    work = load_trace(trace)[:n]
-    mean_tokens = float(np.mean([w.prompt_tokens + w.output_tokens for w in work]))
-    blocks = int(KV_REQUESTS * mean_tokens / 16)
+    shape = get_model(model)
+    sizes = [w.prompt_tokens + w.output_tokens for w in load_trace(trace)[:n]]
+    mean_tokens = float(np.mean([t for t in sizes if t <= shape.max_position]))
+    held = num_kv_blocks(get_device(device).mem_bytes, shape.weight_bytes(2), shape.kv_bytes_per_token(2), 16)
+    blocks = min(held, int(KV_REQUESTS * mean_tokens / 16))
     return ["--trace", trace, "--model", model, "--device", device, "--num-requests", str(n),
             "--num-kv-blocks", str(blocks), *EXIT_FLAGS]
 
