@@ -14,7 +14,11 @@ machine's, not the configuration's).
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,27 +136,64 @@ def write_table(p: Plan) -> pd.DataFrame:
 
 
 def run(p: Plan, ray_mode: str = "auto", progress: bool = True) -> None:
-    """Run the plan's tasks (none: Ray is neither started nor imported)."""
+    """Run the plan's tasks (none: Ray is neither started nor imported). Interrupted (Ctrl-C, or SIGTERM, which
+    interrupts it the same way), it stops at once and keeps what finished, in its run folders and sweep.csv."""
     if not p.todo:
         return
+    if ray_mode not in ("off", "auto"):
+        from drex.explore.ray_pool import check_head
+
+        check_head(ray_mode)  # before anything starts: nothing answering there fails in seconds, not minutes
+    by_key = {t["key"]: t for t in p.todo}
     bar = _bar(len(p.todo), progress)
+    done = 0
+    try:
+        with sigterm_interrupts(), closing(_results(p.todo, ray_mode)) as results:
+            for result in results:
+                record(p.out, by_key[result["key"]], result)
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                    if not result["ok"]:
+                        bar.write(f"failed: {result['error']}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        write_table(p)
+        print(f"{done} of {len(p.todo)} runs finished, kept in {p.out}/sweep.csv; the same command runs the rest",
+              file=sys.stderr)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _results(todo: list[dict], ray_mode: str) -> Iterator[dict]:
     if ray_mode == "off":
         from drex.explore.tasks import run_task
 
-        results = (run_task(t) for t in p.todo)
-    else:
-        from drex.explore.ray_pool import run_on_ray
+        return (run_task(t) for t in todo)
+    from drex.explore.ray_pool import run_on_ray
 
-        results = run_on_ray(p.todo, ray_mode)
-    by_key = {t["key"]: t for t in p.todo}
-    for result in results:
-        record(p.out, by_key[result["key"]], result)
-        if bar is not None:
-            bar.update(1)
-            if not result["ok"]:
-                bar.write(f"failed: {result['error']}", file=sys.stderr)
-    if bar is not None:
-        bar.close()
+    return run_on_ray(todo, ray_mode)
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that a terminated sweep stops as promptly and as
+    cleanly (Ray shut down, finished runs kept). Only in the main thread, where signals are handled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _bar(total: int, progress: bool):
