@@ -66,7 +66,8 @@ def plan(configs: list[dict], out: Path, mode: str = "simulate", search: dict | 
         p.rows.append({dest: column_value(ns, dest) for dest in cfg} | {"config_id": key})
         if key not in queued and not done_marker(p.out / "runs" / key, mode).is_file():
             queued.add(key)
-            p.todo.append({"key": key, "config": run_cfg, "mode": mode, "search": search or {}})
+            p.todo.append({"key": key, "config": run_cfg, "mode": mode, "search": search or {},
+                           "drex_version": drex.__version__})
     return p
 
 

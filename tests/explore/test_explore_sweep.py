@@ -9,6 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
+import drex
 from drex.cli import main
 from drex.explore import tasks
 
@@ -130,3 +131,10 @@ def test_a_finished_sweep_neither_starts_nor_imports_ray(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "1 already done, 0 run" in proc.stdout
+
+
+def test_a_task_on_a_node_with_another_drex_fails_and_says_why():
+    got = tasks.run_task({"key": "k", "config": {"policy": "off"}, "mode": "simulate", "search": {},
+                          "drex_version": "0.0.1"})
+    assert got == {"key": "k", "ok": False, "error": f"this Ray node runs drex {drex.__version__}, the sweep drex "
+                                                     "0.0.1: install the same drex on every node of the cluster"}
