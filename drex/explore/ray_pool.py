@@ -13,6 +13,7 @@ object store.
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import re
 import secrets
@@ -51,6 +52,13 @@ def head_address(address: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--ray {address}: takes auto, off or a Ray head's HOST:PORT ({HEAD_HINT})")
     return host.strip("[]"), int(port)
+
+
+def on_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def check_head(address: str, timeout: float = PROBE_S) -> None:
@@ -140,7 +148,10 @@ def _instance(ray, mode: str):
     temp_dir = tempfile.mkdtemp(prefix="drex-ray-") if mode == "auto" else None
     handler = signal.getsignal(signal.SIGTERM)
     try:
-        _init(ray, mode, temp_dir)
+        try:
+            _init(ray, mode, temp_dir)
+        except SystemExit as e:  # ray.init's own SIGTERM handler: an interrupt like any other
+            raise KeyboardInterrupt(f"signal {e.code}") if e.code == signal.SIGTERM else e from None
         if handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, handler)  # ray.init puts in its own (sys.exit): keep the sweep's
         yield
@@ -152,8 +163,8 @@ def _instance(ray, mode: str):
 
 def run_on_ray(tasks: list[dict], mode: str) -> Iterator[dict]:
     """Yield each task's result as it finishes (any order). ``mode``: auto, or an address that passed ``check_head``."""
-    if mode == "auto":
-        loopback_env()
+    if mode == "auto" or on_loopback(head_address(mode)[0]):
+        loopback_env()  # a head on loopback: Ray would look for it at this machine's outward address instead
     import ray
 
     from drex.explore.tasks import run_task
