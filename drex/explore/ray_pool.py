@@ -2,8 +2,8 @@
 
 ``auto`` starts a private local instance (``address="local"``: never someone else's cluster)
 bound to 127.0.0.1, with one CPU slot per core, a small object store, a temporary directory of its
-own and Ray's token authentication with a token of its own; it is shut down and its directory
-removed after. An address joins the user's cluster wherever its nodes are, once a Ray head answers
+own and Ray's token authentication (the user's token, else one of its own); it is shut down and its
+directory removed after. An address joins the user's cluster wherever its nodes are, once a Ray head answers
 there (``ray.init`` would otherwise retry for minutes). Ray's console output while it starts or
 joins (connection retries, notices) is kept off the terminal and read only to explain a failure.
 At most two tasks per CPU slot are in flight, so a large grid never piles its records up in the

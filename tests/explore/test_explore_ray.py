@@ -60,8 +60,10 @@ def test_ray_auto_equals_ray_off(off_sweep, tmp_path, capfd):
     import ray
 
     capfd.readouterr()
+    folders = set(Path(tempfile.gettempdir()).glob("drex-ray-*"))
     assert main(["sweep", *BASE, "--ray", "auto", "--out", str(tmp_path)]) == 0
     assert not ray.is_initialized()  # the sweep shut its instance down
+    assert set(Path(tempfile.gettempdir()).glob("drex-ray-*")) == folders  # and removed its folder
     assert capfd.readouterr().err == ""  # nothing of Ray's (its token notice, its logs) on the user's terminal
     same_results(off_sweep, tmp_path)
 
