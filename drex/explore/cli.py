@@ -71,8 +71,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     n_todo = len(p.todo)
     sweep.run(p, args.ray, progress=not args.no_progress)
     df = sweep.write_table(p)
-    failed = int((df.status == "failed").sum())
-    print(f"{counted(len(df), 'configuration')} ({len(df) - n_todo} already done, {n_todo} run, {failed} failed; "
+    runs = df.config_id.nunique()  # configurations that cannot differ share a run
+    failed = df[df.status == "failed"].config_id.nunique()
+    shared = f" in {runs} runs" if runs != len(df) else ""
+    print(f"{counted(len(df), 'configuration')}{shared} ({runs - n_todo} already done, {n_todo} run, {failed} failed; "
           f"{len(p.invalid)} invalid skipped) in {time.perf_counter() - t0:.1f} s; {args.out}/sweep.csv")
     return 0
 

@@ -21,6 +21,11 @@ from drex.slo import check_slos
 NO_SPLIT = ("exits", "confidence")
 # Flags that describe how a run is shown, not what it computes: never axes, never in the key.
 NOT_AXES = ("no_progress",)
+# Flags a policy never reads, by the policy's own flags (drex.core.policies): without exit points (off) nothing
+# about exiting or rebatching matters; without a rebatching buffer nothing about parking, splitting or flushing.
+EXIT_FLAGS = ("exits", "threshold", "metric", "confidence")
+REBATCH_FLAGS = ("profitability", "max_tpot_inflation", "split_fraction", "split_continue", "flush_min_rows",
+                 "flush_max_wait_steps", "no_inline_drain", "every_exit_head")
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -153,6 +158,20 @@ def check(ns: argparse.Namespace) -> None:
 
     Simulation(settings_from_args(ns, ns.policy), [])
     check_slos(ns.slo_ttft_ms, ns.slo_tpot_ms)
+
+
+def unused_flags(policy: str) -> tuple[str, ...]:
+    """The flags ``policy`` never reads: configurations that differ only in them cannot differ in results."""
+    from drex.core.policies import get_policy
+
+    pol = get_policy(policy)
+    return (() if pol.rebatches else REBATCH_FLAGS) + (() if pol.uses_exits else EXIT_FLAGS)
+
+
+def run_config(config: dict, ns: argparse.Namespace) -> dict:
+    """What a configuration runs: ``config`` (parsed as ``ns``) without the flags its policy never reads."""
+    unused = unused_flags(ns.policy)
+    return {dest: value for dest, value in config.items() if dest not in unused}
 
 
 def column_value(ns: argparse.Namespace, dest: str):

@@ -1,24 +1,30 @@
 """``drex sweep``'s driver: plan the grid, skip what is done, run the rest, write ``sweep.csv``.
 
-Layout of ``--out DIR``: ``runs/<key>/`` per configuration (``config.json``, then the run's
-records ending with ``summary.json``, or ``capacity.json`` and ``knee/`` for a capacity sweep;
-``error.txt`` for a failure) and ``sweep.csv``, rebuilt from those files after every sweep so
-a resumed sweep and a fresh one write the same table. ``<key>`` hashes the configuration (every
-setting, defaults included), the task's settings and drex's version; the file that a task
-writes last marks it done, so an interrupted sweep resumes where it stopped. Failed
-configurations are run again next time (a failure may be the machine's, not the configuration's).
+Layout of ``--out DIR``: ``runs/<key>/`` per run (``config.json``, then the run's records ending
+with ``summary.json``, or ``capacity.json`` and ``knee/`` for a capacity sweep; ``error.txt`` for a
+failure) and ``sweep.csv``, one row per configuration (``config_id`` names its run), rebuilt from
+those files after every sweep so a resumed sweep and a fresh one write the same table. ``<key>``
+hashes the run's settings (every setting its policy reads, defaults included: configurations that
+differ only in flags the policy never reads share one run, ``grid.run_config``), the task's
+settings and drex's version; the file that a task writes last marks it done, so an interrupted
+sweep resumes where it stopped. Failed runs are run again next time (a failure may be the
+machine's, not the configuration's).
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 import drex
-from drex.explore.grid import check, column_value, config_key, to_namespace
+from drex.explore.grid import check, column_value, config_key, run_config, to_namespace
 from drex.metrics import write_run
 from drex.progress import Progress, say
 
@@ -43,7 +49,7 @@ def done_marker(run_dir: Path, mode: str) -> Path:
 def plan(configs: list[dict], out: Path, mode: str = "simulate", search: dict | None = None) -> Plan:
     task_settings = {"mode": mode, **({"search": search} if mode == "capacity" else {})}
     p = Plan(Path(out), mode)
-    seen = set()
+    seen, queued = set(), set()
     for cfg in configs:
         try:
             ns = to_namespace(cfg)
@@ -51,24 +57,28 @@ def plan(configs: list[dict], out: Path, mode: str = "simulate", search: dict | 
         except ValueError as e:
             p.invalid.append((cfg, str(e)))
             continue
-        key = config_key(ns, task_settings)
-        if key in seen:  # two spellings of one configuration (0.5 and .50): run it once, list it once
+        if config_key(ns, task_settings) in seen:  # two spellings of one configuration (0.5 and .50): listed once
             continue
-        seen.add(key)
-        row = {dest: column_value(ns, dest) for dest in cfg} | {"config_id": key}
-        p.rows.append(row)
-        if not done_marker(p.out / "runs" / key, mode).is_file():
-            p.todo.append({"key": key, "config": cfg, "mode": mode, "search": search or {}})
+        seen.add(config_key(ns, task_settings))
+        # Configurations differing only in flags their policy never reads (off at two thresholds) share one run.
+        run_cfg = run_config(cfg, ns)
+        key = config_key(to_namespace(run_cfg), task_settings)
+        p.rows.append({dest: column_value(ns, dest) for dest in cfg} | {"config_id": key})
+        if key not in queued and not done_marker(p.out / "runs" / key, mode).is_file():
+            queued.add(key)
+            p.todo.append({"key": key, "config": run_cfg, "mode": mode, "search": search or {},
+                           "drex_version": drex.__version__})
     return p
 
 
-def record(out: Path, task: dict, result: dict, row: dict) -> None:
+def record(out: Path, task: dict, result: dict) -> None:
     """Write one finished task's files on the driver; the done marker last."""
     run_dir = out / "runs" / task["key"]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.txt").unlink(missing_ok=True)
-    meta = {"config": task["config"], "columns": row, "mode": task["mode"], "search": task["search"],
-            "drex_version": drex.__version__}
+    ns = to_namespace(task["config"])
+    meta = {"config": task["config"], "columns": {dest: column_value(ns, dest) for dest in task["config"]},
+            "mode": task["mode"], "search": task["search"], "drex_version": drex.__version__}
     (run_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     if not result["ok"]:
         (run_dir / "error.txt").write_text(result["error"] + "\n")
@@ -127,23 +137,56 @@ def write_table(p: Plan) -> pd.DataFrame:
 
 
 def run(p: Plan, ray_mode: str = "auto", progress: bool = True) -> None:
-    """Run the plan's tasks (none: Ray is neither started nor imported)."""
+    """Run the plan's tasks (none: Ray is neither started nor imported). Interrupted (Ctrl-C, or SIGTERM, which
+    interrupts it the same way), it stops at once and keeps what finished, in its run folders and sweep.csv."""
     if not p.todo:
         return
-    rows = {r["config_id"]: r for r in p.rows}
-    bar = Progress("sweep", len(p.todo), "config", enabled=progress)  # a failure: the command closes it
+    if ray_mode not in ("off", "auto"):
+        from drex.explore.ray_pool import check_head
+
+        check_head(ray_mode)  # before anything starts: nothing answering there fails in seconds, not minutes
+    by_key = {t["key"]: t for t in p.todo}
+    bar = Progress("sweep", len(p.todo), "run", enabled=progress)  # a failure: the command closes it
+    done = 0
+    try:
+        with sigterm_interrupts(), closing(_results(p.todo, ray_mode)) as results:
+            for result in results:
+                record(p.out, by_key[result["key"]], result)
+                done += 1
+                bar.update(1)
+                if not result["ok"]:
+                    say(f"failed: {result['error']}")
+    except KeyboardInterrupt:
+        bar.close(done=False)
+        write_table(p)
+        say(f"{done} of {len(p.todo)} runs finished, kept in {p.out}/sweep.csv; the same command runs the rest")
+        raise
+    bar.close()
+
+
+def _results(todo: list[dict], ray_mode: str) -> Iterator[dict]:
     if ray_mode == "off":
         from drex.explore.tasks import run_task
 
-        results = (run_task(t) for t in p.todo)
-    else:
-        from drex.explore.ray_pool import run_on_ray
+        return (run_task(t) for t in todo)
+    from drex.explore.ray_pool import run_on_ray
 
-        results = run_on_ray(p.todo, ray_mode)
-    by_key = {t["key"]: t for t in p.todo}
-    for result in results:
-        record(p.out, by_key[result["key"]], result, rows[result["key"]])
-        bar.update(1)
-        if not result["ok"]:
-            say(f"failed: {result['error']}")
-    bar.close()
+    return run_on_ray(todo, ray_mode)
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that a terminated sweep stops as promptly and as
+    cleanly (Ray shut down, finished runs kept). Only in the main thread, where signals are handled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")

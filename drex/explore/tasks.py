@@ -14,9 +14,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_task(task: dict) -> dict:
-    """``task``: {"key", "config", "mode": "simulate" | "capacity", "search": {...}} -> a result dict."""
+    """``task``: {"key", "config", "mode": "simulate" | "capacity", "search": {...}, "drex_version"} -> a result
+    dict. A node of a user's cluster runs the drex installed there: another version would answer another question."""
+    import drex
     from drex.explore.grid import to_namespace
 
+    wanted = task.get("drex_version", drex.__version__)
+    if wanted != drex.__version__:
+        return {"key": task["key"], "ok": False, "error": f"this Ray node runs drex {drex.__version__}, the sweep "
+                f"drex {wanted}: install the same drex on every node of the cluster"}
     try:
         ns = to_namespace(task["config"])
         if task["mode"] == "capacity":

@@ -1,4 +1,5 @@
-"""drex sweep on Ray: a local instance and a two-node cluster on loopback give --ray off's results.
+"""drex sweep on Ray: a private instance and a user's cluster (two nodes, on loopback here) give --ray off's
+results; a private instance leaves nothing behind, even when terminated.
 
 Every test shuts down the Ray processes it started (the sweep's own instance, or the cluster).
 """
@@ -6,6 +7,14 @@ Every test shuts down the Ray processes it started (the sweep's own instance, or
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,13 +27,12 @@ BASE = ["--trace", SYNTH, "--model", "tiny", "--device", "cpu", "--cost-model", 
         "--policy", "off,drex", "--threshold", "0.3,0.8", "--exits", "1,2", "--exits", "2"]
 
 
-def test_nodes_off_loopback_are_refused():
-    ray_pool.check_loopback([{"Alive": True, "NodeManagerAddress": "127.0.0.1"},
-                             {"Alive": False, "NodeManagerAddress": "10.0.0.5"}])
-    with pytest.raises(ValueError, match="10.0.0.5: drex sweep runs Ray on loopback"):
-        ray_pool.check_loopback([{"Alive": True, "NodeManagerAddress": "10.0.0.5"}])
-    with pytest.raises(ValueError, match="loopback"):
-        ray_pool._start(type("FakeRay", (), {"is_initialized": staticmethod(lambda: False)}), "10.0.0.5:6379")
+def test_an_address_off_loopback_is_tried_not_refused(tmp_path, capsys):
+    """A user's cluster may be anywhere: drex asks whether a Ray head answers there (this one does not exist)."""
+    argv = ["sweep", *BASE, "--ray", "ray-head.invalid:6379", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--ray ray-head.invalid:6379: no Ray head answers at ray-head.invalid:6379" in err and "loopback" not in err
 
 
 def same_results(a, b) -> None:
@@ -47,12 +55,16 @@ def off_sweep(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_ray_auto_equals_ray_off(off_sweep, tmp_path):
+def test_ray_auto_equals_ray_off(off_sweep, tmp_path, capfd):
     ray_pool.loopback_env()
     import ray
 
+    capfd.readouterr()
+    folders = set(Path(tempfile.gettempdir()).glob("drex-ray-*"))
     assert main(["sweep", *BASE, "--ray", "auto", "--out", str(tmp_path)]) == 0
     assert not ray.is_initialized()  # the sweep shut its instance down
+    assert set(Path(tempfile.gettempdir()).glob("drex-ray-*")) == folders  # and removed its folder
+    assert capfd.readouterr().err == ""  # nothing of Ray's (its token notice, its logs) on the user's terminal
     same_results(off_sweep, tmp_path)
 
 
@@ -67,7 +79,11 @@ def test_two_node_loopback_cluster_equals_ray_off(off_sweep, tmp_path):
         cluster.add_node(**small)
         cluster.wait_for_nodes()
         assert cluster.address.startswith("127.0.0.1:")
-        assert main(["sweep", *BASE, "--ray", cluster.address, "--out", str(tmp_path)]) == 0
+        # as a user runs it: a process of its own, which must find a head on loopback by itself
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+        proc = subprocess.run([sys.executable, "-m", "drex", "sweep", *BASE, "--ray", cluster.address, "--out",
+                               str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         import ray
 
         ray.init(address=cluster.address)
@@ -79,3 +95,38 @@ def test_two_node_loopback_cluster_equals_ray_off(off_sweep, tmp_path):
     finally:
         cluster.shutdown()
     same_results(off_sweep, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_terminated_private_instance_leaves_nothing_behind(tmp_path):
+    """SIGTERM mid-sweep: it ends within the timeout, keeps what finished, and leaves no Ray process, no session
+    folder in the system temp directory and no token in the home directory; Ray says nothing on stderr."""
+    tmp = Path(tempfile.mkdtemp(prefix="dx", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    try:
+        env = {**os.environ, "TMPDIR": str(tmp), "HOME": str(tmp_path / "home")}
+        env.pop("RAY_AUTH_TOKEN", None), env.pop("RAY_AUTH_MODE", None)
+        thresholds = ",".join(f"0.{i}" for i in range(1, 10))
+        argv = [sys.executable, "-m", "drex", "sweep", *BASE[:8], "--no-progress", "--policy", "drex", "--threshold",
+                thresholds, "--num-requests", "300", "--ray", "auto", "--out", str(tmp_path / "s")]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            for _ in range(1200):
+                if list((tmp_path / "s").glob("runs/*/summary.json")) or proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+            assert list(tmp.iterdir()), "the instance's folder is in the temp directory while it runs"
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 130, err
+        lines = [line for line in err.splitlines() if line]
+        assert len(lines) == 2 and "runs finished, kept in" in lines[0] and lines[1] == "drex sweep: interrupted", err
+        assert (pd.read_csv(tmp_path / "s" / "sweep.csv").status == "ok").any()
+        assert list(tmp.iterdir()) == [] and not (tmp_path / "home").exists()
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert str(tmp) not in ps, "a Ray process of the sweep's instance is still running"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

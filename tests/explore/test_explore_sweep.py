@@ -9,11 +9,13 @@ import sys
 import pandas as pd
 import pytest
 
+import drex
 from drex.cli import main
 from drex.explore import tasks
 
 SYNTH = "synthetic:gamma:rate=300,n=80,burstiness=0.5,prompt=uniform:4:64,output=uniform:2:40"
 BASE = ["--trace", SYNTH, "--model", "tiny", "--device", "cpu", "--cost-model", "roofline", "--no-progress"]
+BASE_CONFIG = {"trace": SYNTH, "model": "tiny", "device": "cpu", "cost_model": "roofline"}
 
 
 def sweep(out, *argv: str, ray: str = "off") -> int:
@@ -33,12 +35,38 @@ def test_one_row_per_configuration_with_config_columns_then_summary_keys(tmp_pat
     summary = json.loads((tmp_path / "runs" / df.config_id[0] / "summary.json").read_text())
     assert set(summary) <= set(cols)
     assert list(zip(df.policy, df.threshold)) == [("off", 0.3), ("off", 0.8), ("drex", 0.3), ("drex", 0.8)]
-    # every summary value sits in its row (policy/threshold/exits: the configured value)
+    # every summary value sits in its row (policy/threshold/exits: the configured value); off never reads its
+    # threshold: its two rows share one run, which ran at the default threshold
     for _, row in df.iterrows():
         s = json.loads((tmp_path / "runs" / row.config_id / "summary.json").read_text())
         assert row.completed == s["completed"] and row.output_throughput == pytest.approx(s["output_throughput"])
-        assert s["policy"] == row.policy and s["threshold"] == row.threshold and s["exits"] == [2]
+        assert s["policy"] == row.policy and s["exits"] == [2]
+        assert s["threshold"] == (0.8 if row.policy == "off" else row.threshold)
     assert len(pd.read_csv(tmp_path / "invalid.csv")) == 4
+
+
+def test_configurations_that_cannot_differ_run_once_and_fill_each_row(tmp_path, monkeypatch, capsys):
+    ran = []
+    real = tasks.run_task
+    monkeypatch.setattr(tasks, "run_task", lambda t: ran.append(t["config"]) or real(t))
+    assert sweep(tmp_path, "--policy", "off,eager,drex", "--threshold", "0.3,0.8", "--max-tpot-inflation", "1.5,2",
+                 "--num-requests", "20") == 0
+    assert "12 configurations in 7 runs (0 already done, 7 run, 0 failed" in capsys.readouterr().out
+    # off reads neither threshold nor parking knobs (1 run), eager no parking knob (2), drex both (4)
+    assert sorted(c["policy"] for c in ran) == ["drex"] * 4 + ["eager"] * 2 + ["off"]
+    assert {k: v for c in ran if c["policy"] == "off" for k, v in c.items()} == {**BASE_CONFIG, "policy": "off",
+                                                                                 "num_requests": "20"}
+    df = pd.read_csv(tmp_path / "sweep.csv")
+    assert len(df) == 12 and (df.status == "ok").all()
+    for policy, runs in (("off", 1), ("eager", 2), ("drex", 4)):
+        rows = df[df.policy == policy]
+        assert rows.config_id.nunique() == runs and len(rows) == 4
+    off = df[df.policy == "off"]
+    assert list(zip(off.threshold, off.max_tpot_inflation)) == [(0.3, 1.5), (0.3, 2.0), (0.8, 1.5), (0.8, 2.0)]
+    assert off.output_throughput.nunique() == 1 and off.completed.nunique() == 1
+    ran.clear()
+    assert sweep(tmp_path, "--policy", "off", "--threshold", "0.5", "--num-requests", "20") == 0
+    assert ran == []  # off at another threshold: already done
 
 
 @pytest.mark.slow
@@ -103,3 +131,10 @@ def test_a_finished_sweep_neither_starts_nor_imports_ray(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "1 already done, 0 run" in proc.stdout
+
+
+def test_a_task_on_a_node_with_another_drex_fails_and_says_why():
+    got = tasks.run_task({"key": "k", "config": {"policy": "off"}, "mode": "simulate", "search": {},
+                          "drex_version": "0.0.1"})
+    assert got == {"key": "k", "ok": False, "error": f"this Ray node runs drex {drex.__version__}, the sweep drex "
+                                                     "0.0.1: install the same drex on every node of the cluster"}
