@@ -29,6 +29,9 @@ def add_parsers(sub) -> None:
     v.add_argument("--model", required=True, help="drex model name of the same shape (llama2-7b, ...)")
     v.add_argument("--tp", type=int, default=1, help="tensor-parallel degree to import (default 1)")
     v.add_argument("--out", required=True, help="output directory (profiles/<device>/<model>/ ships it)")
+    v.add_argument("--fit-rule", default="measured", choices=("measured", "vidur"),
+                   help="measured: a model of the GPU Vidur measured (default); vidur: priced as Vidur's predictor "
+                        "prices a step (straight lines, no LM head or step overhead), for side-by-side runs")
     v.set_defaults(func=_import_vidur, uses_torch=False)
     q = cm_sub.add_parser("predict", help="one step's pieces (layer, attention, linear, head, overhead) as JSON")
     q.add_argument("dir", help="a fitted profile directory")
@@ -75,7 +78,7 @@ def _import_vidur(args: argparse.Namespace) -> int:
     from drex.costmodel.vidur import import_vidur
 
     t0 = time.perf_counter()
-    out, report = import_vidur(args.dir, args.device, args.model, args.tp, args.out)
+    out, report = import_vidur(args.dir, args.device, args.model, args.tp, args.out, fit_rule=args.fit_rule)
     print(report, end="")
     print(f"imported and fitted into {out} in {time.perf_counter() - t0:.2f} s")
     return 0

@@ -33,8 +33,8 @@ import numpy as np
 from drex.costmodel.base import CostModel
 
 # Feature names: the cost model's own terms (see costmodel.base).
-FEATURES = ("tokens", "decode_context", "prefill_attn", "prefill_context", "decode_rows", "rows", "rows_x_layers",
-            "layers")
+FEATURES = ("tokens", "tokens_up8", "decode_context", "prefill_attn", "prefill_context", "decode_rows", "rows",
+            "rows_x_layers", "layers")
 
 LAYER_Z = ("decode_context", "prefill_attn", "prefill_context", "decode_rows")
 # family -> (throughput features x, additive features z, spilling features: a subset of z)
@@ -164,6 +164,13 @@ def layer_features(num_tokens, decode_context=0, prefill_attn=0, num_decode=None
     return {"tokens": tokens, "decode_context": cd, "prefill_attn": pa, "prefill_context": ctx, "decode_rows": rows}
 
 
+def token_features(num_tokens) -> dict:
+    """``tokens`` and ``tokens_up8``: the count rounded up to a multiple of 8, the count Vidur's predictor prices
+    every per-token operation at (its ``_total_num_tokens_rounded``; laws of ``vidur_fit``'s vidur rule)."""
+    tokens = np.asarray(num_tokens, dtype=float)
+    return {"tokens": tokens, "tokens_up8": np.ceil(tokens / 8.0) * 8.0}
+
+
 def _out(t, *counts):
     """Zero where there is no work; a float for scalar inputs, an array otherwise."""
     work = np.ones_like(np.asarray(t, dtype=float), dtype=bool)
@@ -182,6 +189,16 @@ class FittedCostModel(CostModel):
             raise ValueError(f"fitted cost model lacks laws for {missing}")
         self.laws = laws
         self.name = name
+        self._up8 = any("tokens_up8" in law.x for law in laws.values())  # (computed only where a law reads it)
+
+    def _layer_features(self, *args) -> dict:
+        feats = layer_features(*args)
+        if self._up8:
+            feats["tokens_up8"] = token_features(feats["tokens"])["tokens_up8"]
+        return feats
+
+    def _token_features(self, num_tokens) -> dict:
+        return token_features(num_tokens) if self._up8 else {"tokens": num_tokens}
 
     @property
     def prices_regroup(self) -> bool:
@@ -189,21 +206,21 @@ class FittedCostModel(CostModel):
 
     def layer_s(self, num_tokens, decode_context=0, prefill_attn=0, num_decode=None, prefill_context=None):
         """One layer; ``num_decode`` / ``prefill_context`` (see ``layer_features``) sharpen mixed steps."""
-        feats = layer_features(num_tokens, decode_context, prefill_attn, num_decode, prefill_context)
+        feats = self._layer_features(num_tokens, decode_context, prefill_attn, num_decode, prefill_context)
         return _out(self.laws["layer"](feats), num_tokens)
 
     def attn_s(self, num_tokens, decode_context=0, prefill_attn=0, num_decode=None, prefill_context=None):
-        feats = layer_features(num_tokens, decode_context, prefill_attn, num_decode, prefill_context)
+        feats = self._layer_features(num_tokens, decode_context, prefill_attn, num_decode, prefill_context)
         return _out(self.laws["attn"](feats), num_tokens)
 
     def linear_s(self, num_tokens):
         """The layer less its attention kernel: the fitted law when the profile measured it, else the difference."""
         if "linear" in self.laws:
-            return _out(self.laws["linear"]({"tokens": num_tokens}), num_tokens)
+            return _out(self.laws["linear"](self._token_features(num_tokens)), num_tokens)
         return self.layer_s(num_tokens) - self.attn_s(num_tokens)
 
     def mlp_s(self, num_tokens):
-        return _out(self.laws["mlp"]({"tokens": num_tokens}), num_tokens)
+        return _out(self.laws["mlp"](self._token_features(num_tokens)), num_tokens)
 
     def head_s(self, num_rows):
         return _out(self.laws["head"]({"rows": num_rows}), num_rows)

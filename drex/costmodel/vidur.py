@@ -14,7 +14,8 @@ and tensor-parallel degree (``mlp.csv``), and for one model an attention profile
 - ``meta.json`` with the source (files, their sha256, licence, commit) and a
   statement of every cost the profile does not measure;
 
-then fits it (``vidur_fit.py``). This module is torch-free.
+then fits it (``vidur_fit.py``) by its fit rule (``source.fit_rule``; absent: ``measured``). This module is
+torch-free.
 """
 
 from __future__ import annotations
@@ -150,16 +151,18 @@ def source_commit(path: Path) -> str | None:
 
 
 def import_vidur(src: str | Path, device: str, model: str, tp: int = 1, out: str | Path | None = None,
-                 fit: bool = True) -> tuple[Path, str]:
-    """Write the drex profile of a Vidur profile folder into ``out`` and fit it. Returns (out, fit report)."""
+                 fit: bool = True, fit_rule: str = "measured") -> tuple[Path, str]:
+    """Write the drex profile of a Vidur profile folder into ``out`` and fit it by ``fit_rule`` (``vidur_fit``:
+    ``measured``, a model of the GPU, or ``vidur``, Vidur's predictor). Returns (out, fit report)."""
     from drex.costmodel.attention_law import describe
-    from drex.costmodel.vidur_fit import fit_imported, unmeasured_statements
+    from drex.costmodel.vidur_fit import check_fit_rule, fit_imported, unmeasured_statements
 
     src = Path(src)
     if out is None:
         raise ValueError("--out is required (name profiles/<device>/<model>/ to ship the profile)")
     if tp < 1:
         raise ValueError(f"--tp must be >= 1, got {tp}")
+    check_fit_rule(fit_rule)
     mlp_path = src / "mlp.csv"
     if not mlp_path.is_file():
         raise FileNotFoundError(f"{mlp_path}: no such file (a Vidur profile folder holds mlp.csv)")
@@ -196,12 +199,13 @@ def import_vidur(src: str | Path, device: str, model: str, tp: int = 1, out: str
             "repository": "github.com/microsoft/vidur", "commit": source_commit(src.resolve()),
             "files": {p.name: pf.file_sha256(p) for p in files}, "vidur_shape": vidur_shape,
             "linear_ops": [op for op in LINEAR_OPS if op not in absent], "absent_ops": absent,
+            "fit_rule": fit_rule,
             "timing_columns": "median_s: sum of Vidur's medians (ms -> s); p10_s/p90_s: sums of its min/max; "
                               "wall_median_s: sum of its means; reps: not recorded (0)",
         },
         "attention": ("measured: attention.csv of this model at this TP degree (kernel + reshapes)" if attn_points
                       else describe()),
-        "unmeasured": unmeasured_statements(shape, dev, tp),
+        "unmeasured": unmeasured_statements(shape, dev, tp, fit_rule),
     }
     pf.write_json(out / pf.META, meta)
     if not fit:
