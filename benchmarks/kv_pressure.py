@@ -1,7 +1,7 @@
 """Memory pressure: KV-bound cells under loads from half of capacity to 20x over it (issue 24).
 
     python benchmarks/kv_pressure.py --out DIR [--jobs 2]          # ~10 min with 2 jobs here
-    (committed: benchmarks/results/kv_pressure.{csv,md,png}, made with --out benchmarks/results)
+    (committed: benchmarks/results/kv_pressure.{csv,md,png}, made with --out DIR --runs DIR/runs --jobs 2, copied)
 
 Each cell is a trace, a model, a device and a KV cache small enough to bind (``--num-kv-blocks``: about
 ``KV_REQUESTS`` average servable requests' worth of prompt and output, at most what the device holds). Its capacity
@@ -190,7 +190,10 @@ def main() -> int:
           f"cells, loads and runs in the script's docstring. Loads are multiples of each cell's capacity C "
           f"(off's request throughput with every request queued at once).", "",
           markdown(v), "",
-          f"{int(v.ok.sum())} of {len(v)} cells meet every verdict."]
+          f"{int(v.ok.sum())} of {len(v)} cells meet every verdict.", "",
+          "The oracle keeps room for every running request's whole remaining output: it never preempts, and where "
+          "outputs are long it admits fewer requests than `reserve` does (so `off` can pass it). It is the "
+          "no-preemption reference, not a ceiling on throughput."]
     (args.out / "kv_pressure.md").write_text("\n".join(md) + "\n")
     plot(df, args.out / "kv_pressure.png")
     print("\n".join(md))
