@@ -23,6 +23,9 @@ from drex.cli import main
 from drex.explore import ray_pool
 
 SYNTH = "synthetic:gamma:rate=300,n=80,burstiness=0.5,prompt=uniform:4:64,output=uniform:2:40"
+# A short folder for Ray's session (its socket paths must fit 107 bytes): the system temp folder when its path
+# is short, else the filesystem root's standard one.
+SHORT_TMP = tempfile.gettempdir() if len(tempfile.gettempdir()) <= 16 else os.path.join(os.sep, "tmp")
 BASE = ["--trace", SYNTH, "--model", "tiny", "--device", "cpu", "--cost-model", "roofline", "--no-progress",
         "--policy", "off,drex", "--threshold", "0.3,0.8", "--exits", "1,2", "--exits", "2"]
 
@@ -101,7 +104,7 @@ def test_two_node_loopback_cluster_equals_ray_off(off_sweep, tmp_path):
 def test_a_terminated_private_instance_leaves_nothing_behind(tmp_path):
     """SIGTERM mid-sweep: it ends within the timeout, keeps what finished, and leaves no Ray process, no session
     folder in the system temp directory and no token in the home directory; Ray says nothing on stderr."""
-    tmp = Path(tempfile.mkdtemp(prefix="dx", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    tmp = Path(tempfile.mkdtemp(prefix="dx", dir=SHORT_TMP))  # short: Ray's socket paths must fit 107 bytes
     try:
         env = {**os.environ, "TMPDIR": str(tmp), "HOME": str(tmp_path / "home")}
         env.pop("RAY_AUTH_TOKEN", None), env.pop("RAY_AUTH_MODE", None)
