@@ -14,12 +14,17 @@ from drex.plots.style import describe, plt, save, sns, theme
 
 def plot_capacity(path: Path, out: Path) -> list[Path]:
     cap = json.loads((path / "capacity.json").read_text())
+    if not cap["runs"]:
+        raise ValueError(f"{path / 'capacity.json'}: no runs to plot")
+    return [save(capacity_figure(cap), out, "capacity.png")]
+
+
+def capacity_figure(cap: dict):
+    """The figure of a capacity search (``capacity.json``'s contents, at least one run)."""
     runs = pd.DataFrame([{"request_rate": r["request_rate"], "goodput_fraction": r["goodput_fraction"],
                           "meets": "meets SLOs" if r["meets_slo"] else "misses SLOs",
                           "p99_ttft_ms": r["summary"].get("p99_ttft_ms"),
                           "p99_tpot_ms": r["summary"].get("p99_tpot_ms")} for r in cap["runs"]])
-    if not len(runs):
-        raise ValueError(f"{path / 'capacity.json'}: no runs to plot")
     runs = runs.sort_values("request_rate")
     theme()
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -55,4 +60,4 @@ def plot_capacity(path: Path, out: Path) -> list[Path]:
                      if cap.get(k) is not None)
     fig.suptitle(f"Capacity ({slos}; {cap['num_runs']} runs): {describe(knee)}", fontsize=10)
     fig.tight_layout()
-    return [save(fig, out, "capacity.png")]
+    return fig
