@@ -4,6 +4,7 @@ knee (highest passing load) marked, and tail latencies against load beside it.""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,17 @@ def plot_capacity(path: Path, out: Path) -> list[Path]:
     if not cap["runs"]:
         raise ValueError(f"{path / 'capacity.json'}: no runs to plot")
     return [save(capacity_figure(cap), out, "capacity.png")]
+
+
+def _minor_labels(ax):
+    """Labels for a log y axis's minor ticks (2..9 times a power of ten) that leave each label room: all of them
+    while the view spans under 0.7 of a decade, 2 and 5 up to 3 decades, none beyond (the powers of ten alone)."""
+    def label(v: float, _) -> str:
+        lo, hi = ax.get_ylim()
+        decades = math.log10(hi / lo)
+        digit = round(v / 10 ** math.floor(math.log10(v) + 1e-9))
+        return f"{v:g}" if decades < 0.7 or (decades <= 3 and digit in (2, 5)) else ""
+    return label
 
 
 def capacity_figure(cap: dict):
@@ -51,7 +63,7 @@ def capacity_figure(cap: dict):
             ax.axvline(cap["max_request_rate"], color="seagreen", ls="--", lw=1, label="knee")
         ax.set_yscale("log")  # latency explodes past the knee
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_labels(ax)))
         ax.set_xlabel("offered load (requests/s)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
