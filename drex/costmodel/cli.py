@@ -36,7 +36,7 @@ def add_parsers(sub) -> None:
     q = cm_sub.add_parser("predict", help="one step's pieces (layer, attention, linear, head, overhead) as JSON")
     q.add_argument("dir", help="a fitted profile directory")
     q.add_argument("--num-tokens", type=int, required=True, help="rows through the layer (decode rows + prefill tokens)")
-    q.add_argument("--decode-context", type=float, default=0.0, help="cached tokens read by all decode rows together")
+    q.add_argument("--decode-context", type=int, default=0, help="cached tokens read by all decode rows together")
     q.add_argument("--prefill-attn", type=float, default=0.0,
                    help="query-key pairs of the prefill chunks: sum of chunk * (prior context + chunk / 2)")
     q.set_defaults(func=_predict, uses_torch=False)

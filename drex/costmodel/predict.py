@@ -8,7 +8,7 @@ from pathlib import Path
 from drex.costmodel.load import load_fitted
 
 
-def predict(path: str | Path, num_tokens: int, decode_context: float = 0.0, prefill_attn: float = 0.0) -> dict:
+def predict(path: str | Path, num_tokens: int, decode_context: int = 0, prefill_attn: float = 0.0) -> dict:
     """``layer_s`` (one decoder layer) = ``attn_s`` (its attention kernel) + ``linear_s`` (the rest); the exit head
     and the per-step overhead over ``num_tokens`` rows."""
     if num_tokens < 1:
@@ -20,8 +20,10 @@ def predict(path: str | Path, num_tokens: int, decode_context: float = 0.0, pref
     attn = float(model.attn_s(num_tokens, decode_context, prefill_attn))
     # Imported profiles fit the linear work apart; the layer law is its sum with attention, so this is exact there.
     linear = float(model.linear_s(num_tokens)) if "linear" in model.laws else layer - attn
-    return {"profile": model.name, "num_tokens": num_tokens, "decode_context": decode_context,
-            "prefill_attn": prefill_attn, "layer_s": layer, "attn_s": attn, "linear_s": linear,
+    # The inputs as counts: a whole number of query-key pairs prints as one (96, not 96.0).
+    pairs = int(prefill_attn) if float(prefill_attn).is_integer() else prefill_attn
+    return {"profile": model.name, "num_tokens": num_tokens, "decode_context": int(decode_context),
+            "prefill_attn": pairs, "layer_s": layer, "attn_s": attn, "linear_s": linear,
             "head_s": float(model.head_s(num_tokens)), "step_overhead_s": float(model.step_overhead_s(num_tokens))}
 
 

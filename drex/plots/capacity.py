@@ -4,6 +4,7 @@ knee (highest passing load) marked, and tail latencies against load beside it.""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -14,12 +15,28 @@ from drex.plots.style import describe, plt, save, sns, theme
 
 def plot_capacity(path: Path, out: Path) -> list[Path]:
     cap = json.loads((path / "capacity.json").read_text())
+    if not cap["runs"]:
+        raise ValueError(f"{path / 'capacity.json'}: no runs to plot")
+    return [save(capacity_figure(cap), out, "capacity.png")]
+
+
+def _minor_labels(ax):
+    """Labels for a log y axis's minor ticks (2..9 times a power of ten) that leave each label room: all of them
+    while the view spans under 0.7 of a decade, 2 and 5 up to 3 decades, none beyond (the powers of ten alone)."""
+    def label(v: float, _) -> str:
+        lo, hi = ax.get_ylim()
+        decades = math.log10(hi / lo)
+        digit = round(v / 10 ** math.floor(math.log10(v) + 1e-9))
+        return f"{v:g}" if decades < 0.7 or (decades <= 3 and digit in (2, 5)) else ""
+    return label
+
+
+def capacity_figure(cap: dict):
+    """The figure of a capacity search (``capacity.json``'s contents, at least one run)."""
     runs = pd.DataFrame([{"request_rate": r["request_rate"], "goodput_fraction": r["goodput_fraction"],
                           "meets": "meets SLOs" if r["meets_slo"] else "misses SLOs",
                           "p99_ttft_ms": r["summary"].get("p99_ttft_ms"),
                           "p99_tpot_ms": r["summary"].get("p99_tpot_ms")} for r in cap["runs"]])
-    if not len(runs):
-        raise ValueError(f"{path / 'capacity.json'}: no runs to plot")
     runs = runs.sort_values("request_rate")
     theme()
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -46,7 +63,7 @@ def plot_capacity(path: Path, out: Path) -> list[Path]:
             ax.axvline(cap["max_request_rate"], color="seagreen", ls="--", lw=1, label="knee")
         ax.set_yscale("log")  # latency explodes past the knee
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_labels(ax)))
         ax.set_xlabel("offered load (requests/s)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
@@ -55,4 +72,4 @@ def plot_capacity(path: Path, out: Path) -> list[Path]:
                      if cap.get(k) is not None)
     fig.suptitle(f"Capacity ({slos}; {cap['num_runs']} runs): {describe(knee)}", fontsize=10)
     fig.tight_layout()
-    return [save(fig, out, "capacity.png")]
+    return fig
