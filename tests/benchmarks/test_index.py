@@ -8,7 +8,7 @@ from drex import REPO_ROOT
 BENCH = REPO_ROOT / "benchmarks"
 INDEX = BENCH / "README.md"
 # A repository path in the index: it starts at one of these top-level folders (a path of the machine, such as
-# /work/shared/..., or a placeholder, such as RUN_DIR/..., does not).
+# ../shared/..., or a placeholder, such as RUN_DIR/..., does not).
 PATH = re.compile(r"(?<![\w./$-])((?:benchmarks|analysis|profiles|models|traces|drex|tests)/[\w./-]*)")
 
 
