@@ -141,8 +141,8 @@ def quality(threshold: float, column: str) -> Callable[[Results], float]:
 
 
 COMMITTED = [
-    Figure(**GRID, quote=r"lowest: mooncake at 60% confident, (?P<share>[\d.]+)%\)",
-           measure={"share": cell("13b-h200-mooncake-60", "drex_share_of_bih_gain")}, kind={"share": "percent"}),
+    Figure(**GRID, quote=r"lowest: three exits at 15% confident, (?P<share>[\d.]+)%\)",
+           measure={"share": cell("13b-h200-conv-15-3exits", "drex_share_of_bih_gain")}, kind={"share": "percent"}),
     Figure(**GRID, quote=r"drex gives (?P<drex>[\d.]+)× off against best-in-hindsight's (?P<bih>[\d.]+)×, at "
                  r"(?P<tpot>[\d.]+)× off's mean TPOT",
            measure={"drex": cell("tiny-cpu-conv-60", "drex/off"), "bih": cell("tiny-cpu-conv-60", "bih/off"),
