@@ -112,6 +112,13 @@ def test_a_rate_scale_that_stretches_a_trace_past_the_clock_is_an_error(tmp_path
 
 
 SYN = "synthetic:poisson:rate=10,n=3,prompt=fixed:10,output=fixed:10"
+
+
+def test_a_rate_scale_that_stretches_generated_arrivals_past_the_clock_is_an_error(tmp_path, capsys):
+    """A generated workload stretched by --rate-scale is held to the clock's horizon as a trace file is (it
+    used to be served at 1e300 s with a TTFT of 0)."""
+    err = _one_line_error(*_simulate(tmp_path, capsys, "--trace", SYN, "--rate-scale", "1e-300", "--no-progress"))
+    assert "--rate-scale 1e-300" in err and "past drex's clock" in err
 SPEC_ERRORS = [("rate=10", "rate=1e-300", "rate"), ("rate=10", "rate=5e-324", "rate"), ("n=3", f"n={BIG}", "n"),
                ("n=3", "n=10000000000", "n=10000000000"), ("prompt=fixed:10", f"prompt=fixed:{BIG}", "prompt"),
                ("prompt=fixed:10", f"prompt=uniform:1:{BIG}", "prompt"),
