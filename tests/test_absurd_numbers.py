@@ -12,6 +12,8 @@ import pytest
 
 from drex.cli import main
 
+pytestmark = pytest.mark.slow  # 81 command runs: the `not slow` subset stays under 20 s
+
 BIG = "99999999999999999999"  # 1e20: no int64
 HUGE = "1" + "0" * 400  # no double either
 LONG = "1" * 5000  # past Python's 4300-digit int() limit

@@ -106,6 +106,7 @@ def test_the_check_finds_timed_asserts(source, lines):
     assert timed_asserts(source) == lines
 
 
+@pytest.mark.slow  # reads every test file's syntax tree
 def test_no_test_compares_a_measured_time_to_a_constant():
     found = [f"{p.relative_to(TESTS.parent)}:{line}" for p in sorted(TESTS.rglob("*.py"))
              for line in timed_asserts(p.read_text())]

@@ -5,6 +5,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from drex import REPO_ROOT
 from drex.costmodel import profile as pf
 from drex.costmodel.fit import fit_profile
@@ -13,6 +15,8 @@ from drex.models import get_model
 from drex.outputs import recorded_path
 from costmodel.test_vidur_import import write_vidur
 from profkit import synthetic_profile
+
+pytestmark = pytest.mark.slow  # profiles and fits written end to end: the `not slow` subset stays under 20 s
 
 HOME, TMP = Path.home().resolve(), Path(tempfile.gettempdir()).resolve()
 

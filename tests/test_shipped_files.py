@@ -11,6 +11,8 @@ import pytest
 from drex import REPO_ROOT
 from drex.cli import main
 
+pytestmark = pytest.mark.slow  # replays every shipped trace and reads every tracked file: the `not slow` subset stays under 20 s
+
 TRACES = sorted((REPO_ROOT / "traces").glob("*-ee-*.csv"))
 # A folder of some machine: a user's home, the temporary folder, a work area. Not preceded by a word character,
 # a dot, "~" or ">" (a URL's path, ../x, ~/x, <tmp>/x are not absolute paths of a machine).

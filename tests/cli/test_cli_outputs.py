@@ -96,6 +96,7 @@ def test_an_os_error_naming_no_file_outside_a_write_is_drexs(tmp_path, capsys, m
     assert "internal error" in one_line(capsys)
 
 
+@pytest.mark.slow  # the whole default trace in a subprocess, cut by its timeout on the old code
 def test_an_unwritable_out_fails_before_the_work():
     """The whole default trace would take minutes to simulate: the refusal must come long before."""
     cmd = [sys.executable, "-m", "drex", "simulate", *SIM, "--out", "/sys/drexout"]

@@ -35,6 +35,7 @@ def _drex(argv: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "drex", *argv], env=env, timeout=120, **kw)
 
 
+@pytest.mark.slow  # a subprocess per command: seconds
 @pytest.mark.parametrize("command, desc", [("simulate", "simulate drex"), ("compare", "simulate drex"),
                                            ("sweep", "sweep"), ("capacity", "capacity search")])
 def test_a_log_gets_a_few_plain_lines_and_no_progress_none(command, desc, tmp_path):
@@ -47,6 +48,7 @@ def test_a_log_gets_a_few_plain_lines_and_no_progress_none(command, desc, tmp_pa
     assert quiet.returncode == 0 and f": {desc}" not in quiet.stderr and "%" not in quiet.stderr, quiet.stderr
 
 
+@pytest.mark.slow  # a subprocess on a pty
 def test_a_terminal_gets_a_bar(tmp_path):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns, as a terminal has

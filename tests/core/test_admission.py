@@ -39,6 +39,7 @@ def _kv_bound(rule, policy="off"):
     return sched
 
 
+@pytest.mark.slow  # four KV-bound runs
 def test_admission_that_does_not_thrash():
     """The same KV-bound workload: first-chunk admission preempts over and over (358 times for 40 requests
     here), vLLM's rule and reserve at most once a request, the oracle never; every request finishes."""
@@ -76,6 +77,7 @@ def test_an_unknown_rule_names_the_flag():
         make_scheduler("off", admission="sglang")
 
 
+@pytest.mark.slow  # a KV-bound drex run, watched step by step
 def test_parking_counts_the_wait_of_a_preemption_against_the_tpot_bound():
     """Issue 24 item 3: a row's time waiting after a preemption counts against --max-tpot-inflation, so drex
     does not park a row that preemption has already delayed past the bound: whenever a row parks, the steps

@@ -39,6 +39,7 @@ def same(a, b):
     return a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
+@pytest.mark.slow  # every split size on three cost models: about a second
 def test_split_and_continue_savings_match_the_array_path(models):
     fast, slow = models
     for i, (rows, exiting, ctx, stay_ctx, base, attn, e) in enumerate(cases(0, 200)):

@@ -15,6 +15,8 @@ from drex.devices import get_device
 from drex.models import get_model
 from drex.settings import RunSettings, build_cost_model
 
+pytestmark = pytest.mark.slow  # every shipped network table: the `not slow` subset stays under 20 s
+
 NETWORK = REPO_ROOT / "profiles" / "network"
 SHIPPED = sorted(NETWORK.glob("*/*.csv"))
 SHARED = REPO_ROOT.parent / "shared" / "vidur-profiles" / "network"  # ../shared beside the repository

@@ -25,6 +25,8 @@ from drex.models import get_model
 from drex.settings import RunSettings, build_cost_model
 from tests.costmodel.test_vidur_import import write_vidur
 
+pytestmark = pytest.mark.slow  # imports and fits a Vidur profile: the `not slow` subset stays under 20 s
+
 SHAPE = get_model("llama2-70b")
 SHIPPED = REPO_ROOT / "profiles" / "a100" / "llama2-70b" / "tp2"
 VIDUR_DECODE_32X1536_MS = 61.2  # Vidur's predictor on the same medians (module docstring)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from drex.plots.capacity import capacity_figure
-from drex.plots.style import plt
 
 
 def _cap(lowest_ms: float, highest_ms: float, n: int = 6) -> dict:
@@ -33,6 +31,9 @@ def _labels(fig, ax) -> list:
 @pytest.mark.slow  # about 6 s a figure
 @pytest.mark.parametrize("lowest_ms,highest_ms", [(50, 200_000), (300, 3000), (700, 1000), (5, 50_000_000)])
 def test_log_axis_labels_do_not_overlap(lowest_ms, highest_ms):
+    from drex.plots.capacity import capacity_figure  # matplotlib and seaborn: imported only when it runs
+    from drex.plots.style import plt
+
     fig = capacity_figure(_cap(lowest_ms, highest_ms))
     try:
         for ax in fig.axes[1:3]:  # p99 TTFT and p99 TPOT, both log

@@ -17,6 +17,8 @@ import pytest
 
 from drex.explore import ray_pool
 
+pytestmark = pytest.mark.slow  # subprocess sweeps and socket probes: seconds: the `not slow` subset stays under 20 s
+
 SYNTH = "synthetic:gamma:rate=300,n=80,burstiness=0.5,prompt=uniform:4:64,output=uniform:2:40"
 BASE = ["--trace", SYNTH, "--model", "tiny", "--device", "cpu", "--cost-model", "roofline"]
 
@@ -86,6 +88,7 @@ def wait_for_a_finished_run(proc: subprocess.Popen, out_dir) -> None:
     raise AssertionError("no run finished")
 
 
+@pytest.mark.slow  # a sweep in a subprocess, signalled
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path, sig):
     thresholds = ",".join(f"0.{i}" for i in range(1, 10))

@@ -30,6 +30,7 @@ BASE = ["--trace", SYNTH, "--model", "tiny", "--device", "cpu", "--cost-model", 
         "--policy", "off,drex", "--threshold", "0.3,0.8", "--exits", "1,2", "--exits", "2"]
 
 
+@pytest.mark.slow  # Ray's own connection attempt
 def test_an_address_off_loopback_is_tried_not_refused(tmp_path, capsys):
     """A user's cluster may be anywhere: drex asks whether a Ray head answers there (this one does not exist)."""
     argv = ["sweep", *BASE, "--ray", "ray-head.invalid:6379", "--out", str(tmp_path)]

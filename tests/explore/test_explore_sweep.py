@@ -45,6 +45,7 @@ def test_one_row_per_configuration_with_config_columns_then_summary_keys(tmp_pat
     assert len(pd.read_csv(tmp_path / "invalid.csv")) == 4
 
 
+@pytest.mark.slow  # a sweep of 12 configurations
 def test_configurations_that_cannot_differ_run_once_and_fill_each_row(tmp_path, monkeypatch, capsys):
     ran = []
     real = tasks.run_task

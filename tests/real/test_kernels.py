@@ -56,6 +56,7 @@ def test_paged_decode_attention_matches_reference(dtype, tol, heads):
     torch.testing.assert_close(ours_triton.double(), ref, atol=tol, rtol=tol)
 
 
+@pytest.mark.slow  # a bf16 kernel under the Triton interpreter: about a second
 def test_paged_decode_attention_bf16_is_upcast_inside_the_kernel():
     q, k, v, tables, rows, context = _paged_case(torch.bfloat16, 4, 2)
     ref = _dense_reference(q, k, v, tables, rows, context, 4, 0.25)

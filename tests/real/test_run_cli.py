@@ -61,6 +61,7 @@ def test_run_rejects_simulator_only_flags(tmp_path, capsys):
     assert "run.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real run
 def test_an_internal_error_mid_run_is_drex_s_and_keeps_what_finished(tmp_path, capsys, monkeypatch):
     """Issue 26 item 1: a bug inside a run (here a ValueError from the executor at its 10th step) is reported
     as drex's internal error (exit 70), never as the user's bad input (exit 2), and the records are kept."""

@@ -32,8 +32,8 @@ def _run(cfg, work, mixed_runs: bool, tmp_path, name):
     return planned, {f: (tmp_path / name / f).read_bytes() for f in ("requests.csv", "steps.csv", "summary.json")}
 
 
-@pytest.mark.parametrize("case", ["roomy", "kv-pressure", "kv-pressure-first-chunk", "kv-pressure-vllm",
-                                  "replicas", "full-batch"])
+@pytest.mark.parametrize("case", ["roomy", "kv-pressure", pytest.param("kv-pressure-first-chunk", marks=pytest.mark.slow),
+                                  pytest.param("kv-pressure-vllm", marks=pytest.mark.slow), "replicas", "full-batch"])
 def test_mixed_runs_give_the_same_records_as_single_steps(tmp_path, case):
     # Prompts of several chunks (chunk budget 64 less the decode rows), arrivals that cut runs.
     work = poisson_workload(120, rate=150, prompt=(40, 400), output=(2, 50), seed=5)
