@@ -85,10 +85,7 @@ def load_trace(
         rows = _read_mooncake(path, num_requests)
     else:
         rows = _read_csv(path, num_requests)
-    last = (rows[-1][0] - rows[0][0]) / rate_scale
-    if past_horizon(last):  # each time was checked as read: only a rate scale below 1 stretches one past it
-        raise ValueError(f"--rate-scale {rate_scale:g} stretches {path}: " +
-                         horizon_problem(f"its last arrival, at {last:.4g} s,"))
+    check_stretch((rows[-1][0] - rows[0][0]) / rate_scale, rate_scale, path)
     return _to_requests(rows, rate_scale)
 
 
@@ -103,6 +100,14 @@ def check_scaling(num_requests: int | None, rate_scale: float) -> None:
     real = isinstance(rate_scale, numbers.Real) and not isinstance(rate_scale, bool)
     if not (real and math.isfinite(rate_scale) and rate_scale > 0):
         raise ValueError(f"the rate scale (--rate-scale) must be a finite number > 0, got {rate_scale!r}")
+
+
+def check_stretch(last_s: float, rate_scale: float, source) -> None:
+    """A workload's last arrival, ``last_s`` seconds after its first once scaled, must be within drex's clock:
+    every time was checked as read, so only a rate scale below 1 stretches one past it."""
+    if past_horizon(last_s):
+        raise ValueError(f"--rate-scale {rate_scale:g} stretches {source}: " +
+                         horizon_problem(f"its last arrival, at {last_s:.4g} s,"))
 
 
 def _resolve(name_or_path: str | Path) -> Path:

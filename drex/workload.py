@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from drex.limits import horizon_problem, past_horizon
 from drex.prompts import humaneval_requests, is_humaneval
 from drex.synthetic import generate
-from drex.traces import TraceRequest, check_scaling, load_trace
+from drex.traces import TraceRequest, check_scaling, check_stretch, load_trace
 
 
 def make_workload(
@@ -33,8 +32,7 @@ def make_workload(
             requests = requests[:num_requests]
         if rate_scale != 1.0:
             requests = [replace(r, arrival_s=r.arrival_s / rate_scale) for r in requests]
-        if requests and past_horizon(requests[-1].arrival_s):  # only a rate scale below 1 stretches one past it
-            raise ValueError(f"--rate-scale {rate_scale:g} stretches {trace}: " +
-                             horizon_problem(f"its last arrival, at {requests[-1].arrival_s:.4g} s,"))
+        if requests:
+            check_stretch(requests[-1].arrival_s, rate_scale, trace)
         return requests
     return load_trace(trace, num_requests, rate_scale)

@@ -75,6 +75,7 @@ class Admission:
         return self.reserved_blocks(req)
 
     def tokens_taken_on_joining(self, req: Request) -> int:
+        """KV tokens a request takes when it joins: its whole context under vllm, none otherwise."""
         return req.prompt_tokens + req.num_generated if self.takes_all_at_once else 0
 
     def free_blocks(self, num_free: int, running: Iterable[Request]) -> int:

@@ -142,8 +142,8 @@ class Scheduler(ApplyMixin):
             self.waiting.popleft()
             req.admit()
             self.running.append(req)
-            if adm.takes_all_at_once:
-                self._grow(req, adm.tokens_taken_on_joining(req))
+            if take := adm.tokens_taken_on_joining(req):
+                self._grow(req, take)
             room -= 1
 
     def _pack(self) -> StepPlan | None:

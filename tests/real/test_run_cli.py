@@ -67,15 +67,8 @@ def test_an_internal_error_mid_run_is_drex_s_and_keeps_what_finished(tmp_path, c
     as drex's internal error (exit 70), never as the user's bad input (exit 2), and the records are kept."""
     from drex.real.executor import RealExecutor
 
-    real_execute, calls = RealExecutor.execute, []
-
-    def failing(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 10:
-            raise ValueError("unknown confidence metric 'learned': margin, maxprob or entropy")
-        return real_execute(self, *a, **kw)
-
-    monkeypatch.setattr(RealExecutor, "execute", failing)
+    _fail_at_call(monkeypatch, RealExecutor, "execute", 10,
+                  "unknown confidence metric 'learned': margin, maxprob or entropy")
     (tmp_path / "trace.csv").write_text(TRACE)
     rc = main(["run", "--model", "tiny", "--device", "cpu", "--trace", str(tmp_path / "trace.csv"), "--policy", "off",
                "--cost-model", "roofline", "--no-progress", "--out", str(tmp_path / "out")])
@@ -89,15 +82,20 @@ def test_an_internal_error_mid_run_is_drex_s_and_keeps_what_finished(tmp_path, c
 def test_a_failure_inside_the_simulation_is_an_internal_error(tmp_path, capsys, monkeypatch):
     from drex.core.scheduler import Scheduler
 
-    real_complete, calls = Scheduler.complete, []
-
-    def failing(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 5:
-            raise ValueError("a bug deep inside")
-        return real_complete(self, *a, **kw)
-
-    monkeypatch.setattr(Scheduler, "complete", failing)
+    _fail_at_call(monkeypatch, Scheduler, "complete", 5, "a bug deep inside")
     assert main(["simulate", "--num-requests", "20", "--no-progress", "--out", str(tmp_path / "o")]) == 70
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "internal error" in err and "a bug deep inside" in err, err
+
+
+def _fail_at_call(monkeypatch, cls, name: str, n: int, message: str) -> None:
+    """``cls.name`` raises ValueError(message) at its n-th call (a bug inside the work), else runs as it does."""
+    real, calls = getattr(cls, name), []
+
+    def failing(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise ValueError(message)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(cls, name, failing)
